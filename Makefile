@@ -1,0 +1,29 @@
+# One entry point for users and CI: `make test` and `make demo` set themselves up on first use.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# A CPU-only machine must not pull a multi-GB CUDA build; GPU users override TORCH (or pre-install torch).
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-slow demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(PY) jobs/sweep.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,255 @@
+"""Typed sweep configuration: YAML file + flag overrides, validated in one place.
+
+Everything that can be checked without touching a model or a data file is checked here, so a typo
+fails in milliseconds with one line naming the culprit.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad user input. The message is one line that names the culprit."""
+
+
+@dataclass
+class ModelSpec:
+    ref: str  # local directory, hub id (org/name[@revision]) or s3://bucket/prefix
+    name: str = ""  # how the model is named in the store; defaults to ref
+
+    def __post_init__(self):
+        self.name = self.name or self.ref
+
+
+@dataclass
+class EvalSetSpec:
+    name: str
+    path: str  # local file (jsonl/csv/tsv/parquet) or a hub dataset id
+    text: list[str]  # one field for single-sentence tasks, two for pairs
+    label: str
+    # Each entry is a field or a list of fields; accuracy is also reported per value (combination).
+    subsets: list[Any] = field(default_factory=list)
+    # Raw label value -> model label name, or a list of names whose logits are pooled by max
+    # (how a 3-way NLI model is scored on 2-way HANS).
+    label_map: dict[str, Any] | None = None
+    max_examples: int | None = 512  # the first K rows, as the paper; null = all
+    split: str = "validation"  # hub datasets only
+    subset_config: str | None = None  # hub dataset configuration name (e.g. "mnli")
+    format: str | None = None  # override of the file-extension guess
+    role: str = "in_domain"  # or "diagnostic": how the cluster report uses the set
+
+    def subset_fields(self) -> list[list[str]]:
+        return [[s] if isinstance(s, str) else list(s) for s in self.subsets]
+
+
+@dataclass
+class SweepConfig:
+    models: list[ModelSpec]
+    eval_sets: list[EvalSetSpec]
+    store: str
+    alphas: list[float] = field(default_factory=lambda: grid(10))
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda
+    batch_tokens: int = 8192  # padded tokens per batch (dynamic padding, length-sorted)
+    max_batch_size: int = 256
+    max_length: int = 512  # truncation only; never padded to
+    actors: int | str = "auto"  # number of actors; "auto" = one per GPU, or per cpus_per_actor cores
+    cpus_per_actor: int = 1
+    max_in_flight: int = 2  # pair tasks queued per actor
+    max_retries: int = 3  # actor restarts / task retries before a model is declared broken
+    cache_dir: str = "~/.cache/lmc_ray"
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for s3:// paths
+
+    def fingerprint(self) -> dict:
+        """The settings that decide the stored values; a store refuses a run whose fingerprint differs."""
+        return {
+            "models": [dataclasses.asdict(m) for m in self.models],
+            "eval_sets": [dataclasses.asdict(e) for e in self.eval_sets],
+            "alphas": self.alphas,
+            "dtype": self.dtype,
+            "max_length": self.max_length,
+        }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def grid(n: int) -> list[float]:
+    """n evenly spaced points on [0, 1], endpoints included (the paper's grid for n = 10)."""
+    return [i / (n - 1) for i in range(n)]
+
+
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand(ref: str) -> list[str]:
+    """`org/bert_{0..99}` -> 100 refs; several ranges multiply out."""
+    m = _RANGE.search(ref)
+    if not m:
+        return [ref]
+    lo, hi = int(m.group(1)), int(m.group(2))
+    width = len(m.group(1)) if m.group(1).startswith("0") and len(m.group(1)) > 1 else 0
+    out = []
+    for i in range(lo, hi + 1):
+        out += expand(ref[: m.start()] + str(i).zfill(width) + ref[m.end():])
+    return out
+
+
+def _models(raw) -> list[ModelSpec]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("config: 'models' must be a non-empty list")
+    out = []
+    for item in raw:
+        if isinstance(item, str):
+            out += [ModelSpec(r) for r in expand(item)]
+        elif isinstance(item, dict) and "ref" in item:
+            refs = expand(item["ref"])
+            names = expand(item.get("name", "")) if item.get("name") else [""] * len(refs)
+            if len(names) != len(refs):
+                raise ConfigError(f"config: model {item['ref']!r}: 'name' expands to {len(names)} names for {len(refs)} refs")
+            out += [ModelSpec(r, n) for r, n in zip(refs, names)]
+        else:
+            raise ConfigError(f"config: model entry {item!r} must be a string or a mapping with 'ref'")
+    return out
+
+
+def _build(cls, raw: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    try:
+        return cls(**raw)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def from_dict(raw: dict) -> SweepConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("config: top level must be a mapping")
+    raw = dict(raw)
+    for key in ("models", "eval_sets", "store"):
+        if key not in raw:
+            raise ConfigError(f"config: missing required key {key!r}")
+    raw["models"] = _models(raw["models"])
+    if not isinstance(raw["eval_sets"], list) or not raw["eval_sets"]:
+        raise ConfigError("config: 'eval_sets' must be a non-empty list")
+    sets = []
+    for i, e in enumerate(raw["eval_sets"]):
+        if not isinstance(e, dict):
+            raise ConfigError(f"config: eval_sets[{i}] must be a mapping")
+        e = dict(e)
+        if isinstance(e.get("text"), str):
+            e["text"] = [e["text"]]
+        sets.append(_build(EvalSetSpec, e, f"config: eval set {e.get('name', i)!r}"))
+    raw["eval_sets"] = sets
+    if isinstance(raw.get("alphas"), int) and not isinstance(raw.get("alphas"), bool):
+        if raw["alphas"] < 2:
+            raise ConfigError(f"config: alphas = {raw['alphas']}: a grid needs at least 2 points")
+        raw["alphas"] = grid(raw["alphas"])
+    cfg = _build(SweepConfig, raw, "config")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: SweepConfig) -> None:
+    """All checks that need no model and no data file."""
+    names = [m.name for m in cfg.models]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"config: model name {sorted(dup)[0]!r} appears twice")
+    if len(cfg.models) < 2:
+        raise ConfigError("config: a sweep needs at least 2 models")
+    try:
+        alphas = [float(a) for a in cfg.alphas]
+    except (TypeError, ValueError):
+        raise ConfigError(f"config: alphas must be a number of grid points or a list of numbers, got {cfg.alphas!r}") from None
+    for a in alphas:
+        if not (0.0 <= a <= 1.0):
+            raise ConfigError(f"config: alpha {a} is outside [0, 1]")
+    if len(set(alphas)) != len(alphas):
+        raise ConfigError("config: alphas contain a duplicate value")
+    cfg.alphas = sorted(alphas)
+    set_names = [e.name for e in cfg.eval_sets]
+    for e in cfg.eval_sets:
+        where = f"eval set {e.name!r}"
+        if set_names.count(e.name) > 1:
+            raise ConfigError(f"config: {where} appears twice")
+        if not e.text or not all(isinstance(t, str) for t in e.text) or len(e.text) > 2:
+            raise ConfigError(f"config: {where}: 'text' must name one or two fields")
+        if e.max_examples is not None and e.max_examples < 1:
+            raise ConfigError(f"config: {where}: max_examples must be positive")
+        if e.role not in ("in_domain", "diagnostic"):
+            raise ConfigError(f"config: {where}: role must be 'in_domain' or 'diagnostic', got {e.role!r}")
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"config: dtype {cfg.dtype!r} is not one of float32, bfloat16, float16")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"config: device {cfg.device!r} is not one of auto, cpu, cuda")
+    if cfg.actors != "auto" and not (isinstance(cfg.actors, int) and cfg.actors >= 1):
+        raise ConfigError(f"config: actors must be 'auto' or a positive integer, got {cfg.actors!r}")
+    for key in ("batch_tokens", "max_batch_size", "max_length", "cpus_per_actor", "max_in_flight"):
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+            raise ConfigError(f"config: {key} must be a positive integer")
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", help="YAML file (see configs/); flags below override it")
+    p.add_argument("--store", help="output store: a local path or s3://bucket/prefix")
+    p.add_argument("--alphas", help="grid size (10) or a list such as [0, 0.5, 1]")
+    p.add_argument("--max-examples", type=int, help="first K examples of every eval set")
+    p.add_argument("--actors", help="number of actors, or auto")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any top-level key, value in YAML syntax (repeatable)")
+    return p
+
+
+def load(args: argparse.Namespace, default: dict | None = None) -> SweepConfig:
+    """Config from --config (or `default`), then flags on top."""
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"config: no such file {str(path)!r}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    elif default is not None:
+        raw = dict(default)
+    else:
+        raise ConfigError("config: give --config FILE")
+    for kv in args.set:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
+        raw[key.strip()] = _parse_value(value)
+    for key in ("store", "dtype", "device"):
+        if getattr(args, key, None) is not None:
+            raw[key] = getattr(args, key)
+    if args.alphas is not None:
+        raw["alphas"] = _parse_value(args.alphas)
+    if args.actors is not None:
+        raw["actors"] = _parse_value(args.actors)
+    if args.max_examples is not None:
+        for e in raw.get("eval_sets") or []:
+            if isinstance(e, dict):
+                e["max_examples"] = args.max_examples
+    return from_dict(raw)
+
+
+def dumps(cfg: SweepConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

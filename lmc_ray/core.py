@@ -1,0 +1,38 @@
+"""The compute core: one working model, evaluated at the endpoints and along each line. Imports no Ray."""
+from __future__ import annotations
+
+import torch
+
+from .data import EvalData
+from .evaluate import Evaluator, Metrics
+from .interpolate import Weights, WorkingModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+class Core:
+    """Owns the device-side state of one process: the working model and the batched eval sets."""
+
+    def __init__(self, template: torch.nn.Module, datas: list[EvalData], device="cpu", dtype="float32",
+                 batch_tokens: int = 8192, max_batch_size: int = 256):
+        self.device = pick_device(device) if isinstance(device, str) else device
+        model = template.to(self.device, DTYPES[dtype]).eval()
+        self.working = WorkingModel(model)
+        self.evaluators = [Evaluator(d, self.device, batch_tokens, max_batch_size) for d in datas]
+
+    def resident(self, state: Weights) -> Weights:
+        return self.working.weights_of(state)
+
+    def evaluate(self, a: Weights, b: Weights | None = None, alpha: float = 0.0) -> list[Metrics]:
+        self.working.set(a, b, alpha)
+        return [ev(self.working.model) for ev in self.evaluators]
+
+    def curve(self, a: Weights, b: Weights, alphas: list[float]) -> dict[float, list[Metrics]]:
+        """The interior of the line; endpoints are each model alone and are evaluated once per model."""
+        return {al: self.evaluate(a, b, al) for al in alphas if 0.0 < al < 1.0}

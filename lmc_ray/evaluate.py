@@ -1,0 +1,39 @@
+"""Mean cross-entropy and accuracy of a model on an evaluation set, overall and per subset."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import EvalData
+
+# One row per subset: n_examples, mean loss, accuracy.
+Metrics = np.ndarray
+
+
+class Evaluator:
+    """An evaluation set with its batches already on the device, reused for every model and α."""
+
+    def __init__(self, data: EvalData, device, batch_tokens: int, max_batch_size: int):
+        self.data = data
+        self.batches = data.batches(batch_tokens, max_batch_size, device)
+        self.labels = torch.from_numpy(data.labels).to(device)
+        self.membership = torch.from_numpy(data.membership).to(device, torch.float64)
+        self.classes = [torch.tensor(c, device=device) for c in data.classes] if data.pooled() else None
+
+    @torch.inference_mode()
+    def __call__(self, model: torch.nn.Module) -> Metrics:
+        n = len(self.data)
+        losses = torch.empty(n, dtype=torch.float64, device=self.labels.device)
+        correct = torch.empty(n, dtype=torch.float64, device=self.labels.device)
+        for batch in self.batches:
+            idx = batch["index"]
+            logits = model(**{k: v for k, v in batch.items() if k != "index"}).logits.float()
+            if self.classes is not None:  # e.g. HANS: non-entailment = max(neutral, contradiction)
+                logits = torch.stack([logits[:, c].amax(-1) for c in self.classes], dim=-1)
+            y = self.labels[idx]
+            losses[idx] = F.cross_entropy(logits, y, reduction="none").double()
+            correct[idx] = (logits.argmax(-1) == y).double()
+        counts = self.membership.sum(1)
+        out = torch.stack([counts, self.membership @ losses / counts, self.membership @ correct / counts], 1)
+        return out.cpu().numpy()

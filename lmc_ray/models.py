@@ -1,0 +1,135 @@
+"""Loading a population of HF sequence classifiers, and the preflight that checks they can be mixed.
+
+The preflight reads only config.json and the checkpoint headers (safetensors) or a memory map
+(pytorch_model.bin), so it costs milliseconds per model even for N = 100.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: Path
+    architecture: str
+    labels: list[str]  # id2label in the checkpoint's own order
+    shapes: dict[str, tuple[int, ...]]
+
+
+def _checkpoint_files(path: Path) -> list[Path]:
+    files = sorted(path.glob("*.safetensors"))
+    return files or sorted(path.glob("pytorch_model*.bin"))
+
+
+def read_info(name: str, path: Path) -> ModelInfo:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"model {name!r}: no config.json in {path}")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model {name!r}: unreadable config.json ({e})") from None
+    archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
+    id2label = cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(cfg.get("num_labels", 2))}
+    labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    files = _checkpoint_files(path)
+    if not files:
+        raise ConfigError(f"model {name!r}: no *.safetensors or pytorch_model*.bin in {path}")
+    shapes = {}
+    for f in files:
+        try:
+            shapes.update(_header_shapes(f))
+        except Exception as e:  # the formats raise many types for a damaged file
+            raise ConfigError(f"model {name!r}: cannot read checkpoint {f.name} ({type(e).__name__}: {e})") from None
+    return ModelInfo(name, path, archs[0], labels, shapes)
+
+
+def _header_shapes(f: Path) -> dict[str, tuple[int, ...]]:
+    if f.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(f), "pt") as st:
+            return {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
+    sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def preflight(infos: list[ModelInfo]) -> list[str]:
+    """Check that every model can be interpolated with the first; return the canonical label order."""
+    ref = infos[0]
+    canon = [lab.lower() for lab in ref.labels]
+    for m in infos[1:]:
+        if m.architecture != ref.architecture:
+            raise ConfigError(f"model {m.name!r}: architecture {m.architecture} differs from {ref.name!r} ({ref.architecture})")
+        missing = sorted(set(ref.shapes) - set(m.shapes))
+        extra = sorted(set(m.shapes) - set(ref.shapes))
+        if missing or extra:
+            what = f"lacks parameter {missing[0]!r}" if missing else f"has extra parameter {extra[0]!r}"
+            raise ConfigError(f"model {m.name!r}: {what} (compared with {ref.name!r})")
+        for k, shape in ref.shapes.items():
+            if m.shapes[k] != shape:
+                raise ConfigError(f"model {m.name!r}: parameter {k!r} has shape {m.shapes[k]}, {ref.name!r} has {shape}")
+        if sorted(lab.lower() for lab in m.labels) != sorted(canon):
+            raise ConfigError(f"model {m.name!r}: labels {m.labels} differ from {ref.name!r}'s {ref.labels}")
+    return ref.labels
+
+
+def head_linear(model: torch.nn.Module, num_labels: int) -> torch.nn.Linear:
+    """The output layer: the last Linear producing num_labels logits (BERT's classifier, RoBERTa's out_proj, ...)."""
+    found = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
+    if not found:
+        raise ConfigError(f"model {model.name_or_path!r}: no output layer with {num_labels} outputs")
+    return found[-1]
+
+
+def load(name: str, path: Path, canonical_labels: list[str], dtype: torch.dtype = torch.float32):
+    """The model in eval mode with its output rows permuted into the canonical label order.
+
+    Interpolating two heads only makes sense row by row for the same class, so a checkpoint whose
+    id2label lists the classes in another order is reordered here, by name, never by position.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
+    except Exception as e:
+        raise ConfigError(f"model {name!r}: cannot load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    own = [str(model.config.id2label[i]).lower() for i in range(model.config.num_labels)]
+    perm = [own.index(lab.lower()) for lab in canonical_labels]
+    if perm != list(range(len(perm))):
+        head = head_linear(model, len(perm))
+        with torch.no_grad():
+            head.weight.copy_(head.weight[perm])
+            if head.bias is not None:
+                head.bias.copy_(head.bias[perm])
+        model.config.id2label = dict(enumerate(canonical_labels))
+        model.config.label2id = {lab: i for i, lab in enumerate(canonical_labels)}
+    model.eval()
+    return model
+
+
+def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that interpolation mixes: every floating-point parameter and buffer."""
+    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
+
+
+def check_finite(name: str, state: dict[str, torch.Tensor]) -> None:
+    for k, v in state.items():
+        if not bool(torch.isfinite(v).all()):
+            raise ConfigError(f"model {name!r}: parameter {k!r} contains NaN or inf")
+
+
+def describe(n_params: int) -> str:
+    return f"{n_params / 1e6:.1f} M" if n_params < 1e9 else f"{n_params / 1e9:.2f} B"
+
+
+def n_parameters(state: dict[str, torch.Tensor]) -> int:
+    return sum(math.prod(v.shape) for v in state.values())

@@ -1,0 +1,81 @@
+"""Everything decided before the first pair runs: models found and checked, data tokenized, store opened.
+
+Bad input is found here, in one pass, and reported as one line before anything is written or any
+actor starts. Both executors (in-process and Ray) run a Plan and record results through it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import models as M
+from . import schedule, sources
+from .config import ConfigError, SweepConfig
+from .data import EvalData, prepare as prepare_data
+from .store import Layout, Store, endpoint_table, metrics_from_endpoint, pair_table
+
+log = logging.getLogger("lmc_ray")
+
+
+@dataclass
+class Plan:
+    cfg: SweepConfig
+    paths: list[Path]
+    labels: list[str]  # canonical label order
+    datas: list[EvalData]
+    store: Store
+    pending: list[tuple[int, int]]  # pairs not yet in the store
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.cfg.models]
+
+    @property
+    def layout(self) -> Layout:
+        return [(d.name, d.subsets) for d in self.datas]
+
+    def missing_endpoints(self) -> list[int]:
+        done = self.store.done_endpoints()
+        return [i for i in range(len(self.names)) if i not in done]
+
+    def record_endpoint(self, i: int, metrics: list[np.ndarray]) -> None:
+        self.store.write_endpoint(i, endpoint_table(self.names[i], self.layout, metrics))
+
+    def endpoint(self, i: int) -> list[np.ndarray]:
+        return metrics_from_endpoint(self.store.read_endpoint(i), self.layout)
+
+    def record_pair(self, i: int, j: int, interior: dict[float, list[np.ndarray]],
+                    ends: dict[int, list[np.ndarray]]) -> None:
+        curve = dict(interior)
+        if 0.0 in self.cfg.alphas:
+            curve[0.0] = ends[i]
+        if 1.0 in self.cfg.alphas:
+            curve[1.0] = ends[j]
+        self.store.write_pair(i, j, pair_table(self.names[i], self.names[j], self.layout, curve))
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def prepare(cfg: SweepConfig) -> Plan:
+    store = Store(cfg.store, cfg.storage_options)
+    paths = [sources.resolve(m.ref, cfg.cache_dir, cfg.storage_options) for m in cfg.models]
+    infos = [M.read_info(m.name, p) for m, p in zip(cfg.models, paths)]
+    labels = M.preflight(infos)
+    try:
+        tokenizer = load_tokenizer(paths[0])
+    except Exception as e:
+        raise ConfigError(f"model {cfg.models[0].name!r}: cannot load its tokenizer ({type(e).__name__})") from None
+    datas = [prepare_data(e, tokenizer, labels, cfg.max_length) for e in cfg.eval_sets]
+    store.open(cfg.fingerprint())
+    done = store.done_pairs()
+    pending = [p for p in schedule.all_pairs(len(paths)) if p not in done]
+    if done:
+        log.info("store %s: %d pairs already stored, %d to compute", cfg.store, len(done), len(pending))
+    return Plan(cfg, paths, labels, datas, store, pending)

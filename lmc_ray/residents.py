@@ -1,0 +1,59 @@
+"""The models one process keeps in memory, and the compute core that evaluates them. Imports no Ray.
+
+Used as is by the in-process executor and wrapped by the Ray actor: the same code decides what is
+loaded, checked and evaluated wherever it runs.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from . import models as M
+from . import sources
+from .config import SweepConfig
+from .core import Core
+from .data import EvalData
+from .interpolate import Weights
+
+
+class Residents:
+    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas: list[EvalData]):
+        self.weights: dict[int, Weights] = {}
+        self.core = None
+        for i in indices:
+            spec = cfg.models[i]
+            path = sources.resolve(spec.ref, cfg.cache_dir, cfg.storage_options)
+            model = M.load(spec.name, path, labels)  # fp32; the core casts
+            state = M.float_state(model)
+            M.check_finite(spec.name, state)
+            if self.core is None:
+                self.core = Core(model, datas, cfg.device, cfg.dtype, cfg.batch_tokens, cfg.max_batch_size)
+            self.weights[i] = self.core.resident(model.state_dict())
+            del model, state
+        self._partner: tuple[int, Weights] | None = None
+
+    def endpoint(self, i: int) -> list[np.ndarray]:
+        return self.core.evaluate(self.weights[i])
+
+    def export(self, i: int) -> dict[str, np.ndarray]:
+        """CPU numpy copy of a model's weights, for other processes (Ray stores numpy without pickling)."""
+        return {k: v.cpu().numpy() for k, v in self.weights[i].items()}
+
+    def get(self, i: int, fetch) -> Weights:
+        """Weights of model i: resident, or the last fetched partner, or fetched now via `fetch()`."""
+        if i in self.weights:
+            return self.weights[i]
+        if self._partner is None or self._partner[0] != i:
+            self._partner = None  # free the previous partner before the next arrives
+            with warnings.catch_warnings():  # Ray hands out read-only arrays; resident() copies them
+                warnings.simplefilter("ignore", UserWarning)
+                fetched = {k: torch.from_numpy(v) for k, v in fetch().items()}
+            self._partner = (i, self.core.resident(fetched))
+        return self._partner[1]
+
+    def curve(self, a: int, b: int, alphas: list[float], fetch=None) -> dict[float, list[np.ndarray]]:
+        wa = self.get(a, fetch)
+        wb = self.get(b, fetch)
+        return self.core.curve(wa, wb, alphas)

@@ -1,0 +1,86 @@
+"""Where a model lives: a local directory, a hub id (org/name[@revision]) or s3://bucket/prefix.
+
+Every kind resolves to a local directory; remote ones are cached under cache_dir, each download made
+in a temporary directory and renamed into place so a crash never leaves a half cache behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .config import ConfigError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+# Only what loading a classifier needs: skip optimizer states, other frameworks' weights, etc.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"]
+
+
+def kind(ref: str) -> str:
+    if ref.startswith("s3://"):
+        return "s3"
+    if os.path.isdir(os.path.expanduser(ref)) or ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
+        return "local"
+    return "hub"
+
+
+def resolve(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict | None = None) -> Path:
+    """A local directory holding the model; raises ConfigError naming `ref` when it cannot be had."""
+    k = kind(ref)
+    if k == "local":
+        path = Path(os.path.expanduser(ref))
+        if not path.is_dir():
+            raise ConfigError(f"model {ref!r}: no such directory")
+        return path
+    cache = Path(os.path.expanduser(cache_dir))
+    if k == "hub":
+        return _from_hub(ref, cache)
+    return _from_s3(ref, cache, storage_options or {})
+
+
+def _from_hub(ref: str, cache: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = ref.partition("@")
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_PATTERNS,
+                                      cache_dir=str(cache / "hub")))
+    except Exception as e:  # offline, missing repo, bad revision: all one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model {ref!r}: not a local directory and not downloadable from the hub ({msg})") from None
+
+
+def _from_s3(ref: str, cache: Path, storage_options: dict) -> Path:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(ref, **storage_options)
+    root = root.rstrip("/")
+    try:
+        listing = {p: fs.info(p) for p in fs.find(root)}
+    except Exception as e:
+        raise ConfigError(f"model {ref!r}: cannot list ({type(e).__name__}: {e})") from None
+    if not listing:
+        raise ConfigError(f"model {ref!r}: no files under this prefix")
+    # The cache key includes sizes and ETags: a checkpoint overwritten in the bucket is fetched again.
+    stamp = json.dumps(sorted((p, i.get("size"), str(i.get("ETag", ""))) for p, i in listing.items()))
+    target = cache / "s3" / hashlib.sha256(stamp.encode()).hexdigest()[:20]
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
+    try:
+        for path in listing:
+            dest = tmp / os.path.relpath(path, root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(dest))
+        os.replace(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target.is_dir():  # another process won the race
+            return target
+        raise ConfigError(f"model {ref!r}: download failed ({e})") from None
+    return target

@@ -1,0 +1,164 @@
+"""The Parquet store: one file per finished pair, written atomically, local or s3://.
+
+Layout:
+    STORE/run.json                          the configuration that produced the data
+    STORE/curves/pair-00003-00017.parquet   one file per pair (indices in config order, a < b)
+    STORE/endpoints/model-00003.parquet     each model alone (α = 0 of its pairs), evaluated once
+    STORE/_tmp/                             files being written; ignored by readers, cleaned on open
+
+A local file is written under _tmp/ and renamed into place (atomic on POSIX). An S3 object is
+written with a single PUT (or a multipart upload completed last), which S3 makes visible whole or not
+at all, so no reader of STORE/curves ever sees part of a file.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import uuid
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from .config import ConfigError
+
+CURVE_SCHEMA = pa.schema([
+    ("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()), ("eval_set", pa.string()),
+    ("subset", pa.string()), ("n_examples", pa.int64()), ("loss", pa.float64()), ("accuracy", pa.float64()),
+])
+ENDPOINT_SCHEMA = pa.schema([
+    ("model", pa.string()), ("eval_set", pa.string()), ("subset", pa.string()),
+    ("n_examples", pa.int64()), ("loss", pa.float64()), ("accuracy", pa.float64()),
+])
+_PAIR = re.compile(r"pair-(\d+)-(\d+)\.parquet$")
+_MODEL = re.compile(r"model-(\d+)\.parquet$")
+
+# (eval set name, its subset names) in the order Metrics rows come in.
+Layout = list[tuple[str, list[str]]]
+
+
+class Store:
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.local = isinstance(self.fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # -- opening -------------------------------------------------------------------------------
+    def open(self, fingerprint: dict) -> None:
+        """Create or reopen the store for this configuration; refuse one written by another."""
+        run = self.path("run.json")
+        try:
+            exists = self.fs.exists(run)
+            old = json.loads(self.fs.cat_file(run)) if exists else None
+        except Exception as e:
+            raise ConfigError(f"store {self.url!r}: cannot read ({type(e).__name__}: {e})") from None
+        if old is not None and old.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            key = next((k for k in fingerprint if old.get("fingerprint", {}).get(k) != json.loads(json.dumps(fingerprint[k]))), "?")
+            raise ConfigError(f"store {self.url!r} holds a run with a different configuration ({key} differ); "
+                              "use a new store path or the original configuration")
+        try:
+            self.cleanup()
+            if old is None:
+                self._put("run.json", json.dumps({"fingerprint": fingerprint}, indent=2, sort_keys=True).encode())
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"store {self.url!r}: not writable ({type(e).__name__}: {e})") from None
+
+    def cleanup(self) -> None:
+        """Remove temporary files left by an interrupted write."""
+        tmp = self.path("_tmp")
+        if self.fs.exists(tmp):
+            self.fs.rm(tmp, recursive=True)
+
+    # -- writing -------------------------------------------------------------------------------
+    def _put(self, rel: str, data: bytes) -> None:
+        final = self.path(rel)
+        if not self.local:
+            self.fs.pipe_file(final, data)
+            return
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = self.path("_tmp", f"{uuid.uuid4().hex}.part")
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def _put_table(self, rel: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self._put(rel, buf.getvalue())
+
+    def write_pair(self, i: int, j: int, table: pa.Table) -> None:
+        self._put_table(f"curves/pair-{i:05d}-{j:05d}.parquet", table)
+
+    def write_endpoint(self, i: int, table: pa.Table) -> None:
+        self._put_table(f"endpoints/model-{i:05d}.parquet", table)
+
+    # -- reading -------------------------------------------------------------------------------
+    def _indices(self, sub: str, pattern: re.Pattern) -> list[tuple[int, ...]]:
+        d = self.path(sub)
+        if not self.fs.exists(d):
+            return []
+        found = [pattern.search(p) for p in self.fs.ls(d, detail=False)]
+        return [tuple(int(g) for g in m.groups()) for m in found if m]
+
+    def done_pairs(self) -> set[tuple[int, int]]:
+        return set(self._indices("curves", _PAIR))
+
+    def read_endpoint(self, i: int) -> pa.Table:
+        with self.fs.open(self.path(f"endpoints/model-{i:05d}.parquet"), "rb") as f:
+            return pq.read_table(f)
+
+    def done_endpoints(self) -> set[int]:
+        return {i for (i,) in self._indices("endpoints", _MODEL)}
+
+    def curves(self):
+        """All stored curves as one pyarrow dataset (temporary files are never matched)."""
+        import pyarrow.dataset as ds
+
+        return ds.dataset(self.path("curves"), filesystem=self.fs, format="parquet")
+
+
+def _metric_columns(layout: Layout, metrics: list[np.ndarray]) -> dict[str, list]:
+    cols = {"eval_set": [], "subset": [], "n_examples": [], "loss": [], "accuracy": []}
+    for (s, subs), m in zip(layout, metrics):
+        for k, sub in enumerate(subs):
+            cols["eval_set"].append(s)
+            cols["subset"].append(sub)
+            cols["n_examples"].append(int(m[k][0]))
+            cols["loss"].append(float(m[k][1]))
+            cols["accuracy"].append(float(m[k][2]))
+    return cols
+
+
+def endpoint_table(model: str, layout: Layout, metrics: list[np.ndarray]) -> pa.Table:
+    cols = _metric_columns(layout, metrics)
+    return pa.table({"model": [model] * len(cols["subset"]), **cols}, schema=ENDPOINT_SCHEMA)
+
+
+def metrics_from_endpoint(table: pa.Table, layout: Layout) -> list[np.ndarray]:
+    """Inverse of endpoint_table, in layout order."""
+    d = table.to_pydict()
+    at = {(s, sub): (n, l, a) for s, sub, n, l, a in zip(d["eval_set"], d["subset"], d["n_examples"], d["loss"], d["accuracy"])}
+    return [np.array([at[(s, sub)] for sub in subs], dtype=np.float64) for s, subs in layout]
+
+
+def pair_table(model_a: str, model_b: str, layout: Layout, by_alpha: dict[float, list[np.ndarray]]) -> pa.Table:
+    parts = []
+    for alpha in sorted(by_alpha):
+        cols = _metric_columns(layout, by_alpha[alpha])
+        n = len(cols["subset"])
+        parts.append(pa.table({"model_a": [model_a] * n, "model_b": [model_b] * n, "alpha": [float(alpha)] * n,
+                               **cols}, schema=CURVE_SCHEMA))
+    return pa.concat_tables(parts)
