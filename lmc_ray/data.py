@@ -151,7 +151,8 @@ def _label_classes(spec: EvalSetSpec, raw: list[str], canonical: list[str]) -> t
         return tuple(sorted(out))
 
     mapped = {v: targets(v) for v in sorted(set(raw))}
-    groups = sorted(set(mapped.values()))
+    # With a label_map the classes are all its targets, seen in the first K rows or not.
+    groups = sorted({targets(v) for v in table} if table else set(mapped.values()))
     if all(len(g) == 1 for g in groups):
         groups = [(i,) for i in range(len(canonical))]  # no pooling: evaluate in the models' own label space
     classes = [list(g) for g in groups]

@@ -17,8 +17,8 @@ class Evaluator:
     def __init__(self, data: EvalData, device, batch_tokens: int, max_batch_size: int):
         self.data = data
         self.batches = data.batches(batch_tokens, max_batch_size, device)
-        self.labels = torch.from_numpy(data.labels).to(device)
-        self.membership = torch.from_numpy(data.membership).to(device, torch.float64)
+        self.labels = torch.tensor(data.labels, device=device)
+        self.membership = torch.tensor(data.membership, device=device, dtype=torch.float64)
         self.classes = [torch.tensor(c, device=device) for c in data.classes] if data.pooled() else None
 
     @torch.inference_mode()

@@ -97,7 +97,9 @@ def load(name: str, path: Path, canonical_labels: list[str], dtype: torch.dtype 
     id2label lists the classes in another order is reordered here, by name, never by position.
     """
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per model per actor would drown the sweep's own
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
     except Exception as e:

@@ -6,7 +6,6 @@ runs, keeps a bounded amount of work in flight, and streams each finished pair i
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 
 import ray
@@ -26,7 +25,7 @@ class ModelActor:
         import torch
 
         torch.set_num_threads(threads)
-        self.res = Residents(cfg, indices, labels, datas)
+        self.res = Residents(cfg, indices, labels, ray.get(datas))  # refs in a list arrive unresolved
         self.alphas = cfg.alphas
 
     def endpoint(self, i: int):
@@ -40,17 +39,24 @@ class ModelActor:
         return a, b, self.res.curve(a, b, self.alphas, fetch=lambda: ray.get(partner[0]))
 
 
-def init() -> None:
-    """Join the cluster this job runs in (RAY_ADDRESS, `ray submit`, `ray job submit`) or start one."""
+def init() -> str:
+    """Join the cluster this job runs in (RAY_ADDRESS, `ray submit`, `ray job submit`) or start one.
+
+    Returns the dashboard address, so users know where to watch.
+    """
     if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+        ctx = ray.init(logging_level=logging.WARNING)
+        return ctx.dashboard_url or "(dashboard not running)"
+    return ray._private.worker.get_dashboard_url() or "(dashboard not running)"  # no public getter in 2.x
 
 
-def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, int]:
-    """(actors, GPUs per actor, CPU threads per actor) for this cluster.
+def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, float]:
+    """(actors, GPUs per actor, CPUs per actor) for this cluster.
 
     One process per GPU (CUDA contexts and time-slicing make more cost), or one per `cpus_per_actor`
-    cores; each process holds several resident models when N exceeds the processes available.
+    cores; each process holds several resident models when N exceeds the processes available. When
+    more actors are asked for than the cluster has cores, they share them (fractional CPUs) rather
+    than wait forever for resources that will never come.
     """
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0)) if cfg.device != "cpu" else 0
@@ -61,7 +67,8 @@ def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, int]:
         n = cfg.actors
     n = min(n, n_models)
     gpu_share = min(1.0, gpus / n) if gpus else 0.0
-    return n, gpu_share, cfg.cpus_per_actor
+    cpu_share = min(float(cfg.cpus_per_actor), cpus / n)
+    return n, gpu_share, cpu_share
 
 
 def _name(plan: Plan, indices: list[int]) -> str:
@@ -70,20 +77,22 @@ def _name(plan: Plan, indices: list[int]) -> str:
 
 
 def run(plan: Plan, progress: bool = True) -> None:
-    init()
+    dashboard = init()
     cfg, n = plan.cfg, len(plan.names)
-    n_actors, gpu_share, threads = layout(cfg, n)
+    n_actors, gpu_share, cpu_share = layout(cfg, n)
+    threads = max(1, int(cpu_share))
     residents = schedule.assign_models(n, n_actors)
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
     data_refs = [ray.put(d) for d in plan.datas]
     actors = [
-        ModelActor.options(name=_name(plan, ms), num_cpus=threads, num_gpus=gpu_share,
+        ModelActor.options(name=_name(plan, ms), num_cpus=cpu_share, num_gpus=gpu_share,
                            max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
         .remote(cfg, ms, plan.labels, data_refs, threads)
         for ms in residents
     ]
-    log.info("%d actors for %d models (%.2f GPU, %d CPU each); dashboard: %s", n_actors, n, gpu_share, threads,
-             _dashboard())
+    log.info("Ray dashboard: %s", dashboard)
+    log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
+             gpu_share, cpu_share, len(plan.pending), n * (n - 1) // 2)
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).
     ends = {}
@@ -137,10 +146,3 @@ def _as_completed(refs, desc: str, progress: bool):
         yield ready[0]
     bar.close()
 
-
-def _dashboard() -> str:
-    try:
-        url = ray.get_runtime_context().get_dashboard_url() if hasattr(ray.get_runtime_context(), "get_dashboard_url") else ""
-    except Exception:
-        url = ""
-    return url or os.environ.get("RAY_DASHBOARD_ADDRESS", "(not running)")

@@ -1,9 +1,9 @@
 """Which actor holds which models, and which pairs each actor computes, in what order. No Ray here.
 
-Each model i "owns" its pairs with i+1 .. i+(N-1)//2 (mod N), and for even N the pair at distance N/2
-once, so every model owns about (N-1)/2 of the N(N-1)/2 unordered pairs and the actor holding it gets a
-balanced share. An actor's pairs are grouped by the partner model it lacks, so each partner's weights
-travel to the actor once, not once per pair.
+A pair runs on an actor holding one of its two models: first its owner's (the owner rule splits the
+N(N-1)/2 pairs so every model owns about (N-1)/2), then pairs move from actors above an equal share to
+their other model's actor where that one is below it, since actors may hold unequal numbers of models. An actor's pairs are grouped by the partner model it lacks, so each
+partner's weights travel to the actor once, not once per pair.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def owner(i: int, j: int, n: int) -> int:
     """The model that computes the unordered pair {i, j}."""
     i, j = min(i, j), max(i, j)
     d = j - i
-    if 2 * d < n or (2 * d == n and i < n // 2):
+    if 2 * d < n or (2 * d == n and i % 2 == 0):
         return i
     return j
 
@@ -35,8 +35,18 @@ def plan(n_models: int, residents: list[list[int]], pending: set[tuple[int, int]
     """Per actor, its pending pairs (a < b), ordered so pairs sharing a foreign partner are adjacent."""
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
     work: list[dict[int, list[tuple[int, int]]]] = [defaultdict(list) for _ in residents]
-    for a, b in sorted(pending):
-        k = actor_of[owner(a, b, n_models)]
+    pairs = sorted(pending)
+    where = [actor_of[owner(a, b, n_models)] for a, b in pairs]
+    load = [where.count(k) for k in range(len(residents))]
+    share = -(-len(pairs) // len(residents))
+    for p, (a, b) in enumerate(pairs):
+        k = where[p]
+        alt = actor_of[a] if k == actor_of[b] else actor_of[b]
+        if load[k] > share and load[alt] < share:
+            where[p] = alt
+            load[k] -= 1
+            load[alt] += 1
+    for (a, b), k in zip(pairs, where):
         partner = b if actor_of[b] != k else (a if actor_of[a] != k else -1)
         work[k][partner].append((a, b))
     return [[p for partner in sorted(w) for p in w[partner]] for w in work]
@@ -45,8 +55,3 @@ def plan(n_models: int, residents: list[list[int]], pending: set[tuple[int, int]
 def all_pairs(n: int) -> list[tuple[int, int]]:
     return [(a, b) for a in range(n) for b in range(a + 1, n)]
 
-
-def partners(pairs: list[tuple[int, int]], residents: list[int]) -> set[int]:
-    """Models an actor needs from elsewhere for these pairs."""
-    mine = set(residents)
-    return {m for p in pairs for m in p if m not in mine}

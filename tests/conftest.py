@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny real population, real MNLI text, one real local Ray instance per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; fail fast instead of retrying
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+MNLI = DATA / "mnli" / "dev_matched.tsv"
+NLI_LABELS = ["entailment", "neutral", "contradiction"]
+
+
+@pytest.fixture(scope="session")
+def mnli_texts() -> list[str]:
+    df = pd.read_csv(MNLI, sep="\t", quoting=3, nrows=3000)
+    return list(df.premise) + list(df.hypothesis)
+
+
+@pytest.fixture(scope="session")
+def population(tmp_path_factory, mnli_texts) -> list[Path]:
+    """Four tiny BERT classifiers: one random base plus a seeded perturbation each."""
+    from lmc_ray.synthetic import make_population
+
+    return make_population(tmp_path_factory.mktemp("pop"), 4, mnli_texts, NLI_LABELS, layers=2, hidden=32,
+                           heads=2, noise=0.05, vocab_size=1500)
+
+
+def sweep_config(models, store, **over) -> dict:
+    """The README's minimal config form, on real MNLI dev text."""
+    cfg = {
+        "models": [str(m) for m in models],
+        "eval_sets": [{"name": "nli", "path": str(MNLI), "text": ["premise", "hypothesis"], "label": "gold_label",
+                       "max_examples": 64}],
+        "alphas": 5,
+        "store": str(store),
+        "cache_dir": str(Path(store).parent / "cache"),
+    }
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,62 @@
+import pytest
+
+from lmc_ray import config
+from lmc_ray.config import ConfigError
+
+
+def _raw(**over):
+    raw = {"models": ["a/m0", "a/m1"], "eval_sets": [{"name": "nli", "path": "x.jsonl", "text": ["p", "h"],
+                                                      "label": "label"}], "store": "out"}
+    raw.update(over)
+    return raw
+
+
+def test_minimal_form_defaults_to_the_papers_grid():
+    cfg = config.from_dict(_raw())
+    assert cfg.alphas == [i / 9 for i in range(10)]
+    assert [m.name for m in cfg.models] == ["a/m0", "a/m1"]
+    assert cfg.eval_sets[0].max_examples == 512
+
+
+def test_ranges_expand_in_order():
+    cfg = config.from_dict(_raw(models=["org/bert_{0..2}", {"ref": "s3://b/m{7..8}", "name": "s3_{7..8}"}]))
+    assert [m.ref for m in cfg.models] == ["org/bert_0", "org/bert_1", "org/bert_2", "s3://b/m7", "s3://b/m8"]
+    assert [m.name for m in cfg.models][-2:] == ["s3_7", "s3_8"]
+
+
+def test_explicit_alphas_are_sorted():
+    assert config.from_dict(_raw(alphas=[1, 0, 0.5])).alphas == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("over, culprit", [
+    ({"alphas": [0, 1.5]}, "alpha 1.5 is outside [0, 1]"),
+    ({"alphas": [-0.1, 1]}, "alpha -0.1 is outside [0, 1]"),
+    ({"alphas": 1}, "at least 2 points"),
+    ({"models": ["a/m0"]}, "at least 2 models"),
+    ({"models": ["a/m0", "a/m0"]}, "'a/m0' appears twice"),
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"dtype": "int8"}, "dtype 'int8'"),
+    ({"eval_sets": [{"name": "s", "path": "x", "text": ["a", "b", "c"], "label": "l"}]}, "one or two fields"),
+    ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "colour": 1}]}, "unknown key 'colour'"),
+])
+def test_bad_config_names_the_culprit(over, culprit):
+    with pytest.raises(ConfigError, match=None) as e:
+        config.from_dict(_raw(**over))
+    assert culprit in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_flags_override_the_file(tmp_path):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_raw()))
+    args = config.parser("t").parse_args(["--config", str(path), "--store", "elsewhere", "--alphas", "[0, 0.5, 1]",
+                                          "--max-examples", "7", "--set", "batch_tokens=123"])
+    cfg = config.load(args)
+    assert (cfg.store, cfg.alphas, cfg.eval_sets[0].max_examples, cfg.batch_tokens) == ("elsewhere", [0, 0.5, 1], 7, 123)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(config.parser("t").parse_args(["--config", str(tmp_path / "nope.yaml")]))

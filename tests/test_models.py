@@ -1,0 +1,115 @@
+import os
+import shutil
+
+import pytest
+import torch
+
+from lmc_ray import models as M
+from lmc_ray import sources
+from lmc_ray.config import ConfigError
+
+from conftest import NLI_LABELS
+
+
+def _infos(paths):
+    return [M.read_info(str(p), p) for p in paths]
+
+
+def test_preflight_accepts_a_population(population):
+    assert M.preflight(_infos(population)) == NLI_LABELS
+
+
+def _variant(tmp_path, population, name, **cfg_over):
+    """A model saved from a config that differs from the population in one respect."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(population[0])
+    for k, v in cfg_over.items():
+        setattr(cfg, k, v)
+    path = tmp_path / name
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(path)
+    return path
+
+
+def test_preflight_names_a_model_with_other_shapes(tmp_path, population):
+    odd = _variant(tmp_path, population, "wide", intermediate_size=64)
+    with pytest.raises(ConfigError, match=r"model '.*wide'.*intermediate.*shape"):
+        M.preflight(_infos([*population, odd]))
+
+
+def test_preflight_names_a_model_with_other_labels(tmp_path, population):
+    odd = _variant(tmp_path, population, "yesno", id2label={0: "yes", 1: "no", 2: "maybe"},
+                   label2id={"yes": 0, "no": 1, "maybe": 2})
+    with pytest.raises(ConfigError, match=r"model '.*yesno': labels \['yes', 'no', 'maybe'\] differ"):
+        M.preflight(_infos([*population, odd]))
+
+
+def test_preflight_names_a_model_with_another_architecture(tmp_path, population):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    path = tmp_path / "distil"
+    cfg = DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=3)
+    DistilBertForSequenceClassification(cfg).save_pretrained(path)
+    with pytest.raises(ConfigError, match=r"model '.*distil': architecture DistilBertForSequenceClassification differs"):
+        M.preflight(_infos([population[0], path]))
+
+
+def test_truncated_and_garbage_checkpoints_are_named(tmp_path, population):
+    bad = tmp_path / "truncated"
+    shutil.copytree(population[1], bad)
+    f = bad / "model.safetensors"
+    with open(f, "r+b") as fh:
+        fh.truncate(os.path.getsize(f) // 2)
+    with pytest.raises(ConfigError, match=r"model 'truncated': cannot read checkpoint model.safetensors"):
+        M.read_info("truncated", bad)
+    (bad / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"model 'truncated': cannot read checkpoint"):
+        M.read_info("truncated", bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match=r"model 'truncated': no \*.safetensors"):
+        M.read_info("truncated", bad)
+
+
+def test_missing_local_model_and_offline_hub_id(tmp_path):
+    with pytest.raises(ConfigError, match=r"model '/nowhere/m0': no such directory"):
+        sources.resolve("/nowhere/m0")
+    assert sources.kind("connectivity/feather_berts_0@main") == "hub"
+    assert sources.kind("s3://bucket/m0") == "s3"
+    assert sources.kind("path/to/m0") == "local"
+    with pytest.raises(ConfigError, match=r"model 'no-such-org/no-such-model': not a local directory and not downloadable"):
+        sources.resolve("no-such-org/no-such-model", cache_dir=str(tmp_path))
+
+
+def permuted_copy(src, dst, perm):
+    """The same function as `src`, saved with its classes listed in another order."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(src)
+    old = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight[perm])
+        model.classifier.bias.copy_(model.classifier.bias[perm])
+    model.config.id2label = {k: old[p] for k, p in enumerate(perm)}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    model.save_pretrained(dst)
+    return dst
+
+
+def test_label_order_is_mapped_by_name(tmp_path, population):
+    perm_path = permuted_copy(population[0], tmp_path / "perm", [2, 0, 1])
+    assert M.read_info("perm", perm_path).labels == ["contradiction", "entailment", "neutral"]
+    a = M.load("a", population[0], NLI_LABELS)
+    b = M.load("b", perm_path, NLI_LABELS)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert b.config.id2label == dict(enumerate(NLI_LABELS))
+
+
+def test_nan_weights_are_named(population):
+    model = M.load("m", population[0], NLI_LABELS)
+    state = M.float_state(model)
+    M.check_finite("m", state)
+    next(iter(state.values()))[0].fill_(float("nan"))
+    with pytest.raises(ConfigError, match=r"model 'm': parameter .* contains NaN or inf"):
+        M.check_finite("m", state)
+

@@ -1,0 +1,29 @@
+from collections import Counter
+from itertools import groupby
+
+import pytest
+
+from lmc_ray import schedule
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 10, 25])
+def test_each_model_owns_about_half_its_pairs(n):
+    owned = Counter(schedule.owner(a, b, n) for a, b in schedule.all_pairs(n))
+    assert sum(owned.values()) == n * (n - 1) // 2
+    assert all(abs(owned[m] - (n - 1) / 2) <= 0.5 for m in range(n))
+
+
+@pytest.mark.parametrize("n, actors", [(4, 2), (10, 3), (25, 4), (7, 7)])
+def test_plan_covers_every_pending_pair_once_grouped_by_partner(n, actors):
+    residents = schedule.assign_models(n, actors)
+    assert sorted(m for r in residents for m in r) == list(range(n))
+    pending = set(schedule.all_pairs(n)) - {(0, 1)}
+    queues = schedule.plan(n, residents, pending)
+    flat = [p for q in queues for p in q]
+    assert sorted(flat) == sorted(pending)
+    for q, mine in zip(queues, residents):
+        foreign = [next((m for m in (b, a) if m not in mine), -1) for a, b in q]
+        runs = [k for k, _ in groupby(foreign)]
+        assert len(runs) == len(set(runs))  # each partner fetched once per actor
+    sizes = [len(q) for q in queues]
+    assert max(sizes) - min(sizes) <= max(2, n // actors)

@@ -1,0 +1,50 @@
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from lmc_ray.config import ConfigError
+from lmc_ray.store import Store, endpoint_table, metrics_from_endpoint, pair_table
+
+LAYOUT = [("nli", ["all", "gold_label=neutral"]), ("hans", ["all"])]
+
+
+def _metrics(seed):
+    rng = np.random.default_rng(seed)
+    return [np.column_stack([[10, 4], rng.random(2), rng.random(2)]), np.array([[5, rng.random(), rng.random()]])]
+
+
+def test_pair_rows_and_endpoint_round_trip(tmp_path):
+    store = Store(str(tmp_path / "s"))
+    store.open({"models": ["a", "b"]})
+    ends = _metrics(0)
+    store.write_endpoint(0, endpoint_table("a", LAYOUT, ends))
+    for got, want in zip(metrics_from_endpoint(store.read_endpoint(0), LAYOUT), ends):
+        np.testing.assert_array_equal(got, want)
+    store.write_pair(0, 1, pair_table("a", "b", LAYOUT, {0.0: ends, 0.5: _metrics(1), 1.0: _metrics(2)}))
+    t = store.curves().to_table().to_pandas()
+    assert len(t) == 3 * 3 and set(t.alpha) == {0.0, 0.5, 1.0}
+    assert t[(t.alpha == 0.5) & (t.eval_set == "hans")].n_examples.item() == 5
+    assert store.done_pairs() == {(0, 1)} and store.done_endpoints() == {0}
+
+
+def test_interrupted_writes_are_invisible_and_cleaned(tmp_path):
+    store = Store(str(tmp_path / "s"))
+    store.open({"x": 1})
+    store.write_pair(0, 1, pair_table("a", "b", LAYOUT, {0.5: _metrics(1)}))
+    # What a write killed mid-way leaves: a partial file under _tmp/, never under curves/.
+    (tmp_path / "s" / "_tmp" / "dead.part").write_bytes(b"PAR1 half a file")
+    assert len(ds.dataset(str(tmp_path / "s" / "curves")).to_table()) == 3
+    Store(str(tmp_path / "s")).open({"x": 1})
+    assert not (tmp_path / "s" / "_tmp").exists()
+
+
+def test_a_store_refuses_another_configuration(tmp_path):
+    Store(str(tmp_path / "s")).open({"models": ["a", "b"], "alphas": [0, 1]})
+    with pytest.raises(ConfigError, match=r"different configuration \(alphas differ\)"):
+        Store(str(tmp_path / "s")).open({"models": ["a", "b"], "alphas": [0, 0.5, 1]})
+
+
+def test_unwritable_store_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"store '.*file/s': not writable"):
+        Store(str(tmp_path / "file" / "s")).open({"x": 1})
