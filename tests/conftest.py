@@ -47,7 +47,37 @@ def sweep_config(models, store, **over) -> dict:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def s3_endpoint():
+    """A real S3-compatible server (moto's server mode) on loopback; credentials through the usual AWS env."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=url)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """Started after the S3 endpoint so its workers inherit the AWS environment, as on a real cluster."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")

@@ -1,0 +1,64 @@
+"""Bad input is reported before any pair runs, in one line naming the culprit, and nothing is written."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lmc_ray import config, plan
+from lmc_ray.config import ConfigError
+
+from conftest import ROOT, sweep_config
+
+
+def _bad_inputs(tmp_path, population):
+    """(config overrides, expected message) for each kind of bad input the issue names."""
+    wide = tmp_path / "wide"
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(population[0])
+    cfg.intermediate_size = 64
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(wide)
+    broken = tmp_path / "broken"
+    shutil.copytree(population[1], broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    return [
+        ({"models": [str(population[0]), str(tmp_path / "missing")]}, "model '/", "missing': no such directory"),
+        ({"models": [str(population[0]), str(broken)]}, "model '", "broken': cannot read checkpoint"),
+        ({"models": [str(population[0]), str(wide)]}, "model '", "wide': parameter"),
+        ({"alphas": [0.0, 0.5, 2.0]}, "config: alpha 2.0", "outside [0, 1]"),
+        ({"eval_sets": [{"name": "nli", "path": str(empty), "text": "premise", "label": "gold_label"}]},
+         "eval set 'nli'", "empty.jsonl"),
+        ({"eval_sets": [{"name": "nli", "path": sweep_config([], "")["eval_sets"][0]["path"], "text": "premise",
+                         "label": "label"}]}, "eval set 'nli': no column 'label'", ""),
+    ]
+
+
+def test_each_bad_input_fails_before_anything_is_written(tmp_path, population):
+    for over, head, tail in _bad_inputs(tmp_path, population):
+        store = tmp_path / "store"
+        over = dict(over)
+        with pytest.raises(ConfigError) as e:
+            plan.prepare(config.from_dict(sweep_config(over.pop("models", population[:2]), store, **over)))
+        msg = str(e.value)
+        assert head in msg and tail in msg and "\n" not in msg, msg
+        assert not store.exists(), msg
+
+
+def test_store_of_another_configuration_is_refused(tmp_path, population):
+    plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "store")))
+    with pytest.raises(ConfigError, match="holds a run with a different configuration"):
+        plan.prepare(config.from_dict(sweep_config(population[:3], tmp_path / "store")))
+
+
+def test_the_job_exits_2_with_one_line(tmp_path, population):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(sweep_config([population[0], tmp_path / "gone"], tmp_path / "store")))
+    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"lmc-ray: error: model '{tmp_path / 'gone'}': no such directory"]
+    assert not (tmp_path / "store").exists()
