@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+from sklearn.cluster import SpectralClustering
+from sklearn.metrics import adjusted_rand_score
+
+from lmc_ray import clusters as C
+
+
+def block_matrix(sizes, within=0.05, between=1.5, noise=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    lab = np.repeat(np.arange(len(sizes)), sizes)
+    b = np.where(lab[:, None] == lab[None, :], within, between) + noise * rng.random((len(lab), len(lab)))
+    b = (b + b.T) / 2
+    np.fill_diagonal(b, 0)
+    return b, lab
+
+
+def test_papers_recipe_is_sklearn_called_directly():
+    b, _ = block_matrix([6, 9])
+    want = SpectralClustering(n_clusters=2, affinity="precomputed", random_state=42).fit_predict(np.exp(-b**2 / 2))
+    np.testing.assert_array_equal(C.paper(b), want)
+
+
+@pytest.mark.parametrize("sizes", [[6, 9], [5, 5, 6]])
+def test_block_structure_is_recovered(sizes):
+    b, truth = block_matrix(sizes)
+    long, summary = C.analyse(b, [f"m{i}" for i in range(len(truth))])
+    assert summary["k_eigengap"] == len(sizes)
+    for method in ("spectral_knn_delta", "average_linkage"):
+        got = long[long.method == method].cluster.to_numpy()
+        assert adjusted_rand_score(truth, got) == 1.0, method
+    assert summary["stability_knn_delta"] > 0.9
+
+
+def test_small_barriers_defeat_delta_one_but_not_the_data_driven_scale():
+    b, truth = block_matrix([6, 6], within=0.001, between=0.03, noise=0.0005)
+    assert C.knn_delta(b) < 0.005
+    assert C.similarity(b, 1.0).min() > 0.999  # with δ = 1 every pair looks alike
+    got = C.paper(b, C.knn_delta(b), 2)
+    assert adjusted_rand_score(truth, got) == 1.0
+
+
+def test_spectral_score_correlates_with_a_metric_that_follows_the_blocks():
+    b, truth = block_matrix([6, 9])
+    metric = truth * 0.5 + np.random.default_rng(1).normal(0, 0.05, len(truth))
+    r, p = C.correlation(C.spectral_score(b, C.knn_delta(b)), metric)
+    assert abs(r) > 0.9 and p < 1e-3
