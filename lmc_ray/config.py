@@ -132,6 +132,15 @@ def _build(cls, raw: dict, where: str):
         raise ConfigError(f"{where}: {e}") from None
 
 
+def eval_set(e, where) -> EvalSetSpec:
+    if not isinstance(e, dict):
+        raise ConfigError(f"config: eval set {where!r} must be a mapping")
+    e = dict(e)
+    if isinstance(e.get("text"), str):
+        e["text"] = [e["text"]]
+    return _build(EvalSetSpec, e, f"config: eval set {e.get('name', where)!r}")
+
+
 def from_dict(raw: dict) -> SweepConfig:
     if not isinstance(raw, dict):
         raise ConfigError("config: top level must be a mapping")
@@ -142,15 +151,7 @@ def from_dict(raw: dict) -> SweepConfig:
     raw["models"] = _models(raw["models"])
     if not isinstance(raw["eval_sets"], list) or not raw["eval_sets"]:
         raise ConfigError("config: 'eval_sets' must be a non-empty list")
-    sets = []
-    for i, e in enumerate(raw["eval_sets"]):
-        if not isinstance(e, dict):
-            raise ConfigError(f"config: eval_sets[{i}] must be a mapping")
-        e = dict(e)
-        if isinstance(e.get("text"), str):
-            e["text"] = [e["text"]]
-        sets.append(_build(EvalSetSpec, e, f"config: eval set {e.get('name', i)!r}"))
-    raw["eval_sets"] = sets
+    raw["eval_sets"] = [eval_set(e, i) for i, e in enumerate(raw["eval_sets"])]
     if isinstance(raw.get("alphas"), int) and not isinstance(raw.get("alphas"), bool):
         if raw["alphas"] < 2:
             raise ConfigError(f"config: alphas = {raw['alphas']}: a grid needs at least 2 points")

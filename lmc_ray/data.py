@@ -97,31 +97,32 @@ class EvalData:
     def pooled(self) -> bool:
         return any(len(c) != 1 for c in self.classes) or [c[0] for c in self.classes] != list(range(len(self.classes)))
 
+    def pad(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict:
+        """Examples `idx` as one batch padded to its own longest member."""
+        lengths = [len(self.input_ids[i]) for i in idx]
+        width = max(lengths)
+        ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        types = np.zeros((len(idx), width), dtype=np.int64) if self.token_type_ids is not None else None
+        for r, (i, n) in enumerate(zip(idx, lengths)):
+            ids[r, :n] = self.input_ids[i]
+            mask[r, :n] = 1
+            if types is not None:
+                types[r, :n] = self.token_type_ids[i]
+        batch = {"input_ids": ids, "attention_mask": mask, "index": np.asarray(idx, dtype=np.int64)}
+        if types is not None:
+            batch["token_type_ids"] = types
+        return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+
     def batches(self, batch_tokens: int, max_batch_size: int, device: torch.device | str = "cpu") -> list[dict]:
-        """Length-sorted batches, each padded only to its own longest example."""
+        """Length-sorted batches under a padded-token budget, each padded only to its own longest example."""
         lengths = np.array([len(x) for x in self.input_ids])
         order = np.argsort(-lengths, kind="stable")
         out, start = [], 0
         while start < len(order):
-            width = lengths[order[start]]
-            size = max(1, min(max_batch_size, batch_tokens // width))
-            idx = order[start: start + size]
+            size = max(1, min(max_batch_size, batch_tokens // lengths[order[start]]))
+            out.append(self.pad(order[start: start + size], device))
             start += size
-            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            types = np.zeros((len(idx), width), dtype=np.int64) if self.token_type_ids is not None else None
-            for r, i in enumerate(idx):
-                n = lengths[i]
-                ids[r, :n] = self.input_ids[i]
-                mask[r, :n] = 1
-                if types is not None:
-                    types[r, :n] = self.token_type_ids[i]
-            batch = {"input_ids": ids, "attention_mask": mask}
-            if types is not None:
-                batch["token_type_ids"] = types
-            batch = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-            batch["index"] = torch.from_numpy(idx).to(device)
-            out.append(batch)
         return out
 
 

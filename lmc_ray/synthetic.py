@@ -26,11 +26,12 @@ def build_tokenizer(texts: list[str], vocab_size: int = 2000):
 
 
 def bert_config(vocab_size: int, labels: list[str], layers: int = 2, hidden: int = 64, heads: int = 2,
-                max_positions: int = 512):
+                max_positions: int = 512, dropout: float = 0.1):
     from transformers import BertConfig
 
     return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                       intermediate_size=4 * hidden, max_position_embeddings=max_positions,
+                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                       num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={lab: i for i, lab in enumerate(labels)})
 

@@ -1,0 +1,117 @@
+"""From a finished store to the paper's findings: barriers, basins, and how each basin generalizes."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import barriers as B
+from . import clusters as C
+from .config import ConfigError
+from .store import Store
+
+
+@dataclass
+class Analysis:
+    names: list[str]
+    eval_set: str
+    metric: str
+    curves: pd.DataFrame
+    barriers: pd.DataFrame
+    matrix: np.ndarray
+    clusters: pd.DataFrame  # model, method, cluster
+    summary: dict
+    per_model: pd.DataFrame  # model, cluster, one column per diagnostic metric
+    per_cluster: pd.DataFrame  # metric, cluster, mean, std, min, max, n
+    correlations: pd.DataFrame  # metric, pearson_r, p_value
+
+    def labels(self, method: str = "paper") -> np.ndarray:
+        sel = self.clusters[self.clusters.method == method].set_index("model").cluster
+        return sel.loc[self.names].to_numpy()
+
+
+def _read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
+    try:
+        run = json.loads(store.fs.cat_file(store.path("run.json")))
+    except FileNotFoundError:
+        raise ConfigError(f"store {store.url!r}: no run.json (not an lmc-ray store, or nothing written yet)") from None
+    fp = run["fingerprint"]
+    names = [m["name"] for m in fp["models"]]
+    curves = store.curves().to_table().to_pandas()
+    import pyarrow.dataset as ds
+
+    ends = ds.dataset(store.path("endpoints"), filesystem=store.fs, format="parquet").to_table().to_pandas()
+    return names, fp, curves, ends
+
+
+def run(store: Store, eval_set: str | None = None, metric: str = "loss") -> Analysis:
+    names, fp, curves, ends = _read(store)
+    n_pairs = curves.groupby(["model_a", "model_b"]).ngroups
+    want = len(names) * (len(names) - 1) // 2
+    if n_pairs < want:
+        raise ConfigError(f"store {store.url!r}: {n_pairs} of {want} pairs stored; finish the sweep first (rerun it)")
+    sets = [e["name"] for e in fp["eval_sets"]]
+    eval_set = eval_set or sets[0]
+    if eval_set not in sets:
+        raise ConfigError(f"eval set {eval_set!r} is not in the store (it has: {', '.join(sets)})")
+    if metric not in ("loss", "error"):
+        raise ConfigError(f"metric {metric!r}: use loss or error")
+    bar = B.table(curves)
+    mat = C.matrix(bar, names, eval_set, metric)
+    clusters, summary = C.analyse(mat, names)
+    summary.update(eval_set=eval_set, metric=metric, n_models=len(names),
+                   nan_pairs=int(bar[bar.metric == metric].barrier.isna().sum()))
+
+    # Generalization: each model alone (its endpoint rows) on the diagnostic sets, per subset.
+    diag_sets = [e["name"] for e in fp["eval_sets"] if e.get("role") == "diagnostic"] or sets
+    ends = ends[ends.eval_set.isin(diag_sets)]
+    wide = ends.assign(key=ends.eval_set + "/" + ends.subset + "/accuracy").pivot_table(
+        index="model", columns="key", values="accuracy").reindex(names)
+    paper_labels = C.paper(mat)
+    per_model = wide.assign(cluster=paper_labels).reset_index()
+    stats = []
+    for key in wide.columns:
+        for c, g in per_model.groupby("cluster"):
+            v = g[key].to_numpy()
+            stats.append({"metric": key, "cluster": int(c), "n": len(v), "mean": np.nanmean(v), "std": np.nanstd(v),
+                          "min": np.nanmin(v), "max": np.nanmax(v)})
+    score = C.spectral_score(mat, C.knn_delta(mat))
+    corr = [{"metric": key, **dict(zip(("pearson_r", "p_value"), C.correlation(score, wide[key].to_numpy())))}
+            for key in wide.columns]
+    return Analysis(names, eval_set, metric, curves, bar, mat, clusters, summary, per_model, pd.DataFrame(stats),
+                    pd.DataFrame(corr))
+
+
+def write(store: Store, a: Analysis) -> None:
+    """barriers.parquet, clusters.parquet, barrier_matrix.parquet beside the curves (atomic, like the curves)."""
+    def put(rel: str, df: pd.DataFrame) -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+        store._put(rel, buf.getvalue())
+
+    put("barriers.parquet", a.barriers)
+    put("clusters.parquet", a.clusters.assign(eval_set=a.eval_set, metric=a.metric))
+    put("barrier_matrix.parquet", pd.DataFrame(a.matrix, columns=a.names).assign(model=a.names)[["model", *a.names]])
+
+
+def text_summary(a: Analysis) -> str:
+    s = a.summary
+    lines = [f"{s['n_models']} models, barriers on {a.eval_set} ({a.metric}); "
+             f"paper's recipe: {np.bincount(a.labels('paper')).tolist()} models per cluster; "
+             f"eigengap suggests k = {s['k_eigengap']} (δ = {s['delta_knn']:.3g}); "
+             f"ARI paper vs linkage {s['ari_paper_vs_linkage']:.2f}; stability {s['stability_paper']:.2f}"]
+    top = a.barriers[(a.barriers.eval_set == a.eval_set) & (a.barriers.metric == a.metric)].nlargest(5, "barrier")
+    lines.append("highest barriers: " + "; ".join(f"{r.model_a}|{r.model_b} {r.barrier:.4f}" for r in top.itertuples()))
+    for key in a.correlations.metric:
+        sub = a.per_cluster[a.per_cluster.metric == key]
+        r = a.correlations.set_index("metric").loc[key, "pearson_r"]
+        means = ", ".join(f"cluster {c}: {m:.3f}±{sd:.3f}" for c, m, sd in zip(sub.cluster, sub["mean"], sub["std"]))
+        lines.append(f"{key}: {means}; Pearson r with spectral score {r:.2f}")
+    if s["nan_pairs"]:
+        lines.append(f"warning: {s['nan_pairs']} pairs have NaN barriers (NaN losses along the line)")
+    return "\n".join(lines)

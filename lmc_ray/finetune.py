@@ -1,0 +1,159 @@
+"""Finetune one copy of a base model; copies differ only in data order and classifier-head initialisation.
+
+No Ray here: `jobs/finetune.py` runs one Tune trial per seed around `train`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import sources
+from .config import ConfigError, EvalSetSpec
+from .data import EvalData, prepare
+from .evaluate import Evaluator
+
+
+@dataclass
+class FinetuneConfig:
+    base: str  # model reference of the shared pretrained start (local, hub, s3)
+    train: EvalSetSpec  # the training set, described like an evaluation set (max_examples: null = all)
+    eval_sets: list[EvalSetSpec]  # reported while training (in-domain and diagnostic)
+    labels: list[str]  # the classifier's label names, in order
+    output: str  # local directory or s3://bucket/prefix; model k goes to OUTPUT/seed_k
+    seeds: list[int] = field(default_factory=lambda: list(range(12)))
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    reports: int = 4  # metric reports per run
+    max_length: int = 128
+    cache_dir: str = "~/.cache/lmc_ray"
+    storage_options: dict = field(default_factory=dict)
+
+
+def load_data(cfg: FinetuneConfig, tokenizer) -> tuple[EvalData, list[EvalData]]:
+    train = prepare(cfg.train, tokenizer, cfg.labels, cfg.max_length)
+    return train, [prepare(e, tokenizer, cfg.labels, cfg.max_length) for e in cfg.eval_sets]
+
+
+def model_url(cfg: FinetuneConfig, seed: int) -> str:
+    return f"{cfg.output.rstrip('/')}/seed_{seed}"
+
+
+def exists(cfg: FinetuneConfig, seed: int) -> bool:
+    """A finished model has its config.json written last, so a partial upload never counts."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(model_url(cfg, seed), **cfg.storage_options)
+    return fs.exists(f"{root}/DONE")
+
+
+def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = None) -> dict:
+    """Train copy `seed`, calling report(metrics) as it goes; save it to OUTPUT/seed_k; return final metrics."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    base = sources.resolve(cfg.base, cfg.cache_dir, cfg.storage_options)
+    tok = AutoTokenizer.from_pretrained(str(base))
+    train_data, evals = load_data(cfg, tok)
+    torch.manual_seed(seed)  # the new classifier head (and dropout) draw from this seed
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base), num_labels=len(cfg.labels), id2label=dict(enumerate(cfg.labels)),
+        label2id={lab: i for i, lab in enumerate(cfg.labels)})
+    evaluators = [Evaluator(d, "cpu", 8192, 256) for d in evals]
+    n = len(train_data)
+    steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=cfg.warmup,
+                                                anneal_strategy="linear")
+    order = torch.Generator().manual_seed(10_000 + seed)  # data order
+    labels = torch.tensor(train_data.labels)
+    every = max(1, steps // max(1, cfg.reports))
+    metrics = {}
+    perm = torch.randperm(n, generator=order)
+    pos = 0
+    for step in range(1, steps + 1):
+        if pos + cfg.batch_size > n:
+            perm, pos = torch.randperm(n, generator=order), 0
+        idx = perm[pos: pos + cfg.batch_size].numpy()
+        pos += cfg.batch_size
+        model.train()
+        batch = train_data.pad(idx)
+        batch.pop("index")
+        loss = F.cross_entropy(model(**batch).logits, labels[idx])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % every == 0 or step == steps:
+            model.eval()
+            metrics = {"step": step, "train_loss": float(loss)}
+            for d, ev in zip(evals, evaluators):
+                m = ev(model)
+                metrics[f"{d.name}/loss"] = float(m[0, 1])
+                metrics[f"{d.name}/accuracy"] = float(m[0, 2])
+                for k, sub in enumerate(d.subsets[1:], 1):
+                    metrics[f"{d.name}/{sub}/accuracy"] = float(m[k, 2])
+            if report is not None:
+                report(metrics)
+    save(model, tok, cfg, seed)
+    return metrics
+
+
+def save(model, tok, cfg: FinetuneConfig, seed: int) -> None:
+    """HF checkpoint (model + tokenizer) at OUTPUT/seed_k, with a DONE marker written last."""
+    import fsspec
+
+    url = model_url(cfg, seed)
+    fs, root = fsspec.core.url_to_fs(url, **cfg.storage_options)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        Path(tmp, "DONE").write_text("complete\n")
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+        files = sorted(os.listdir(tmp), key=lambda f: f == "DONE")
+        if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+            part = root + ".part"
+            shutil.rmtree(part, ignore_errors=True)
+            shutil.copytree(tmp, part)
+            os.replace(part, root)
+        else:
+            for f in files:  # DONE last: a reader never takes a half-uploaded model for a finished one
+                fs.put_file(os.path.join(tmp, f), f"{root}/{f}")
+
+
+def check(cfg: FinetuneConfig) -> None:
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError("finetune: seeds must be a non-empty list of distinct integers")
+    for key in ("epochs", "batch_size", "lr"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"finetune: {key} must be positive")
+
+
+
+def from_dict(raw: dict) -> FinetuneConfig:
+    """A finetune configuration from YAML: `train` and `eval_sets` are written like the sweep's eval sets."""
+    from .config import _build, eval_set
+
+    raw = dict(raw)
+    for key in ("base", "train", "labels", "output"):
+        if key not in raw:
+            raise ConfigError(f"finetune config: missing required key {key!r}")
+    raw["train"] = eval_set({"name": "train", "max_examples": None, **raw["train"]}, "train")
+    raw["eval_sets"] = [eval_set(e, i) for i, e in enumerate(raw.get("eval_sets") or [])]
+    if isinstance(raw.get("seeds"), int):
+        raw["seeds"] = list(range(raw["seeds"]))
+    cfg = _build(FinetuneConfig, raw, "finetune config")
+    check(cfg)
+    return cfg

@@ -1,0 +1,49 @@
+"""Finetuning on Ray Tune: one trial per seed, metrics reported as they train, resumable with Tuner.restore."""
+from __future__ import annotations
+
+import logging
+import os
+
+from . import finetune
+from .config import ConfigError
+from .finetune import FinetuneConfig
+
+log = logging.getLogger("lmc_ray")
+
+
+def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_per_trial: float = 1.0) -> list[str]:
+    """Train every seed whose model is not in cfg.output yet; return the model references in seed order."""
+    from ray import tune
+
+    from .ray_sweep import init
+
+    finetune.check(cfg)
+    urls = [finetune.model_url(cfg, s) for s in cfg.seeds]
+    todo = [s for s in cfg.seeds if not finetune.exists(cfg, s)]
+    if not todo:
+        log.info("finetune: all %d models already in %s", len(urls), cfg.output)
+        return urls
+    init()
+
+    def trial(config):
+        finetune.train(cfg, config["seed"], report=tune.report, threads=max(1, int(cpus_per_trial)))
+
+    trainable = tune.with_resources(trial, {"cpu": cpus_per_trial})
+    path = os.path.join(os.path.abspath(os.path.expanduser(experiment_dir)), name)
+    if tune.Tuner.can_restore(path):
+        log.info("finetune: resuming the Tune experiment in %s", path)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"seed": tune.grid_search(todo)},
+            run_config=tune.RunConfig(name=name, storage_path=os.path.dirname(path), verbose=1),
+        )
+    results = tuner.fit()
+    failed = [r for r in results if r.error]
+    if failed:
+        raise ConfigError(f"finetune: {len(failed)} trial(s) failed, first: {str(failed[0].error).splitlines()[0]}")
+    missing = [s for s in cfg.seeds if not finetune.exists(cfg, s)]
+    if missing:
+        raise ConfigError(f"finetune: no saved model for seed(s) {missing} in {cfg.output}")
+    return urls
