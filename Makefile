@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install test test-slow demo bench-demo clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) jobs/sweep.py
+
+bench-demo: $(STAMP)
+	$(PY) benchmarks/demo_budget.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

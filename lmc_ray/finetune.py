@@ -18,6 +18,7 @@ from . import sources
 from .config import ConfigError, EvalSetSpec
 from .data import EvalData, prepare
 from .evaluate import Evaluator
+from .models import quiet
 
 
 @dataclass
@@ -58,10 +59,11 @@ def exists(cfg: FinetuneConfig, seed: int) -> bool:
 
 def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = None) -> dict:
     """Train copy `seed`, calling report(metrics) as it goes; save it to OUTPUT/seed_k; return final metrics."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
     if threads:
         torch.set_num_threads(threads)
+    quiet()
     base = sources.resolve(cfg.base, cfg.cache_dir, cfg.storage_options)
     tok = AutoTokenizer.from_pretrained(str(base))
     train_data, evals = load_data(cfg, tok)
@@ -73,11 +75,10 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
     n = len(train_data)
     steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=cfg.warmup,
-                                                anneal_strategy="linear")
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
     order = torch.Generator().manual_seed(10_000 + seed)  # data order
     labels = torch.tensor(train_data.labels)
-    every = max(1, steps // max(1, cfg.reports))
+    report_at = {max(1, round(steps * k / cfg.reports)) for k in range(1, cfg.reports + 1)}
     metrics = {}
     perm = torch.randperm(n, generator=order)
     pos = 0
@@ -95,9 +96,9 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
         opt.step()
         sched.step()
         opt.zero_grad()
-        if step % every == 0 or step == steps:
+        if step in report_at:
             model.eval()
-            metrics = {"step": step, "train_loss": float(loss)}
+            metrics = {"step": step, "train_loss": loss.item()}
             for d, ev in zip(evals, evaluators):
                 m = ev(model)
                 metrics[f"{d.name}/loss"] = float(m[0, 1])

@@ -82,6 +82,13 @@ def preflight(infos: list[ModelInfo]) -> list[str]:
     return ref.labels
 
 
+def quiet() -> None:
+    """No per-model loading bars from transformers: one per model per process would drown our own."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def head_linear(model: torch.nn.Module, num_labels: int) -> torch.nn.Linear:
     """The output layer: the last Linear producing num_labels logits (BERT's classifier, RoBERTa's out_proj, ...)."""
     found = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
@@ -97,9 +104,8 @@ def load(name: str, path: Path, canonical_labels: list[str], dtype: torch.dtype 
     id2label lists the classes in another order is reordered here, by name, never by position.
     """
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # one bar per model per actor would drown the sweep's own
+    quiet()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
     except Exception as e:

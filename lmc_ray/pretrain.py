@@ -31,7 +31,7 @@ class PretrainConfig:
 def build(pairs: list[tuple[str, str]], cfg: PretrainConfig, out_dir: Path, progress: bool = True) -> Path:
     """Masked-LM on sentence pairs: predicting a masked hypothesis word from the premise teaches the
     cross-sentence word matching a real pretrained BERT brings to NLI finetuning."""
-    from transformers import BertForMaskedLM
+    from transformers import BertForMaskedLM, get_linear_schedule_with_warmup
 
     from .synthetic import bert_config, build_tokenizer
 
@@ -42,7 +42,7 @@ def build(pairs: list[tuple[str, str]], cfg: PretrainConfig, out_dir: Path, prog
     enc = tok([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=64)
     enc = [{"input_ids": i, "token_type_ids": t} for i, t in zip(enc["input_ids"], enc["token_type_ids"])]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, cfg.steps), pct_start=0.1)
+    sched = get_linear_schedule_with_warmup(opt, cfg.steps // 10, max(1, cfg.steps))
     g = torch.Generator().manual_seed(cfg.seed)
     special = torch.tensor(tok.all_special_ids)
     model.train()

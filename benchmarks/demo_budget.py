@@ -1,0 +1,84 @@
+"""Measure `make demo`: first run from empty caches, then a second, cached run (wall time, peak memory).
+
+    .venv/bin/python benchmarks/demo_budget.py [--with-setup]
+
+Peak memory is the largest sum of RSS over the demo's whole process tree (driver, Ray, workers),
+sampled every 0.2 s. --with-setup also times `make install` in a fresh clone (reported separately).
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int, str]:
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+    ps = psutil.Process(proc.pid)
+
+    def sample():
+        while proc.poll() is None:
+            try:
+                peak[0] = max(peak[0], tree_rss(ps))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out = proc.communicate()[0]
+    th.join()
+    if proc.returncode:
+        sys.exit(f"demo failed (exit {proc.returncode}):\n{out[-3000:]}")
+    return time.perf_counter() - t, peak[0], out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--with-setup", action="store_true", help="also time `make install` in a fresh clone")
+    args = p.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU" if not
+          shutil.which("nvidia-smi") else f"machine: {os.cpu_count()} CPUs, with GPU")
+    if args.with_setup:
+        with tempfile.TemporaryDirectory() as clone:
+            subprocess.run(["git", "clone", "-q", str(ROOT), clone], check=True)
+            t = time.perf_counter()
+            subprocess.run(["make", "install"], cwd=clone, check=True, stdout=subprocess.DEVNULL)
+            print(f"set-up (make install, fresh clone): {time.perf_counter() - t:.0f} s")
+    work = Path(tempfile.mkdtemp(prefix="lmc-demo-"))
+    env = dict(os.environ, HOME=str(work / "home"), TRANSFORMERS_VERBOSITY="error")  # empty ~/.cache/lmc_ray
+    cmd = [sys.executable, str(ROOT / "jobs" / "sweep.py")]
+    for label in ("first run (empty caches)", "second run (cached)"):
+        wall, peak, out = measure(cmd, env, work)
+        stages = re.search(r"time \(s\): (.*)", out)
+        print(f"{label}: {wall:.0f} s wall, peak memory {peak / 2**30:.2f} GiB"
+              + (f"; stages: {stages.group(1)}" if stages else ""))
+    print("summary of the last run:")
+    print("\n".join(line for line in out.splitlines() if not line.startswith(("(", "\x1b", "Trial"))
+                    and ("cluster" in line or "accuracy" in line or line.startswith(("store", "report")))))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

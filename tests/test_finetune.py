@@ -1,0 +1,60 @@
+"""Finetuning on Ray Tune writes loadable HF checkpoints, one per seed, and skips finished ones."""
+import torch
+
+from lmc_ray import finetune, ray_finetune, toynli
+from lmc_ray.config import EvalSetSpec
+from lmc_ray.synthetic import bert_config, build_tokenizer
+
+
+def _base(tmp_path, train):
+    from transformers import BertForSequenceClassification
+
+    tok = build_tokenizer(list(train.premise) + list(train.hypothesis))
+    torch.manual_seed(0)
+    path = tmp_path / "base"
+    BertForSequenceClassification(bert_config(len(tok), toynli.LABELS, 1, 32, 2, 64, 0.0)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_two_seed_tune_run_writes_loadable_checkpoints(ray_local, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    data = toynli.write(tmp_path / "data", n_train=300, n_val=64, per_subcase=10)
+    spec = lambda name, **kw: EvalSetSpec(name=name, path=str(data[name]), text=["premise", "hypothesis"],
+                                          label="label", **kw)
+    cfg = finetune.from_dict({
+        "base": str(_base(tmp_path, toynli.generate(n_train=300)["train"])),
+        "train": {"path": str(data["train"]), "text": ["premise", "hypothesis"], "label": "label"},
+        "eval_sets": [{"name": "validation", "path": str(data["validation"]), "text": ["premise", "hypothesis"],
+                       "label": "label"}],
+        "labels": toynli.LABELS, "output": str(tmp_path / "models"), "seeds": 2, "epochs": 1, "reports": 2})
+    assert cfg.train.max_examples is None and cfg.seeds == [0, 1]
+    urls = ray_finetune.run(cfg, str(tmp_path / "tune"))
+    assert urls == [str(tmp_path / "models" / "seed_0"), str(tmp_path / "models" / "seed_1")]
+    models = [AutoModelForSequenceClassification.from_pretrained(u) for u in urls]
+    assert models[0].config.id2label == {0: "entailment", 1: "non-entailment"}
+    # Same start, different seeds: the heads differ.
+    assert not torch.equal(models[0].classifier.weight, models[1].classifier.weight)
+    assert (tmp_path / "tune" / "finetune").is_dir()  # Tune's experiment state, what Tuner.restore reads
+    # A rerun finds both models finished and trains nothing.
+    before = [(tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns for s in (0, 1)]
+    ray_finetune.run(cfg, str(tmp_path / "tune"))
+    after = [(tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns for s in (0, 1)]
+    assert before == after
+    del spec
+
+
+def test_train_reports_metrics_as_it_goes(tmp_path):
+    data = toynli.write(tmp_path / "data", n_train=200, n_val=32, per_subcase=5)
+    base = _base(tmp_path, toynli.generate(n_train=200)["train"])
+    spec = lambda name, **kw: EvalSetSpec(name=name, path=str(data[name]), text=["premise", "hypothesis"],
+                                          label="label", max_examples=None, **kw)
+    cfg = finetune.FinetuneConfig(base=str(base), train=spec("train"), labels=toynli.LABELS,
+                                  eval_sets=[spec("diagnostic", subsets=["subcase"])], output=str(tmp_path / "out"),
+                                  seeds=[5], epochs=1, reports=3)
+    seen = []
+    final = finetune.train(cfg, 5, report=seen.append)
+    assert len(seen) == 3 and seen[-1] == final and seen[-1]["step"] == 7
+    assert "diagnostic/subcase=ln_subject/object_swap/accuracy" in final
+    assert finetune.exists(cfg, 5) and not finetune.exists(cfg, 6)
