@@ -18,8 +18,8 @@ from .store import Store
 class DemoConfig:
     workdir: str = "results/demo"
     n_models: int = 12
-    epochs: float = 6.0
-    lr: float = 3e-4
+    epochs: float = 5.0
+    lr: float = 1e-3
     swap_rate: float = 0.02
     # Brief masked-LM pretraining lengthened the finetuning plateau on this task in our runs (see
     # docs/demo.md), so the default shared start is the untrained base; set > 0 to pretrain it.

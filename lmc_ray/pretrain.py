@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 class PretrainConfig:
     layers: int = 2
     hidden: int = 64
-    heads: int = 2
+    heads: int = 4
     steps: int = 150
     batch_size: int = 64
     lr: float = 1e-3

@@ -1,12 +1,15 @@
 """The cluster job on a real store: barriers, clusters and a report with its figures."""
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lmc_ray import analysis, local, plan
+from lmc_ray import analysis, local, plan, report
 from lmc_ray.config import ConfigError
 from lmc_ray.store import Store
 
@@ -58,3 +61,47 @@ def test_an_unfinished_store_is_refused(tmp_path, population):
     (tmp_path / "s" / "curves" / "pair-00000-00001.parquet").unlink()
     with pytest.raises(ConfigError, match="2 of 3 pairs stored"):
         analysis.run(Store(str(tmp_path / "s")))
+
+
+PROBE = """<!doctype html><html><body><iframe id="f" src="index.html" width="1200" height="800"></iframe>
+<pre id="out">pending</pre><script>
+document.getElementById("f").onload = () => {
+  const imgs = [...document.getElementById("f").contentDocument.images];
+  const check = () => {
+    if (!imgs.every(i => i.complete)) return setTimeout(check, 50);
+    document.getElementById("out").textContent =
+      "images " + imgs.length + " loaded " + imgs.filter(i => i.naturalWidth > 0).length;
+  };
+  check();
+};
+</script></body></html>"""
+
+
+def _chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None and not os.environ.get("CI"):
+        pytest.skip("Chromium is not installed (CI installs it: apt-get install chromium)")
+    assert exe, "Chromium is required in CI"
+    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_report_renders_in_a_real_browser(store, tmp_path):
+    a = analysis.run(Store(str(store)))
+    index = Path(report.write(Store(str(store)), a))
+    chrome = _chromium() + [f"--user-data-dir={tmp_path / 'profile'}"]
+    probe = index.parent / "_probe.html"
+    probe.write_text(PROBE)
+    try:
+        dom = subprocess.run(chrome + ["--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
+                                       probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    finally:
+        probe.unlink()
+    assert "images 3 loaded 3" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(chrome + ["--window-size=1200,1600", f"--screenshot={shot}", index.as_uri()],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (1600, 1200) and pixels.std() > 10  # a rendered page, not a blank one
