@@ -75,8 +75,9 @@ def main():
         print(f"{label}: {wall:.0f} s wall, peak memory {peak / 2**30:.2f} GiB"
               + (f"; stages: {stages.group(1)}" if stages else ""))
     print("summary of the last run:")
-    print("\n".join(line for line in out.splitlines() if not line.startswith(("(", "\x1b", "Trial"))
-                    and ("cluster" in line or "accuracy" in line or line.startswith(("store", "report")))))
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if " models, barriers on " in line)
+    print("\n".join(line for line in lines[start:] if not line.startswith(("(", "\x1b", "20"))))
     shutil.rmtree(work, ignore_errors=True)
 
 

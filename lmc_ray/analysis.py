@@ -1,14 +1,12 @@
 """From a finished store to the paper's findings: barriers, basins, and how each basin generalizes."""
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import barriers as B
 from . import clusters as C
@@ -89,14 +87,10 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss") -> Anal
 
 def write(store: Store, a: Analysis) -> None:
     """barriers.parquet, clusters.parquet, barrier_matrix.parquet beside the curves (atomic, like the curves)."""
-    def put(rel: str, df: pd.DataFrame) -> None:
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
-        store._put(rel, buf.getvalue())
-
-    put("barriers.parquet", a.barriers)
-    put("clusters.parquet", a.clusters.assign(eval_set=a.eval_set, metric=a.metric))
-    put("barrier_matrix.parquet", pd.DataFrame(a.matrix, columns=a.names).assign(model=a.names)[["model", *a.names]])
+    matrix = pd.DataFrame(a.matrix, columns=a.names).assign(model=a.names)[["model", *a.names]]
+    for rel, df in (("barriers.parquet", a.barriers), ("barrier_matrix.parquet", matrix),
+                    ("clusters.parquet", a.clusters.assign(eval_set=a.eval_set, metric=a.metric))):
+        store.put_table(rel, pa.Table.from_pandas(df, preserve_index=False))
 
 
 def text_summary(a: Analysis) -> str:

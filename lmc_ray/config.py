@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +76,6 @@ class SweepConfig:
             "dtype": self.dtype,
             "max_length": self.max_length,
         }
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def grid(n: int) -> list[float]:
@@ -251,6 +247,3 @@ def load(args: argparse.Namespace, default: dict | None = None) -> SweepConfig:
                 e["max_examples"] = args.max_examples
     return from_dict(raw)
 
-
-def dumps(cfg: SweepConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

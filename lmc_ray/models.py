@@ -6,7 +6,6 @@ The preflight reads only config.json and the checkpoint headers (safetensors) or
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,10 +133,3 @@ def check_finite(name: str, state: dict[str, torch.Tensor]) -> None:
         if not bool(torch.isfinite(v).all()):
             raise ConfigError(f"model {name!r}: parameter {k!r} contains NaN or inf")
 
-
-def describe(n_params: int) -> str:
-    return f"{n_params / 1e6:.1f} M" if n_params < 1e9 else f"{n_params / 1e9:.2f} B"
-
-
-def n_parameters(state: dict[str, torch.Tensor]) -> int:
-    return sum(math.prod(v.shape) for v in state.values())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 from . import finetune
 from .config import ConfigError
@@ -18,6 +19,7 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
     from .ray_sweep import init
 
     finetune.check(cfg)
+    cfg = _absolute(cfg)
     urls = [finetune.model_url(cfg, s) for s in cfg.seeds]
     todo = [s for s in cfg.seeds if not finetune.exists(cfg, s)]
     if not todo:
@@ -47,3 +49,14 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
     if missing:
         raise ConfigError(f"finetune: no saved model for seed(s) {missing} in {cfg.output}")
     return urls
+
+
+def _absolute(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Local paths made absolute: Tune runs each trial in its own working directory."""
+    def fix(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path)) if os.path.exists(os.path.expanduser(path)) else path
+
+    sets = [replace(e, path=fix(e.path)) for e in cfg.eval_sets]
+    output = cfg.output if "://" in cfg.output else os.path.abspath(os.path.expanduser(cfg.output))
+    return replace(cfg, base=fix(cfg.base), train=replace(cfg.train, path=fix(cfg.train.path)), eval_sets=sets,
+                   output=output)

@@ -85,7 +85,7 @@ def write(store: Store, a: Analysis) -> str:
     """STORE/report/index.html and its PNGs; returns the index path."""
     figures = {"heatmap.png": heatmap(a), "curves.png": curves(a), "diagnostic_histograms.png": histograms(a)}
     for name, data in figures.items():
-        store._put(f"report/{name}", data)
+        store.put(f"report/{name}", data)
     summary = pd.DataFrame([{"key": k, "value": v} for k, v in a.summary.items()])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lmc-ray report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} table.t td,table.t th{{padding:2px 8px}}
@@ -100,5 +100,5 @@ img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}
 <h3>Clustering</h3>{_table(summary)}
 <h3>Per model</h3>{_table(a.per_model)}
 </body></html>"""
-    store._put("report/index.html", page.encode())
+    store.put("report/index.html", page.encode())
     return store.path("report", "index.html")

@@ -67,7 +67,7 @@ class Store:
         try:
             self.cleanup()
             if old is None:
-                self._put("run.json", json.dumps({"fingerprint": fingerprint}, indent=2, sort_keys=True).encode())
+                self.put("run.json", json.dumps({"fingerprint": fingerprint}, indent=2, sort_keys=True).encode())
         except ConfigError:
             raise
         except Exception as e:
@@ -80,7 +80,7 @@ class Store:
             self.fs.rm(tmp, recursive=True)
 
     # -- writing -------------------------------------------------------------------------------
-    def _put(self, rel: str, data: bytes) -> None:
+    def put(self, rel: str, data: bytes) -> None:
         final = self.path(rel)
         if not self.local:
             self.fs.pipe_file(final, data)
@@ -94,16 +94,16 @@ class Store:
             os.fsync(f.fileno())
         os.replace(tmp, final)
 
-    def _put_table(self, rel: str, table: pa.Table) -> None:
+    def put_table(self, rel: str, table: pa.Table) -> None:
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        self._put(rel, buf.getvalue())
+        self.put(rel, buf.getvalue())
 
     def write_pair(self, i: int, j: int, table: pa.Table) -> None:
-        self._put_table(f"curves/pair-{i:05d}-{j:05d}.parquet", table)
+        self.put_table(f"curves/pair-{i:05d}-{j:05d}.parquet", table)
 
     def write_endpoint(self, i: int, table: pa.Table) -> None:
-        self._put_table(f"endpoints/model-{i:05d}.parquet", table)
+        self.put_table(f"endpoints/model-{i:05d}.parquet", table)
 
     # -- reading -------------------------------------------------------------------------------
     def _indices(self, sub: str, pattern: re.Pattern) -> list[tuple[int, ...]]:
