@@ -65,9 +65,10 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss") -> Anal
     summary.update(eval_set=eval_set, metric=metric, n_models=len(names),
                    nan_pairs=int(bar[bar.metric == metric].barrier.isna().sum()))
 
-    # Generalization: each model alone (its endpoint rows) on the diagnostic sets, per subset.
-    diag_sets = [e["name"] for e in fp["eval_sets"] if e.get("role") == "diagnostic"] or sets
-    ends = ends[ends.eval_set.isin(diag_sets)]
+    # Generalization: each model alone (its endpoint rows): every subset of the diagnostic sets, and the
+    # whole of the in-domain ones (do the basins agree in-domain while differing out of distribution?).
+    diag_sets = [e["name"] for e in fp["eval_sets"] if e.get("role") == "diagnostic"]
+    ends = ends[ends.eval_set.isin(diag_sets) | (ends.subset == "all")]
     wide = ends.assign(key=ends.eval_set + "/" + ends.subset + "/accuracy").pivot_table(
         index="model", columns="key", values="accuracy").reindex(names)
     paper_labels = C.paper(mat)

@@ -72,6 +72,7 @@ def run(d: DemoConfig = DemoConfig()) -> dict[str, float]:
 
     print(analysis.text_summary(a))
     print(_table(a))
+    print(f"Ray dashboard: {ray_sweep.init()}")
     print(f"store:  {Path(sweep.store).resolve()}")
     print(f"report: {Path(index).resolve()}")
     print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
@@ -79,10 +80,11 @@ def run(d: DemoConfig = DemoConfig()) -> dict[str, float]:
 
 
 def _table(a: analysis.Analysis) -> str:
-    """Models per cluster and their mean diagnostic accuracy on the non-entailment subcases."""
-    keys = [k for k in a.per_model.columns if "subcase=ln_" in k or k == "diagnostic/all/accuracy"]
+    """Models per cluster and their mean accuracy in-domain, on the diagnostic set and its non-entailment subcases."""
+    keys = [k for k in a.per_model.columns if "subcase=ln_" in k or k.endswith("/all/accuracy")]
     g = a.per_model.groupby("cluster")
     rows = [f"{'cluster':>7} {'models':>6} " + " ".join(f"{k.split('=')[-1].replace('/accuracy', ''):>24}" for k in keys)]
+    rows[0] += "   (mean accuracy)"
     for c, sub in g:
         rows.append(f"{c:>7} {len(sub):>6} " + " ".join(f"{sub[k].mean():>24.3f}" for k in keys))
     return "\n".join(rows)

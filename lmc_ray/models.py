@@ -82,10 +82,12 @@ def preflight(infos: list[ModelInfo]) -> list[str]:
 
 
 def quiet() -> None:
-    """No per-model loading bars from transformers: one per model per process would drown our own."""
+    """No per-model loading bars or load reports from transformers: one per model per process would drown
+    our own progress (a new classifier head is expected when finetuning from a base)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def head_linear(model: torch.nn.Module, num_labels: int) -> torch.nn.Linear:

@@ -6,13 +6,14 @@ runs, keeps a bounded amount of work in flight, and streams each finished pair i
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 
 import ray
 from tqdm.auto import tqdm
 
 from . import schedule
-from .config import SweepConfig
+from .config import ConfigError, SweepConfig
 from .plan import Plan
 from .residents import Residents
 
@@ -99,7 +100,7 @@ def run(plan: Plan, progress: bool = True) -> None:
     missing = plan.missing_endpoints()
     todo = [actors[actor_of[i]].endpoint.options(name=f"endpoint:{plan.names[i]}").remote(i) for i in missing]
     for ref in _as_completed(todo, "endpoints", progress):
-        i, metrics = ray.get(ref)
+        i, metrics = _get(ref)
         plan.record_endpoint(i, metrics)
         ends[i] = metrics
     for i in range(n):
@@ -127,7 +128,7 @@ def run(plan: Plan, progress: bool = True) -> None:
     while inflight:
         ready, _ = ray.wait(list(inflight), num_returns=1)
         k = inflight.pop(ready[0])
-        a, b, interior = ray.get(ready[0])
+        a, b, interior = _get(ready[0])
         plan.record_pair(a, b, interior, ends)
         bar.update(1)
         if queues[k]:
@@ -135,6 +136,17 @@ def run(plan: Plan, progress: bool = True) -> None:
     bar.close()
     for actor in actors:
         ray.kill(actor)
+
+
+def _get(ref):
+    """ray.get, with bad input found inside an actor (e.g. NaN weights) reported as the one line it is."""
+    try:
+        return ray.get(ref)
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+        found = re.findall(r"ConfigError: (.+)", str(e))
+        if found:
+            raise ConfigError(found[-1].strip()) from None
+        raise
 
 
 def _as_completed(refs, desc: str, progress: bool):

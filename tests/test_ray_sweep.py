@@ -84,3 +84,20 @@ def test_one_actor_per_model_and_permuted_labels(ray_local, tmp_path, population
         m.name = str(orig)  # same names as the reference so rows line up
     ray_sweep.run(plan.prepare(cfg), progress=False)
     pd.testing.assert_frame_equal(_table(cfg.store), reference, check_exact=False, atol=1e-6, rtol=0)
+
+
+def test_nan_weights_found_in_an_actor_fail_in_one_line(ray_local, tmp_path, population):
+    from safetensors.torch import load_file, save_file
+
+    from lmc_ray.config import ConfigError
+
+    bad = tmp_path / "nan_model"
+    shutil.copytree(population[1], bad)
+    state = load_file(bad / "model.safetensors")
+    state["classifier.bias"][0] = float("nan")
+    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    cfg = config.from_dict(sweep_config([population[0], bad], tmp_path / "store", actors=2))
+    with pytest.raises(ConfigError) as e:
+        ray_sweep.run(plan.prepare(cfg), progress=False)
+    assert str(e.value) == f"model '{bad}': parameter 'classifier.bias' contains NaN or inf"
+    assert not (tmp_path / "store" / "curves").exists()
