@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow demo bench-demo clean
+.PHONY: install test demo bench bench-demo clean
 
 install: $(STAMP)
 
@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
-
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) jobs/sweep.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/sweep_speed.py
 
 bench-demo: $(STAMP)
 	$(PY) benchmarks/demo_budget.py

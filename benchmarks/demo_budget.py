@@ -12,46 +12,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
+from peak_memory import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def measure(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int, str]:
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
-    ps = psutil.Process(proc.pid)
-
-    def sample():
-        while proc.poll() is None:
-            try:
-                peak[0] = max(peak[0], tree_rss(ps))
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out = proc.communicate()[0]
-    th.join()
+    with PeakRSS(proc.pid) as mem:
+        out = proc.communicate()[0]
     if proc.returncode:
         sys.exit(f"demo failed (exit {proc.returncode}):\n{out[-3000:]}")
-    return time.perf_counter() - t, peak[0], out
+    return time.perf_counter() - t, mem.peak, out
 
 
 def main():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,38 +30,12 @@ import torch.nn.functional as F
 
 from lmc_ray import barriers, config, local, plan, ray_sweep
 from lmc_ray.synthetic import make_population
+from peak_memory import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"
 LABELS = ["entailment", "neutral", "contradiction"]
 ALPHAS = config.grid(10)
-
-
-class PeakRSS:
-    """Largest RSS of this process and its children (Ray workers included) while the block runs."""
-
-    def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
-        me = psutil.Process()
-
-        def run():
-            while not self._stop.is_set():
-                total = 0
-                for p in [me, *me.children(recursive=True)]:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak = max(self.peak, total)
-                time.sleep(0.1)
-
-        self._t = threading.Thread(target=run, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def per_pair_loop(paths, pairs, texts, labels, pad_to_max: bool, batch: int = 512) -> dict:
