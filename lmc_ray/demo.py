@@ -72,7 +72,7 @@ def run(d: DemoConfig = DemoConfig()) -> dict[str, float]:
 
     print(analysis.text_summary(a))
     print(_table(a))
-    print(f"Ray dashboard: {ray_sweep.init()}")
+    print(f"Ray dashboard: {ray_sweep.dashboard()}")
     print(f"store:  {Path(sweep.store).resolve()}")
     print(f"report: {Path(index).resolve()}")
     print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))

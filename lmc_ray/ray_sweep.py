@@ -46,8 +46,13 @@ def init() -> str:
     Returns the dashboard address, so users know where to watch.
     """
     if not ray.is_initialized():
-        ctx = ray.init(logging_level=logging.WARNING)
-        return ctx.dashboard_url or "(dashboard not running)"
+        ray.init(logging_level=logging.WARNING)
+    return dashboard()
+
+
+def dashboard() -> str:
+    if not ray.is_initialized():
+        return "(Ray not started: nothing to compute)"
     return ray._private.worker.get_dashboard_url() or "(dashboard not running)"  # no public getter in 2.x
 
 
@@ -78,8 +83,11 @@ def _name(plan: Plan, indices: list[int]) -> str:
 
 
 def run(plan: Plan, progress: bool = True) -> None:
-    dashboard = init()
     cfg, n = plan.cfg, len(plan.names)
+    if not plan.pending and not plan.missing_endpoints():
+        log.info("store %s is complete: %d pairs, nothing to compute", cfg.store, n * (n - 1) // 2)
+        return
+    dashboard = init()
     n_actors, gpu_share, cpu_share = layout(cfg, n)
     threads = max(1, int(cpu_share))
     residents = schedule.assign_models(n, n_actors)
