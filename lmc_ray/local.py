@@ -10,13 +10,7 @@ from .residents import Residents
 def run(plan: Plan, progress: bool = True) -> None:
     n = len(plan.names)
     res = Residents(plan.cfg, list(range(n)), plan.labels, plan.datas)
-    missing = set(plan.missing_endpoints())
-    ends = {}
-    for i in tqdm(range(n), desc="endpoints", disable=not progress):
-        if i in missing:
-            ends[i] = res.endpoint(i)
-            plan.record_endpoint(i, ends[i])
-        else:
-            ends[i] = plan.endpoint(i)
+    missing = plan.missing_endpoints()
+    ends = plan.gather_endpoints((i, res.endpoint(i)) for i in tqdm(missing, desc="endpoints", disable=not progress))
     for a, b in tqdm(plan.pending, desc="pairs", disable=not progress):
         plan.record_pair(a, b, res.curve(a, b, plan.cfg.alphas), ends)

@@ -41,11 +41,16 @@ class Plan:
         done = self.store.done_endpoints()
         return [i for i in range(len(self.names)) if i not in done]
 
-    def record_endpoint(self, i: int, metrics: list[np.ndarray]) -> None:
-        self.store.write_endpoint(i, endpoint_table(self.names[i], self.layout, metrics))
-
-    def endpoint(self, i: int) -> list[np.ndarray]:
-        return metrics_from_endpoint(self.store.read_endpoint(i), self.layout)
+    def gather_endpoints(self, computed) -> dict[int, list[np.ndarray]]:
+        """Store each freshly computed (model, metrics) as it arrives; read the others back from the store."""
+        ends = {}
+        for i, metrics in computed:
+            self.store.write_endpoint(i, endpoint_table(self.names[i], self.layout, metrics))
+            ends[i] = metrics
+        for i in range(len(self.names)):
+            if i not in ends:
+                ends[i] = metrics_from_endpoint(self.store.read_endpoint(i), self.layout)
+        return ends
 
     def record_pair(self, i: int, j: int, interior: dict[float, list[np.ndarray]],
                     ends: dict[int, list[np.ndarray]]) -> None:

@@ -104,16 +104,9 @@ def run(plan: Plan, progress: bool = True) -> None:
              gpu_share, cpu_share, len(plan.pending), n * (n - 1) // 2)
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).
-    ends = {}
     missing = plan.missing_endpoints()
     todo = [actors[actor_of[i]].endpoint.options(name=f"endpoint:{plan.names[i]}").remote(i) for i in missing]
-    for ref in _as_completed(todo, "endpoints", progress):
-        i, metrics = _get(ref)
-        plan.record_endpoint(i, metrics)
-        ends[i] = metrics
-    for i in range(n):
-        if i not in ends:
-            ends[i] = plan.endpoint(i)
+    ends = plan.gather_endpoints(_get(ref) for ref in _as_completed(todo, "endpoints", progress))
 
     # Pairs: each actor works through its own queue; weights of a model it lacks are published once.
     queues = [deque(q) for q in schedule.plan(n, residents, set(plan.pending))]

@@ -60,7 +60,7 @@ def _from_s3(ref: str, cache: Path, storage_options: dict) -> Path:
     fs, root = fsspec.core.url_to_fs(ref, **storage_options)
     root = root.rstrip("/")
     try:
-        listing = {p: fs.info(p) for p in fs.find(root)}
+        listing = fs.find(root, detail=True)  # one listing, sizes and ETags included
     except Exception as e:
         raise ConfigError(f"model {ref!r}: cannot list ({type(e).__name__}: {e})") from None
     if not listing:
