@@ -69,8 +69,10 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss") -> Anal
     # whole of the in-domain ones (do the basins agree in-domain while differing out of distribution?).
     diag_sets = [e["name"] for e in fp["eval_sets"] if e.get("role") == "diagnostic"]
     ends = ends[ends.eval_set.isin(diag_sets) | (ends.subset == "all")]
-    wide = ends.assign(key=ends.eval_set + "/" + ends.subset + "/accuracy").pivot_table(
-        index="model", columns="key", values="accuracy").reindex(names)
+    wide = pd.concat([
+        ends[ends.eval_set == e["name"]].assign(key=lambda d, m=m: d.eval_set + "/" + d.subset + "/" + m)
+        .pivot_table(index="model", columns="key", values=m)
+        for e in fp["eval_sets"] for m in e.get("metrics", ["accuracy"])], axis=1).reindex(names)
     paper_labels = C.paper(mat)
     per_model = wide.assign(cluster=paper_labels).reset_index()
     stats = []

@@ -14,6 +14,12 @@ from typing import Any
 
 import yaml
 
+from .metrics import COLUMNS
+
+
+STORE_FORMAT = 2  # bumped when stored columns change: an older store is refused, not mixed
+METRICS = COLUMNS[2:]  # the scores an eval set may report per model
+
 
 class ConfigError(ValueError):
     """Bad user input. The message is one line that names the culprit."""
@@ -23,6 +29,9 @@ class ConfigError(ValueError):
 class ModelSpec:
     ref: str  # local directory, hub id (org/name[@revision]) or s3://bucket/prefix
     name: str = ""  # how the model is named in the store; defaults to ref
+    # The checkpoint's class names in id order, for checkpoints saved with generic LABEL_i names
+    # (label orders are matched by name, so they must be known).
+    labels: list[str] | None = None
 
     def __post_init__(self):
         self.name = self.name or self.ref
@@ -44,6 +53,11 @@ class EvalSetSpec:
     subset_config: str | None = None  # hub dataset configuration name (e.g. "mnli")
     format: str | None = None  # override of the file-extension guess
     role: str = "in_domain"  # or "diagnostic": how the cluster report uses the set
+    columns: list[str] | None = None  # names for a header-less csv/tsv (e.g. CoLA's raw files)
+    # Take the first max_examples rows round-robin over this field's values, so a file sorted by
+    # subcase (HANS: 1,000 rows of each of 30) still gives every subcase its share of the 512.
+    balance_by: str | None = None
+    metrics: list[str] = field(default_factory=lambda: ["accuracy"])  # reported per model: accuracy, f1, mcc
 
     def subset_fields(self) -> list[list[str]]:
         return [[s] if isinstance(s, str) else list(s) for s in self.subsets]
@@ -66,6 +80,7 @@ class SweepConfig:
     max_retries: int = 3  # actor restarts / task retries before a model is declared broken
     cache_dir: str = "~/.cache/lmc_ray"
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for s3:// paths
+    tokenizer: str | None = None  # model reference to take the tokenizer from; default: the first model
 
     def fingerprint(self) -> dict:
         """The settings that decide the stored values; a store refuses a run whose fingerprint differs."""
@@ -75,6 +90,8 @@ class SweepConfig:
             "alphas": self.alphas,
             "dtype": self.dtype,
             "max_length": self.max_length,
+            "tokenizer": self.tokenizer,
+            "format": STORE_FORMAT,
         }
 
 
@@ -111,7 +128,13 @@ def _models(raw) -> list[ModelSpec]:
             names = expand(item.get("name", "")) if item.get("name") else [""] * len(refs)
             if len(names) != len(refs):
                 raise ConfigError(f"config: model {item['ref']!r}: 'name' expands to {len(names)} names for {len(refs)} refs")
-            out += [ModelSpec(r, n) for r, n in zip(refs, names)]
+            unknown = sorted(set(item) - {"ref", "name", "labels"})
+            if unknown:
+                raise ConfigError(f"config: model {item['ref']!r}: unknown key {unknown[0]!r} (known: labels, name, ref)")
+            labels = item.get("labels")
+            if labels is not None and (not isinstance(labels, list) or len(labels) < 2):
+                raise ConfigError(f"config: model {item['ref']!r}: 'labels' must list the class names in id order")
+            out += [ModelSpec(r, n, labels) for r, n in zip(refs, names)]
         else:
             raise ConfigError(f"config: model entry {item!r} must be a string or a mapping with 'ref'")
     return out
@@ -184,6 +207,9 @@ def validate(cfg: SweepConfig) -> None:
             raise ConfigError(f"config: {where}: 'text' must name one or two fields")
         if e.max_examples is not None and e.max_examples < 1:
             raise ConfigError(f"config: {where}: max_examples must be positive")
+        bad = [m for m in e.metrics if m not in METRICS]
+        if bad or not e.metrics:
+            raise ConfigError(f"config: {where}: metric {bad[0] if bad else None!r} is not one of {', '.join(METRICS)}")
         if e.role not in ("in_domain", "diagnostic"):
             raise ConfigError(f"config: {where}: role must be 'in_domain' or 'diagnostic', got {e.role!r}")
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
@@ -201,9 +227,38 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
+def _read_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config: no such file {str(p)!r}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {p}: top level must be a mapping")
+    return raw
+
+
+def merge(base: dict, overlay: dict, where: str) -> dict:
+    """Overlay keys replace base keys, except eval sets: an overlay entry updates the base entry of its name."""
+    out = {**base, **{k: v for k, v in overlay.items() if k != "eval_sets"}}
+    if "eval_sets" in overlay:
+        sets = {e.get("name"): dict(e) for e in base.get("eval_sets") or [] if isinstance(e, dict)}
+        for e in overlay["eval_sets"] or []:
+            if not isinstance(e, dict) or e.get("name") not in sets:
+                raise ConfigError(f"config: {where}: eval set {e.get('name') if isinstance(e, dict) else e!r} "
+                                  f"is not in the base configuration (it has: {', '.join(map(str, sets))})")
+            sets[e["name"]].update(e)
+        out["eval_sets"] = list(sets.values())
+    return out
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", help="YAML file (see configs/); flags below override it")
+    p.add_argument("--overlay", action="append", default=[], metavar="FILE",
+                   help="YAML merged over --config (eval sets by name), e.g. configs/offline/mnli.yaml (repeatable)")
     p.add_argument("--store", help="output store: a local path or s3://bucket/prefix")
     p.add_argument("--alphas", help="grid size (10) or a list such as [0, 0.5, 1]")
     p.add_argument("--max-examples", type=int, help="first K examples of every eval set")
@@ -218,17 +273,13 @@ def parser(description: str) -> argparse.ArgumentParser:
 def load(args: argparse.Namespace, default: dict | None = None) -> SweepConfig:
     """Config from --config (or `default`), then flags on top."""
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"config: no such file {str(path)!r}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raw = _read_yaml(args.config)
     elif default is not None:
         raw = dict(default)
     else:
         raise ConfigError("config: give --config FILE")
+    for path in args.overlay:
+        raw = merge(raw, _read_yaml(path), path)
     for kv in args.set:
         key, sep, value = kv.partition("=")
         if not sep:

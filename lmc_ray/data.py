@@ -17,35 +17,48 @@ from .config import ConfigError, EvalSetSpec
 _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
 
-def read_table(spec: EvalSetSpec):
-    """The rows of the set as a DataFrame: the first max_examples rows, as the paper took them."""
+def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
+    """The rows of the set as a DataFrame: the first max_examples rows, as the paper took them.
+
+    `path` is a local file, a remote file (s3://, https://, ... through fsspec) or a hub dataset id.
+    """
+    import fsspec
     import pandas as pd
 
     where = f"eval set {spec.name!r}"
-    path = os.path.expanduser(spec.path)
+    remote = "://" in spec.path
+    path = spec.path if remote else os.path.expanduser(spec.path)
     fmt = spec.format or _FORMATS.get(os.path.splitext(path)[1].lower())
-    if os.path.exists(path) or fmt:
-        if not os.path.isfile(path):
+    # Balancing needs every row to choose from; otherwise only the first K rows are read.
+    nrows = spec.max_examples if spec.balance_by is None else None
+    if remote or os.path.exists(path) or fmt:
+        if not remote and not os.path.isfile(path):
             raise ConfigError(f"{where}: no such file {spec.path!r}")
         if fmt is None:
             raise ConfigError(f"{where}: cannot tell the format of {spec.path!r} (set format: jsonl|csv|tsv|parquet)")
+        if fmt not in ("jsonl", "csv", "tsv", "parquet"):
+            raise ConfigError(f"{where}: unknown format {fmt!r} (jsonl|csv|tsv|parquet)")
         try:
-            if fmt == "jsonl":
-                df = pd.read_json(path, lines=True, nrows=spec.max_examples)
-            elif fmt in ("csv", "tsv"):
-                # GLUE-style TSVs contain bare quotes inside sentences: never treat quotes specially there.
-                df = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", nrows=spec.max_examples, dtype=str,
-                                 keep_default_na=False, quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-            elif fmt == "parquet":
-                df = pd.read_parquet(path)
-            else:
-                raise ConfigError(f"{where}: unknown format {fmt!r} (jsonl|csv|tsv|parquet)")
-        except ConfigError:
-            raise
+            with fsspec.open(path, "rb", **(storage_options or {})) as f:
+                if fmt == "jsonl":
+                    df = pd.read_json(f, lines=True, nrows=nrows)
+                elif fmt == "parquet":
+                    df = pd.read_parquet(f)
+                else:
+                    # GLUE-style TSVs contain bare quotes inside sentences: never treat quotes specially there.
+                    header = dict(header=None, names=spec.columns) if spec.columns else {}
+                    df = pd.read_csv(f, sep="\t" if fmt == "tsv" else ",", nrows=nrows, dtype=str, **header,
+                                     keep_default_na=False, quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
         except Exception as e:
             raise ConfigError(f"{where}: cannot read {spec.path!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     else:
         df = _from_hub(spec)
+    if spec.balance_by is not None:
+        if spec.balance_by not in df.columns:
+            raise ConfigError(f"{where}: no column {spec.balance_by!r} (balance_by) in {spec.path!r}")
+        # Row k of every group before row k+1 of any: a stable sort on the rank within the group.
+        rank = df.groupby(spec.balance_by, sort=False).cumcount()
+        df = df.loc[rank.sort_values(kind="stable").index]
     if spec.max_examples is not None:
         df = df.iloc[: spec.max_examples]
     if len(df) == 0:
@@ -60,7 +73,9 @@ def read_table(spec: EvalSetSpec):
 def _from_hub(spec: EvalSetSpec):
     import datasets
 
-    split = spec.split if spec.max_examples is None else f"{spec.split}[:{spec.max_examples}]"
+    # A split already sliced ("validation[527:]", CoLA's out-of-domain rows) is cut after loading.
+    whole = spec.max_examples is None or spec.balance_by is not None or "[" in spec.split
+    split = spec.split if whole else f"{spec.split}[:{spec.max_examples}]"
     try:
         ds = datasets.load_dataset(spec.path, spec.subset_config, split=split)
     except Exception as e:
@@ -161,8 +176,9 @@ def _label_classes(spec: EvalSetSpec, raw: list[str], canonical: list[str]) -> t
     return labels, classes
 
 
-def prepare(spec: EvalSetSpec, tokenizer, canonical_labels: list[str], max_length: int = 512) -> EvalData:
-    df = read_table(spec)
+def prepare(spec: EvalSetSpec, tokenizer, canonical_labels: list[str], max_length: int = 512,
+            storage_options: dict | None = None) -> EvalData:
+    df = read_table(spec, storage_options)
     where = f"eval set {spec.name!r}"
     raw = [str(v).strip() for v in df[spec.label]]
     if any(v in ("", "nan", "None") for v in raw):

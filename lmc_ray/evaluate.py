@@ -1,13 +1,14 @@
-"""Mean cross-entropy and accuracy of a model on an evaluation set, overall and per subset."""
+"""Mean cross-entropy, accuracy, F1 and MCC of a model on an evaluation set, overall and per subset."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import metrics
 from .data import EvalData
 
-# One row per subset: n_examples, mean loss, accuracy.
+# One row per subset, columns metrics.COLUMNS.
 Metrics = np.ndarray
 
 
@@ -25,7 +26,7 @@ class Evaluator:
     def __call__(self, model: torch.nn.Module) -> Metrics:
         n = len(self.data)
         losses = torch.empty(n, dtype=torch.float64, device=self.labels.device)
-        correct = torch.empty(n, dtype=torch.float64, device=self.labels.device)
+        predicted = torch.empty(n, dtype=torch.long, device=self.labels.device)
         for batch in self.batches:
             idx = batch["index"]
             logits = model(**{k: v for k, v in batch.items() if k != "index"}).logits.float()
@@ -33,7 +34,11 @@ class Evaluator:
                 logits = torch.stack([logits[:, c].amax(-1) for c in self.classes], dim=-1)
             y = self.labels[idx]
             losses[idx] = F.cross_entropy(logits, y, reduction="none").double()
-            correct[idx] = (logits.argmax(-1) == y).double()
+            predicted[idx] = logits.argmax(-1)
         counts = self.membership.sum(1)
-        out = torch.stack([counts, self.membership @ losses / counts, self.membership @ correct / counts], 1)
-        return out.cpu().numpy()
+        k = len(self.data.classes)
+        pairs = F.one_hot(self.labels * k + predicted, k * k).double()  # (true, predicted) per example
+        conf = (self.membership @ pairs).view(-1, k, k).cpu().numpy()
+        acc = np.trace(conf, axis1=1, axis2=2) / conf.sum((1, 2))
+        loss = (self.membership @ losses / counts).cpu().numpy()
+        return np.stack([counts.cpu().numpy(), loss, acc, metrics.f1(conf), metrics.mcc(conf)], 1)

@@ -18,6 +18,7 @@ from . import sources
 from .config import ConfigError, EvalSetSpec
 from .data import EvalData, prepare
 from .evaluate import Evaluator
+from .metrics import COLUMNS
 from .models import quiet
 
 
@@ -41,8 +42,8 @@ class FinetuneConfig:
 
 
 def load_data(cfg: FinetuneConfig, tokenizer) -> tuple[EvalData, list[EvalData]]:
-    train = prepare(cfg.train, tokenizer, cfg.labels, cfg.max_length)
-    return train, [prepare(e, tokenizer, cfg.labels, cfg.max_length) for e in cfg.eval_sets]
+    train = prepare(cfg.train, tokenizer, cfg.labels, cfg.max_length, cfg.storage_options)
+    return train, [prepare(e, tokenizer, cfg.labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
 
 
 def model_url(cfg: FinetuneConfig, seed: int) -> str:
@@ -99,12 +100,13 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
         if step in report_at:
             model.eval()
             metrics = {"step": step, "train_loss": loss.item()}
-            for d, ev in zip(evals, evaluators):
+            for spec, d, ev in zip(cfg.eval_sets, evals, evaluators):
                 m = ev(model)
                 metrics[f"{d.name}/loss"] = float(m[0, 1])
-                metrics[f"{d.name}/accuracy"] = float(m[0, 2])
-                for k, sub in enumerate(d.subsets[1:], 1):
-                    metrics[f"{d.name}/{sub}/accuracy"] = float(m[k, 2])
+                for k, sub in enumerate(d.subsets):
+                    prefix = d.name if k == 0 else f"{d.name}/{sub}"
+                    for name in spec.metrics:
+                        metrics[f"{prefix}/{name}"] = float(m[k, COLUMNS.index(name)])
             if report is not None:
                 report(metrics)
     save(model, tok, cfg, seed)

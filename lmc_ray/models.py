@@ -6,6 +6,7 @@ The preflight reads only config.json and the checkpoint headers (safetensors) or
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,22 @@ def _checkpoint_files(path: Path) -> list[Path]:
     return files or sorted(path.glob("pytorch_model*.bin"))
 
 
-def read_info(name: str, path: Path) -> ModelInfo:
+_GENERIC = re.compile(r"^LABEL_\d+$")
+
+
+def own_labels(name: str, id2label: dict, declared: list[str] | None) -> list[str]:
+    """The checkpoint's class names in id order: its config's, or the ones the sweep config declares."""
+    found = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    if declared is None:
+        return found
+    if len(declared) != len(found):
+        raise ConfigError(f"model {name!r}: {len(declared)} labels declared, the checkpoint has {len(found)} classes")
+    if not all(_GENERIC.match(f) for f in found) and [f.lower() for f in found] != [d.lower() for d in declared]:
+        raise ConfigError(f"model {name!r}: declared labels {declared} contradict its config.json id2label {found}")
+    return [str(d) for d in declared]
+
+
+def read_info(name: str, path: Path, declared: list[str] | None = None) -> ModelInfo:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ConfigError(f"model {name!r}: no config.json in {path}")
@@ -38,7 +54,7 @@ def read_info(name: str, path: Path) -> ModelInfo:
         raise ConfigError(f"model {name!r}: unreadable config.json ({e})") from None
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     id2label = cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(cfg.get("num_labels", 2))}
-    labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    labels = own_labels(name, id2label, declared)
     files = _checkpoint_files(path)
     if not files:
         raise ConfigError(f"model {name!r}: no *.safetensors or pytorch_model*.bin in {path}")
@@ -98,7 +114,8 @@ def head_linear(model: torch.nn.Module, num_labels: int) -> torch.nn.Linear:
     return found[-1]
 
 
-def load(name: str, path: Path, canonical_labels: list[str], dtype: torch.dtype = torch.float32):
+def load(name: str, path: Path, canonical_labels: list[str], dtype: torch.dtype = torch.float32,
+         declared: list[str] | None = None):
     """The model in eval mode with its output rows permuted into the canonical label order.
 
     Interpolating two heads only makes sense row by row for the same class, so a checkpoint whose
@@ -111,7 +128,7 @@ def load(name: str, path: Path, canonical_labels: list[str], dtype: torch.dtype 
         model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
     except Exception as e:
         raise ConfigError(f"model {name!r}: cannot load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    own = [str(model.config.id2label[i]).lower() for i in range(model.config.num_labels)]
+    own = [lab.lower() for lab in own_labels(name, model.config.id2label, declared)]
     perm = [own.index(lab.lower()) for lab in canonical_labels]
     if perm != list(range(len(perm))):
         head = head_linear(model, len(perm))

@@ -71,13 +71,17 @@ def load_tokenizer(path: Path):
 def prepare(cfg: SweepConfig) -> Plan:
     store = Store(cfg.store, cfg.storage_options)
     paths = [sources.resolve(m.ref, cfg.cache_dir, cfg.storage_options) for m in cfg.models]
-    infos = [M.read_info(m.name, p) for m, p in zip(cfg.models, paths)]
+    infos = [M.read_info(m.name, p, m.labels) for m, p in zip(cfg.models, paths)]
     labels = M.preflight(infos)
+    source = cfg.tokenizer or cfg.models[0].ref
     try:
-        tokenizer = load_tokenizer(paths[0])
+        tokenizer = load_tokenizer(sources.resolve(source, cfg.cache_dir, cfg.storage_options) if cfg.tokenizer
+                                   else paths[0])
+    except ConfigError:
+        raise
     except Exception as e:
-        raise ConfigError(f"model {cfg.models[0].name!r}: cannot load its tokenizer ({type(e).__name__})") from None
-    datas = [prepare_data(e, tokenizer, labels, cfg.max_length) for e in cfg.eval_sets]
+        raise ConfigError(f"tokenizer {source!r}: cannot load ({type(e).__name__})") from None
+    datas = [prepare_data(e, tokenizer, labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
     store.open(cfg.fingerprint())
     done = store.done_pairs()
     pending = [p for p in schedule.all_pairs(len(paths)) if p not in done]

@@ -25,7 +25,7 @@ class Residents:
         for i in indices:
             spec = cfg.models[i]
             path = sources.resolve(spec.ref, cfg.cache_dir, cfg.storage_options)
-            model = M.load(spec.name, path, labels)  # fp32; the core casts
+            model = M.load(spec.name, path, labels, declared=spec.labels)  # fp32; the core casts
             state = M.float_state(model)
             M.check_finite(spec.name, state)
             if self.core is None:

