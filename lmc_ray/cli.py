@@ -5,13 +5,17 @@ import logging
 import sys
 
 from .config import ConfigError
+from .plan import SweepError
 
 
 def main(fn, argv=None) -> None:
-    """Run fn(argv); bad input becomes one line on stderr and exit code 2."""
+    """Run fn(argv); bad input becomes one line on stderr and exit code 2, a failed sweep exit code 1."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         fn(argv)
     except ConfigError as e:
         print(f"lmc-ray: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except SweepError as e:
+        print(f"lmc-ray: sweep failed: {e} (rerun the same command to resume)", file=sys.stderr)
+        sys.exit(1)

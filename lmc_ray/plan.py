@@ -20,6 +20,10 @@ from .store import Layout, Store, endpoint_table, metrics_from_endpoint, pair_ta
 log = logging.getLogger("lmc_ray")
 
 
+class SweepError(RuntimeError):
+    """The sweep cannot finish (e.g. an actor keeps dying). One line; what is stored so far stays valid."""
+
+
 @dataclass
 class Plan:
     cfg: SweepConfig

@@ -6,7 +6,9 @@ runs, keeps a bounded amount of work in flight, and streams each finished pair i
 from __future__ import annotations
 
 import logging
+import os
 import re
+import time
 from collections import deque
 
 import ray
@@ -14,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import schedule
 from .config import ConfigError, SweepConfig
-from .plan import Plan
+from .plan import Plan, SweepError
 from .residents import Residents
 
 log = logging.getLogger("lmc_ray")
@@ -28,6 +30,9 @@ class ModelActor:
         torch.set_num_threads(threads)
         self.res = Residents(cfg, indices, labels, ray.get(datas))  # refs in a list arrive unresolved
         self.alphas = cfg.alphas
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def endpoint(self, i: int):
         return i, self.res.endpoint(i)
@@ -82,6 +87,72 @@ def _name(plan: Plan, indices: list[int]) -> str:
     return f"model:{names[0]}" if len(names) == 1 else f"models:{names[0]}..{names[-1]} ({len(names)})"
 
 
+class _LostInput(Exception):
+    """A task's input (a partner's published weights) was lost with the actor that produced it."""
+
+
+class _Pool:
+    """Work submitted to the actors, resubmitted when an actor's death takes it down.
+
+    Ray restarts a dead actor (reloading its models); the driver, not Ray, retries the lost tasks, so
+    it can count deaths per actor and stop with a clear error naming the models when one keeps dying.
+    Deaths are counted as new incarnations (process ids) of the actor, so the several tasks that one
+    death takes down count once.
+    """
+
+    def __init__(self, actors, names: list[str], max_retries: int):
+        self.actors, self.names, self.max_retries = actors, names, max_retries
+        self.pids = [_get(a.pid.remote()) for a in actors]  # also where a failing __init__ surfaces
+        self.deaths = [0] * len(actors)
+        self.tasks = {}  # ref -> (actor index, what, make, attempt)
+
+    def submit(self, k: int, what: str, make, attempt: int = 0) -> None:
+        """make(actor, attempt) -> ObjectRef; called again, with attempt + 1, for a retry."""
+        self.tasks[make(self.actors[k], attempt)] = (k, what, make, attempt)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def next(self):
+        """(actor index, result) of the next task to finish; lost tasks are resubmitted in between."""
+        while True:
+            ready, _ = ray.wait(list(self.tasks), num_returns=1)
+            k, what, make, attempt = self.tasks.pop(ready[0])
+            try:
+                return k, _get(ready[0])
+            except ray.exceptions.RayActorError as e:
+                self._recover(k, e)
+            except _LostInput as e:
+                if attempt >= self.max_retries:
+                    raise SweepError(f"{what} lost its input {attempt + 1} times: {e}") from None
+            self.submit(k, what, make, attempt + 1)
+
+    def _recover(self, k: int, error: Exception) -> None:
+        """Wait until actor k is back from its restart; count the death; give up after max_retries."""
+        while True:
+            try:
+                pid = _get(self.actors[k].pid.remote())
+                break
+            except ray.exceptions.ActorUnavailableError:
+                time.sleep(0.2)  # restarting: its models are being reloaded
+            except ray.exceptions.RayActorError as e:  # dead for good: all its restarts are used up
+                pid, error = None, e
+                self.deaths[k] = self.max_retries  # the incarnations it went through unseen count too
+                break
+        if pid != self.pids[k]:
+            self.pids[k] = pid
+            self.deaths[k] += 1
+            log.warning("actor %s died (%d of %d restarts); retrying its unfinished tasks",
+                        self.names[k], self.deaths[k], self.max_retries)
+        if pid is None or self.deaths[k] > self.max_retries:
+            raise SweepError(f"actor {self.names[k]} died {self.deaths[k]} times (max_retries {self.max_retries}); "
+                             f"giving up on its models. Last error: {_first_line(error)}")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def run(plan: Plan, progress: bool = True) -> None:
     cfg, n = plan.cfg, len(plan.names)
     if not plan.pending and not plan.missing_endpoints():
@@ -93,47 +164,58 @@ def run(plan: Plan, progress: bool = True) -> None:
     residents = schedule.assign_models(n, n_actors)
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
     data_refs = [ray.put(d) for d in plan.datas]
+    names = [_name(plan, ms) for ms in residents]
     actors = [
-        ModelActor.options(name=_name(plan, ms), num_cpus=cpu_share, num_gpus=gpu_share,
-                           max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
+        ModelActor.options(name=name, num_cpus=cpu_share, num_gpus=gpu_share, max_restarts=cfg.max_retries)
         .remote(cfg, ms, plan.labels, data_refs, threads)
-        for ms in residents
+        for name, ms in zip(names, residents)
     ]
+    pool = _Pool(actors, names, cfg.max_retries)
     log.info("Ray dashboard: %s", dashboard)
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
              gpu_share, cpu_share, len(plan.pending), n * (n - 1) // 2)
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).
     missing = plan.missing_endpoints()
-    todo = [actors[actor_of[i]].endpoint.options(name=f"endpoint:{plan.names[i]}").remote(i) for i in missing]
-    ends = plan.gather_endpoints(_get(ref) for ref in _as_completed(todo, "endpoints", progress))
+    for i in missing:
+        pool.submit(actor_of[i], f"endpoint:{plan.names[i]}",
+                    lambda actor, _, i=i: actor.endpoint.options(name=f"endpoint:{plan.names[i]}").remote(i))
+    ends = plan.gather_endpoints(pool.next()[1] for _ in tqdm(missing, desc="endpoints", disable=not progress or not missing))
 
-    # Pairs: each actor works through its own queue; weights of a model it lacks are published once.
+    # Pairs: each actor works through its own queue; weights of a model it lacks are published once
+    # (and again if the actor holding them died before they were fetched).
     queues = [deque(q) for q in schedule.plan(n, residents, set(plan.pending))]
     published = {}
 
-    def submit(k: int):
+    def weights(m: int) -> list:
+        if m not in published:
+            published[m] = actors[actor_of[m]].weights.remote(m)
+        return [published[m]]
+
+    def submit(k: int) -> None:
         a, b = queues[k].popleft()
         partner = next((m for m in (b, a) if actor_of[m] != k), None)
-        if partner is not None and partner not in published:
-            published[partner] = actors[actor_of[partner]].weights.remote(partner)
-        wrapped = [published[partner]] if partner is not None else []
-        return actors[k].pair.options(name=f"pair:{plan.names[a]}|{plan.names[b]}").remote(a, b, wrapped)
+        name = f"pair:{plan.names[a]}|{plan.names[b]}"
 
-    inflight = {}
+        def make(actor, attempt: int):
+            if attempt and partner is not None:
+                published.pop(partner, None)  # they may be what was lost: publish them afresh
+            wrapped = weights(partner) if partner is not None else []
+            return actor.pair.options(name=name).remote(a, b, wrapped)
+
+        pool.submit(k, name, make)
+
     for k in range(len(actors)):
         for _ in range(cfg.max_in_flight):
             if queues[k]:
-                inflight[submit(k)] = k
+                submit(k)
     bar = tqdm(total=len(plan.pending), desc="pairs", unit="pair", disable=not progress)
-    while inflight:
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        k = inflight.pop(ready[0])
-        a, b, interior = _get(ready[0])
+    while len(pool):
+        k, (a, b, interior) = pool.next()
         plan.record_pair(a, b, interior, ends)
         bar.update(1)
         if queues[k]:
-            inflight[submit(k)] = k
+            submit(k)
     bar.close()
     for actor in actors:
         ray.kill(actor)
@@ -147,6 +229,8 @@ def _get(ref):
         found = re.findall(r"ConfigError: (.+)", str(e))
         if found:
             raise ConfigError(found[-1].strip()) from None
+        if isinstance(e, ray.exceptions.RayTaskError) and re.search(r"ActorDiedError|ObjectLostError|OwnerDiedError", str(e)):
+            raise _LostInput(_first_line(e)) from None
         raise
 
 

@@ -1,5 +1,6 @@
 """The sweep through a real local Ray instance, against the in-process core on the same work."""
 import os
+import re
 import shutil
 
 import numpy as np
@@ -101,3 +102,95 @@ def test_nan_weights_found_in_an_actor_fail_in_one_line(ray_local, tmp_path, pop
         ray_sweep.run(plan.prepare(cfg), progress=False)
     assert str(e.value) == f"model '{bad}': parameter 'classifier.bias' contains NaN or inf"
     assert not (tmp_path / "store" / "curves").exists()
+
+
+# -- faults -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_population(tmp_path_factory, mnli_texts):
+    """Six models on the paper's 10-point grid: slow enough (a few seconds) to be killed mid-sweep."""
+    from lmc_ray.synthetic import make_population
+
+    return make_population(tmp_path_factory.mktemp("slow"), 6, mnli_texts, ["entailment", "neutral", "contradiction"],
+                           layers=2, hidden=32, heads=2, noise=0.05, vocab_size=1500)
+
+
+def _slow_config(models, store, **over):
+    cfg = sweep_config(models, store, alphas=10, **{"actors": 2, **over})
+    cfg["eval_sets"][0]["max_examples"] = 512
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def slow_reference(tmp_path_factory, slow_population):
+    store = tmp_path_factory.mktemp("slowref") / "store"
+    local.run(plan.prepare(config.from_dict(_slow_config(slow_population, store))), progress=False)
+    return _table(store)
+
+
+def _actor_processes():
+    """ModelActor processes; Ray titles a busy one after its task (ray::pair:a|b, ray::endpoint:m)."""
+    import psutil
+
+    titles = ("ray::ModelActor", "ray::pair:", "ray::endpoint:")
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(titles)]
+
+
+def _wait_for_pairs(store, n, timeout=120):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (store / "curves").exists() and len(list((store / "curves").iterdir())) >= n:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {n} pairs in {store} after {timeout} s")
+
+
+def test_a_killed_actor_is_restarted_and_its_pairs_retried(ray_local, tmp_path, slow_population, slow_reference,
+                                                           caplog):
+    import signal
+    import threading
+
+    store = tmp_path / "store"
+    p = plan.prepare(config.from_dict(_slow_config(slow_population, store)))
+    errors = []
+    sweep = threading.Thread(target=lambda: _run_catching(p, errors))
+    sweep.start()
+    _wait_for_pairs(store, 1)
+    victim = _actor_processes()[0]
+    victim.send_signal(signal.SIGKILL)
+    sweep.join(300)
+    assert not errors, errors
+    assert any("died (1 of 3 restarts)" in r.getMessage() for r in caplog.records)
+    got = _table(store)
+    assert not got.duplicated(["model_a", "model_b", "alpha", "eval_set", "subset"]).any()
+    pd.testing.assert_frame_equal(got, slow_reference, check_exact=False, atol=1e-6, rtol=0)
+
+
+def _run_catching(p, errors):
+    try:
+        ray_sweep.run(p, progress=False)
+    except Exception as e:  # handed to the test thread
+        errors.append(e)
+
+
+def test_an_actor_that_keeps_dying_ends_the_run_naming_its_models(ray_local, tmp_path, slow_population):
+    import signal
+    import threading
+    import time
+
+    from lmc_ray.plan import SweepError
+
+    p = plan.prepare(config.from_dict(_slow_config(slow_population, tmp_path / "store", max_retries=1)))
+    errors = []
+    sweep = threading.Thread(target=lambda: _run_catching(p, errors))
+    sweep.start()
+    while sweep.is_alive():  # every incarnation of every actor dies as soon as it appears
+        for proc in _actor_processes():
+            proc.send_signal(signal.SIGKILL)
+        time.sleep(0.2)
+    sweep.join()
+    assert len(errors) == 1 and isinstance(errors[0], SweepError), errors
+    msg = str(errors[0])
+    assert re.match(r"actor models?:\S+ .*died 2 times \(max_retries 1\); giving up on its models", msg), msg
+    assert "\n" not in msg
