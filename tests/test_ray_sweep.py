@@ -194,3 +194,33 @@ def test_an_actor_that_keeps_dying_ends_the_run_naming_its_models(ray_local, tmp
     msg = str(errors[0])
     assert re.match(r"actor models?:\S+ .*died 2 times \(max_retries 1\); giving up on its models", msg), msg
     assert "\n" not in msg
+
+
+def test_a_killed_driver_resumes_to_the_same_store(tmp_path, slow_population, slow_reference):
+    """SIGKILL the job (and the local Ray it started) mid-sweep; the same command finishes the store."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+
+    store = tmp_path / "store"
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(_slow_config([str(p) for p in slow_population], store)))
+    command = [sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(path)]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_pairs(store, 2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    before = {f.name: f.stat().st_mtime_ns for f in (store / "curves").iterdir()}
+    assert 2 <= len(before) < 15
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{len(before)} pairs already stored, {15 - len(before)} to compute" in rerun.stderr
+    after = {f.name: f.stat().st_mtime_ns for f in (store / "curves").iterdir()}
+    assert len(after) == 15 and all(after[k] == v for k, v in before.items())
+    pd.testing.assert_frame_equal(_table(store), slow_reference, check_exact=False, atol=1e-6, rtol=0)
