@@ -63,7 +63,7 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss") -> Anal
     mat = C.matrix(bar, names, eval_set, metric)
     clusters, summary = C.analyse(mat, names)
     summary.update(eval_set=eval_set, metric=metric, n_models=len(names),
-                   nan_pairs=int(bar[bar.metric == metric].barrier.isna().sum()))
+                   nan_pairs=int(bar[(bar.metric == metric) & (bar.eval_set == eval_set)].barrier.isna().sum()))
 
     # Generalization: each model alone (its endpoint rows): every subset of the diagnostic sets, and the
     # whole of the in-domain ones (do the basins agree in-domain while differing out of distribution?).
@@ -110,5 +110,8 @@ def text_summary(a: Analysis) -> str:
         means = ", ".join(f"cluster {c}: {m:.3f}±{sd:.3f}" for c, m, sd in zip(sub.cluster, sub["mean"], sub["std"]))
         lines.append(f"{key}: {means}; Pearson r with spectral score {r:.2f}")
     if s["nan_pairs"]:
-        lines.append(f"warning: {s['nan_pairs']} pairs have NaN barriers (NaN losses along the line)")
+        sel = a.barriers[(a.barriers.eval_set == a.eval_set) & (a.barriers.metric == a.metric) & a.barriers.barrier.isna()]
+        shown = "; ".join(f"{r.model_a}|{r.model_b}" for r in sel.head(10).itertuples())
+        lines.append(f"warning: {s['nan_pairs']} pairs have NaN barriers (NaN or inf losses along the line; treated as "
+                     f"the largest barrier when clustering): {shown}{' ...' if len(sel) > 10 else ''}")
     return "\n".join(lines)

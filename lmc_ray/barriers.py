@@ -14,7 +14,7 @@ def _chord_excess(y: np.ndarray, x: np.ndarray, i: int, j: int) -> np.ndarray:
 def paper(y, x=None) -> float:
     """Juneja et al.: the largest rise above the chord of any contiguous sub-segment, clipped at 0."""
     y, x = _xy(y, x)
-    if np.isnan(y).any():
+    if not np.isfinite(y).all():  # NaN or inf losses along the line: no barrier to speak of
         return float("nan")
     n = len(y)
     best = max((_chord_excess(y, x, i, j).max() for i in range(n) for j in range(i + 1, n)), default=0.0)
@@ -24,7 +24,7 @@ def paper(y, x=None) -> float:
 def endpoint_chord(y, x=None) -> float:
     """The same rise, measured only above the chord joining the two ends of the line, clipped at 0."""
     y, x = _xy(y, x)
-    if np.isnan(y).any():
+    if not np.isfinite(y).all():  # NaN or inf losses along the line: no barrier to speak of
         return float("nan")
     return max(0.0, float(_chord_excess(y, x, 0, len(y) - 1).max()))
 

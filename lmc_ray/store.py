@@ -72,7 +72,14 @@ class Store:
             raise ConfigError(f"store {self.url!r}: not writable ({type(e).__name__}: {e})") from None
 
     def cleanup(self) -> None:
-        """Remove temporary files left by an interrupted write."""
+        """Remove what an interrupted write left: local temporary files, or unfinished S3 multipart uploads
+        (invisible to readers, but stored and billed until aborted)."""
+        if hasattr(self.fs, "list_multipart_uploads"):
+            bucket, _, prefix = self.root.partition("/")
+            for upload in self.fs.list_multipart_uploads(bucket):
+                if upload["Key"].startswith(prefix + "/"):
+                    self.fs.abort_mpu(bucket, upload["Key"], upload["UploadId"])
+            return
         tmp = self.path("_tmp")
         if self.fs.exists(tmp):
             self.fs.rm(tmp, recursive=True)

@@ -105,3 +105,28 @@ def test_report_renders_in_a_real_browser(store, tmp_path):
 
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (1600, 1200) and pixels.std() > 10  # a rendered page, not a blank one
+
+
+def test_nan_losses_are_stored_and_flagged_not_fatal(tmp_path, population):
+    """Finite weights whose logits overflow to inf: the sweep stores NaN losses, the report names the pairs."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "overflow"
+    shutil.copytree(population[3], bad)
+    state = load_file(bad / "model.safetensors")
+    w = torch.zeros_like(state["classifier.weight"])
+    w[0], w[1] = 3e38, -3e38  # finite, but any pooled feature sum beyond ±1.2 overflows the logits
+    state["classifier.weight"] = w
+    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    path = tmp_path / "store"
+    local.run(plan.prepare(_two_sets([*population[:3], bad], path)), progress=False)
+    curves = pd.read_parquet(path / "curves")
+    with_bad = curves[(curves.model_b == str(bad)) & (curves.subset == "all")]
+    assert with_bad.loss.isna().any() and curves[curves.model_b != str(bad)].loss.notna().all()
+    a = analysis.run(Store(str(path)))
+    assert a.summary["nan_pairs"] == 3
+    warning = [line for line in analysis.text_summary(a).splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "3 pairs have NaN barriers" in warning[0] and f"|{bad}" in warning[0]
+    html = Path(report.write(Store(str(path)), a)).read_text()
+    assert "3 pairs have NaN barriers" in html

@@ -21,8 +21,6 @@ def test_two_seed_tune_run_writes_loadable_checkpoints(ray_local, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     data = toynli.write(tmp_path / "data", n_train=300, n_val=64, per_subcase=10)
-    spec = lambda name, **kw: EvalSetSpec(name=name, path=str(data[name]), text=["premise", "hypothesis"],
-                                          label="label", **kw)
     cfg = finetune.from_dict({
         "base": str(_base(tmp_path, toynli.generate(n_train=300)["train"])),
         "train": {"path": str(data["train"]), "text": ["premise", "hypothesis"], "label": "label"},
@@ -42,7 +40,6 @@ def test_two_seed_tune_run_writes_loadable_checkpoints(ray_local, tmp_path):
     ray_finetune.run(cfg, str(tmp_path / "tune"))
     after = [(tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns for s in (0, 1)]
     assert before == after
-    del spec
 
 
 def test_train_reports_metrics_as_it_goes(tmp_path):
@@ -58,3 +55,33 @@ def test_train_reports_metrics_as_it_goes(tmp_path):
     assert len(seen) == 3 and seen[-1] == final and seen[-1]["step"] == 7
     assert "diagnostic/subcase=ln_subject/object_swap/accuracy" in final
     assert finetune.exists(cfg, 5) and not finetune.exists(cfg, 6)
+
+
+def test_base_data_and_checkpoints_on_s3(s3_endpoint, tmp_path):
+    """Base model, training file and finetuned checkpoints all on the real S3 server; DONE marks a whole model."""
+    import s3fs
+
+    from lmc_ray import sources
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("ftbucket")
+    data = toynli.write(tmp_path / "data", n_train=100, n_val=16, per_subcase=2)
+    fs.put_file(str(data["train"]), "ftbucket/data/train.jsonl")
+    base = _base(tmp_path, toynli.generate(n_train=100)["train"])
+    for f in base.iterdir():
+        fs.put_file(str(f), f"ftbucket/base/{f.name}")
+    cfg = finetune.from_dict({
+        "base": "s3://ftbucket/base", "labels": toynli.LABELS, "output": "s3://ftbucket/models", "seeds": [3], "epochs": 1,
+        "reports": 1, "cache_dir": str(tmp_path / "cache"),
+        "train": {"path": "s3://ftbucket/data/train.jsonl", "text": ["premise", "hypothesis"], "label": "label"}})
+    finetune.train(cfg, 3)
+    assert finetune.exists(cfg, 3) and fs.exists("ftbucket/models/seed_3/model.safetensors")
+    local = sources.resolve("s3://ftbucket/models/seed_3", str(tmp_path / "cache"))
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(local).config.id2label[1] == "non-entailment"
+    # An upload cut short before its DONE marker is not a finished model: that seed is trained again.
+    for f in fs.ls("ftbucket/models/seed_3"):
+        if not f.endswith("DONE"):
+            fs.copy(f, f.replace("seed_3", "seed_4"))
+    assert not finetune.exists(cfg, 4)

@@ -63,3 +63,34 @@ def test_s3_model_cache_refetches_a_changed_checkpoint(s3_endpoint, tmp_path, po
     second = sources.resolve("s3://cachetest/m", str(tmp_path))
     assert second != first
     assert (second / "model.safetensors").read_bytes() == (population[1] / "model.safetensors").read_bytes()
+
+
+def test_an_interrupted_upload_is_invisible_and_aborted_on_reopen(s3_endpoint, tmp_path):
+    """SIGKILL a process in the middle of a multipart upload of a pair file to the real S3 server."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lmc_ray.store import Store
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("interrupted")
+    Store("s3://interrupted/run").open({"x": 1})
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "from lmc_ray.store import Store; s = Store('s3://interrupted/run'); "
+        "s.put('curves/pair-00000-00001.parquet', b'P' * (400 << 20))")])
+    try:
+        deadline = time.time() + 120
+        while not fs.list_multipart_uploads("interrupted") and time.time() < deadline:
+            time.sleep(0.05)
+        assert fs.list_multipart_uploads("interrupted"), "the upload never started"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    fs.invalidate_cache()
+    assert not fs.exists("interrupted/run/curves/pair-00000-00001.parquet")
+    reopened = Store("s3://interrupted/run")
+    assert reopened.done_pairs() == set()
+    reopened.open({"x": 1})  # the next run aborts the unfinished upload
+    assert fs.list_multipart_uploads("interrupted") == []
