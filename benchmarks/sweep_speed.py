@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from lmc_ray import barriers, config, local, plan, ray_sweep
 from lmc_ray.synthetic import make_population
-from peak_memory import PeakRSS
+from lmc_ray.memory import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"

@@ -146,6 +146,7 @@ def _wait_for_pairs(store, n, timeout=120):
     raise TimeoutError(f"fewer than {n} pairs in {store} after {timeout} s")
 
 
+@pytest.mark.slow
 def test_a_killed_actor_is_restarted_and_its_pairs_retried(ray_local, tmp_path, slow_population, slow_reference,
                                                            caplog):
     import signal
@@ -174,6 +175,7 @@ def _run_catching(p, errors):
         errors.append(e)
 
 
+@pytest.mark.slow
 def test_an_actor_that_keeps_dying_ends_the_run_naming_its_models(ray_local, tmp_path, slow_population):
     import signal
     import threading
@@ -196,6 +198,7 @@ def test_an_actor_that_keeps_dying_ends_the_run_naming_its_models(ray_local, tmp
     assert "\n" not in msg
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_to_the_same_store(tmp_path, slow_population, slow_reference):
     """SIGKILL the job (and the local Ray it started) mid-sweep; the same command finishes the store."""
     import signal
@@ -224,3 +227,37 @@ def test_a_killed_driver_resumes_to_the_same_store(tmp_path, slow_population, sl
     after = {f.name: f.stat().st_mtime_ns for f in (store / "curves").iterdir()}
     assert len(after) == 15 and all(after[k] == v for k, v in before.items())
     pd.testing.assert_frame_equal(_table(store), slow_reference, check_exact=False, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_thousand_pairs_keep_memory_flat_through_an_actor_restart(ray_local, tmp_path, mnli_texts):
+    """46 tiny models (1,035 pairs), 8 tasks in flight per actor, one actor killed half-way: the whole
+    process tree (driver, raylet, actors) holds the same memory at the end as early on."""
+    import signal
+    import threading
+
+    from lmc_ray.memory import PeakRSS
+    from lmc_ray.synthetic import make_population
+
+    models = make_population(tmp_path / "pop", 46, mnli_texts, ["entailment", "neutral", "contradiction"], layers=1,
+                             hidden=16, heads=2, noise=0.05, vocab_size=300)
+    store = tmp_path / "store"
+    cfg = sweep_config(models, store, alphas=3, actors=2, max_in_flight=8)
+    cfg["eval_sets"][0]["max_examples"] = 16
+    p = plan.prepare(config.from_dict(cfg))
+    curves = store / "curves"
+    errors = []
+    with PeakRSS(every=0.25, probe=lambda: len(os.listdir(curves)) if curves.exists() else 0) as mem:
+        sweep = threading.Thread(target=lambda: _run_catching(p, errors))
+        sweep.start()
+        _wait_for_pairs(store, 500, timeout=600)
+        _actor_processes()[0].send_signal(signal.SIGKILL)
+        sweep.join(600)
+    assert not errors, errors
+    assert len(p.store.done_pairs()) == 1035
+    rss = pd.DataFrame(mem.samples, columns=["t", "rss", "pairs"])
+    early = rss[rss.pairs.between(150, 400)].rss.median()
+    late = rss[rss.pairs.between(800, 1030)].rss.median()
+    print(f"process-tree RSS: {early / 2**20:.0f} MiB at 150-400 pairs, {late / 2**20:.0f} MiB at 800-1030 pairs, "
+          f"peak {mem.peak / 2**20:.0f} MiB")
+    assert late - early < 150 * 2**20, (early, late)
