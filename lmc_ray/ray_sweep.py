@@ -12,37 +12,71 @@ import time
 from collections import deque
 
 import ray
-from tqdm.auto import tqdm
 
 from . import schedule
 from .config import ConfigError, SweepConfig
 from .plan import Plan, SweepError
+from .progress import bar as progress_bar, track
 from .residents import Residents
 
 log = logging.getLogger("lmc_ray")
 
 
+class _Metrics:
+    """Custom metrics for the dashboard's Metrics view (Prometheus names ray_lmc_ray_*), tagged by store."""
+
+    def __init__(self, store: str, total: int):
+        from ray.util.metrics import Counter, Gauge
+
+        tags = {"store": store}
+        self.pairs_done = Counter("lmc_ray_pairs_done", "interpolation pairs stored", tag_keys=("store",))
+        self.pairs_done.set_default_tags(tags)
+        self.examples = Gauge("lmc_ray_examples_per_second", "examples evaluated per second, whole sweep",
+                              tag_keys=("store",))
+        self.examples.set_default_tags(tags)
+        self.total = Gauge("lmc_ray_pairs_total", "pairs this run computes", tag_keys=("store",))
+        self.total.set_default_tags(tags)
+        self.n_total = total
+        self.start = time.monotonic()
+        self.evaluated = 0
+
+    def pair(self, examples: int) -> None:
+        self.pairs_done.inc()
+        self.total.set(self.n_total)  # re-sent with each pair: a gauge set once, early, was not exported
+        self.evaluated += examples
+        self.examples.set(self.evaluated / max(1e-9, time.monotonic() - self.start))
+
+
 @ray.remote
 class ModelActor:
-    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas, threads: int):
+    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas, threads: int, name: str):
         import torch
+        from ray.util.metrics import Counter
 
         torch.set_num_threads(threads)
         self.res = Residents(cfg, indices, labels, ray.get(datas))  # refs in a list arrive unresolved
         self.alphas = cfg.alphas
+        self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing", tag_keys=("actor",))
+        self.busy.set_default_tags({"actor": name})
 
     def pid(self) -> int:
         return os.getpid()
 
     def endpoint(self, i: int):
-        return i, self.res.endpoint(i)
+        start = time.monotonic()
+        out = i, self.res.endpoint(i)
+        self.busy.inc(time.monotonic() - start)
+        return out
 
     def weights(self, i: int):
         return self.res.export(i)
 
     def pair(self, a: int, b: int, partner: list):
         # The partner's ref arrives wrapped in a list so Ray does not fetch it unless it is needed.
-        return a, b, self.res.curve(a, b, self.alphas, fetch=lambda: ray.get(partner[0]))
+        start = time.monotonic()
+        out = a, b, self.res.curve(a, b, self.alphas, fetch=lambda: ray.get(partner[0]))
+        self.busy.inc(time.monotonic() - start)
+        return out
 
 
 def init() -> str:
@@ -167,7 +201,7 @@ def run(plan: Plan, progress: bool = True) -> None:
     names = [_name(plan, ms) for ms in residents]
     actors = [
         ModelActor.options(name=name, num_cpus=cpu_share, num_gpus=gpu_share, max_restarts=cfg.max_retries)
-        .remote(cfg, ms, plan.labels, data_refs, threads)
+        .remote(cfg, ms, plan.labels, data_refs, threads, name)
         for name, ms in zip(names, residents)
     ]
     pool = _Pool(actors, names, cfg.max_retries)
@@ -180,7 +214,8 @@ def run(plan: Plan, progress: bool = True) -> None:
     for i in missing:
         pool.submit(actor_of[i], f"endpoint:{plan.names[i]}",
                     lambda actor, _, i=i: actor.endpoint.options(name=f"endpoint:{plan.names[i]}").remote(i))
-    ends = plan.gather_endpoints(pool.next()[1] for _ in tqdm(missing, desc="endpoints", disable=not progress or not missing))
+    ends = plan.gather_endpoints(track((pool.next()[1] for _ in missing), len(missing), "endpoints", "model",
+                                       not progress))
 
     # Pairs: each actor works through its own queue; weights of a model it lacks are published once
     # (and again if the actor holding them died before they were fetched).
@@ -209,11 +244,14 @@ def run(plan: Plan, progress: bool = True) -> None:
         for _ in range(cfg.max_in_flight):
             if queues[k]:
                 submit(k)
-    bar = tqdm(total=len(plan.pending), desc="pairs", unit="pair", disable=not progress)
+    bar = progress_bar(len(plan.pending), "pairs", "pair", not progress)
+    metrics = _Metrics(cfg.store, len(plan.pending))
+    per_pair = sum(len(d) for d in plan.datas) * sum(0 < al < 1 for al in cfg.alphas)
     while len(pool):
         k, (a, b, interior) = pool.next()
         plan.record_pair(a, b, interior, ends)
         bar.update(1)
+        metrics.pair(per_pair)
         if queues[k]:
             submit(k)
     bar.close()
@@ -232,14 +270,3 @@ def _get(ref):
         if isinstance(e, ray.exceptions.RayTaskError) and re.search(r"ActorDiedError|ObjectLostError|OwnerDiedError", str(e)):
             raise _LostInput(_first_line(e)) from None
         raise
-
-
-def _as_completed(refs, desc: str, progress: bool):
-    bar = tqdm(total=len(refs), desc=desc, disable=not progress or not refs)
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        bar.update(1)
-        yield ready[0]
-    bar.close()
-
