@@ -80,6 +80,7 @@ def ray_local(s3_endpoint):
     """Started after the S3 endpoint so its workers inherit the AWS environment, as on a real cluster."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # "local": a new instance, never one that a `ray start` on this machine left behind.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

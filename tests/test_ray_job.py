@@ -6,10 +6,12 @@ RAY_AUTH_MODE=token, as a user's would (README: "On a cluster").
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -30,10 +32,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def head():
-    """A Ray head of its own (its own process group, so teardown stops it and nothing else)."""
+    """A Ray head of its own: its own process group, so teardown stops it and nothing else, and its own
+    temp dir, so it leaves no /tmp/ray/ray_current_cluster for a later ray.init() to connect to."""
     ports = {k: _free_port() for k in ("gcs", "dashboard", "metrics", "agent")}
+    temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths live under it
     proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={ports['gcs']}", f"--dashboard-port={ports['dashboard']}",
+        [RAY, "start", "--head", "--block", f"--temp-dir={temp}", f"--port={ports['gcs']}", f"--dashboard-port={ports['dashboard']}",
          "--dashboard-host=127.0.0.1", f"--metrics-export-port={ports['metrics']}", "--num-cpus=2",
          "--include-dashboard=true", "--disable-usage-stats",
          # Its own agent port: the default (52365) may be taken by another Ray on this machine.
@@ -51,6 +55,7 @@ def head():
         proc.wait(30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 # One poll = one process reading the job API and the state API (each `ray` CLI call would import Ray anew).
