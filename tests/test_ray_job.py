@@ -52,7 +52,7 @@ def head():
     yield {"address": address, "env": env, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics"}
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(30)
+        proc.wait(10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     shutil.rmtree(temp, ignore_errors=True)
