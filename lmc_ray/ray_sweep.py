@@ -62,21 +62,22 @@ class ModelActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def endpoint(self, i: int):
+    def _timed(self, fn, *args):
         start = time.monotonic()
-        out = i, self.res.endpoint(i)
-        self.busy.inc(time.monotonic() - start)
-        return out
+        try:
+            return fn(*args)
+        finally:
+            self.busy.inc(time.monotonic() - start)
+
+    def endpoint(self, i: int):
+        return i, self._timed(self.res.endpoint, i)
 
     def weights(self, i: int):
         return self.res.export(i)
 
     def pair(self, a: int, b: int, partner: list):
         # The partner's ref arrives wrapped in a list so Ray does not fetch it unless it is needed.
-        start = time.monotonic()
-        out = a, b, self.res.curve(a, b, self.alphas, fetch=lambda: ray.get(partner[0]))
-        self.busy.inc(time.monotonic() - start)
-        return out
+        return a, b, self._timed(self.res.curve, a, b, self.alphas, lambda: ray.get(partner[0]))
 
 
 def init() -> str:
