@@ -17,6 +17,14 @@ MNLI = DATA / "mnli" / "dev_matched.tsv"
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def mnli_texts() -> list[str]:
     df = pd.read_csv(MNLI, sep="\t", quoting=3, nrows=3000)
@@ -49,15 +57,12 @@ def sweep_config(models, store, **over) -> dict:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-compatible server (moto's server mode) on loopback; credentials through the usual AWS env."""
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     exe = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,22 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, sweep_config
+from conftest import ROOT, free_port, sweep_config
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def head():
     """A Ray head of its own: its own process group, so teardown stops it and nothing else, and its own
     temp dir, so it leaves no /tmp/ray/ray_current_cluster for a later ray.init() to connect to."""
-    ports = {k: _free_port() for k in ("gcs", "dashboard", "metrics", "agent")}
+    ports = {k: free_port() for k in ("gcs", "dashboard", "metrics", "agent")}
     temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths live under it
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--temp-dir={temp}", f"--port={ports['gcs']}", f"--dashboard-port={ports['dashboard']}",
