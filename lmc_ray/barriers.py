@@ -42,6 +42,17 @@ def area(y, x=None) -> float:
     return float(np.sum((d[1:] + d[:-1]) / 2 * np.diff(x)))
 
 
+def refine_points(losses: dict[float, float], end_losses: tuple[float, float]) -> list[float]:
+    """The next α to evaluate on a line: midpoints either side of the interior point highest above the
+    endpoint chord, given the losses evaluated so far (interior α -> loss) and the two endpoint losses."""
+    x = np.array(sorted({0.0, 1.0, *losses}))
+    y = np.array([end_losses[0] if a == 0.0 else end_losses[1] if a == 1.0 else losses[a] for a in x])
+    if not np.isfinite(y).all():
+        return []
+    k = 1 + int(np.argmax(_chord_excess(y, x, 0, len(x) - 1)[1:-1]))
+    return [(x[k - 1] + x[k]) / 2, (x[k] + x[k + 1]) / 2]
+
+
 DEFINITIONS = {"barrier": paper, "endpoint_barrier": endpoint_chord, "midpoint_barrier": midpoint, "area": area}
 
 

@@ -69,6 +69,9 @@ class SweepConfig:
     eval_sets: list[EvalSetSpec]
     store: str
     alphas: list[float] = field(default_factory=lambda: grid(10))
+    # Adaptive α: after the grid, `refine` rounds each evaluate the two midpoints either side of the curve's
+    # highest point above its endpoint chord (first eval set's loss). 0 = the paper's fixed grid.
+    refine: int = 0
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
     batch_tokens: int = 8192  # padded tokens per batch (dynamic padding, length-sorted)
@@ -88,6 +91,7 @@ class SweepConfig:
             "models": [dataclasses.asdict(m) for m in self.models],
             "eval_sets": [dataclasses.asdict(e) for e in self.eval_sets],
             "alphas": self.alphas,
+            "refine": self.refine,
             "dtype": self.dtype,
             "max_length": self.max_length,
             "tokenizer": self.tokenizer,
@@ -198,6 +202,10 @@ def validate(cfg: SweepConfig) -> None:
     if len(set(alphas)) != len(alphas):
         raise ConfigError("config: alphas contain a duplicate value")
     cfg.alphas = sorted(alphas)
+    if not isinstance(cfg.refine, int) or isinstance(cfg.refine, bool) or cfg.refine < 0:
+        raise ConfigError(f"config: refine must be a non-negative integer, got {cfg.refine!r}")
+    if cfg.refine and not (0.0 in alphas and 1.0 in alphas and any(0 < a < 1 for a in alphas)):
+        raise ConfigError("config: refine needs alphas with both endpoints and at least one interior point")
     set_names = [e.name for e in cfg.eval_sets]
     for e in cfg.eval_sets:
         where = f"eval set {e.name!r}"
@@ -261,6 +269,7 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="YAML merged over --config (eval sets by name), e.g. configs/offline/mnli.yaml (repeatable)")
     p.add_argument("--store", help="output store: a local path or s3://bucket/prefix")
     p.add_argument("--alphas", help="grid size (10) or a list such as [0, 0.5, 1]")
+    p.add_argument("--refine", type=int, help="adaptive α: refinement rounds around the curve's peak (default 0)")
     p.add_argument("--max-examples", type=int, help="first K examples of every eval set")
     p.add_argument("--actors", help="number of actors, or auto")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
@@ -292,6 +301,8 @@ def load(args: argparse.Namespace, default: dict | None = None) -> SweepConfig:
         raw["alphas"] = _parse_value(args.alphas)
     if args.actors is not None:
         raw["actors"] = _parse_value(args.actors)
+    if args.refine is not None:
+        raw["refine"] = args.refine
     if args.max_examples is not None:
         for e in raw.get("eval_sets") or []:
             if isinstance(e, dict):

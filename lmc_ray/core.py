@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import torch
 
+from .barriers import refine_points
 from .data import EvalData
 from .evaluate import Evaluator, Metrics
 from .interpolate import Weights, WorkingModel
+from .metrics import LOSS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,6 +35,13 @@ class Core:
         self.working.set(a, b, alpha)
         return [ev(self.working.model) for ev in self.evaluators]
 
-    def curve(self, a: Weights, b: Weights, alphas: list[float]) -> dict[float, list[Metrics]]:
-        """The interior of the line; endpoints are each model alone and are evaluated once per model."""
-        return {al: self.evaluate(a, b, al) for al in alphas if 0.0 < al < 1.0}
+    def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int = 0,
+              end_losses: tuple[float, float] = (0.0, 0.0)) -> dict[float, list[Metrics]]:
+        """The interior of the line; endpoints are each model alone and are evaluated once per model.
+        `refine` rounds add α around the peak (barriers.refine_points), judged by the first eval set's loss."""
+        out = {al: self.evaluate(a, b, al) for al in alphas if 0.0 < al < 1.0}
+        for _ in range(refine):
+            losses = {al: float(m[0][0, LOSS]) for al, m in out.items()}
+            for al in refine_points(losses, end_losses):
+                out[al] = self.evaluate(a, b, al)
+        return out

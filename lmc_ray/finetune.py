@@ -18,7 +18,7 @@ from . import sources
 from .config import ConfigError, EvalSetSpec
 from .data import EvalData, prepare
 from .evaluate import Evaluator
-from .metrics import COLUMNS
+from .metrics import COLUMNS, LOSS
 from .models import quiet
 
 
@@ -102,7 +102,7 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
             metrics = {"step": step, "train_loss": loss.item()}
             for spec, d, ev in zip(cfg.eval_sets, evals, evaluators):
                 m = ev(model)
-                metrics[f"{d.name}/loss"] = float(m[0, 1])
+                metrics[f"{d.name}/loss"] = float(m[0, LOSS])
                 for k, sub in enumerate(d.subsets):
                     prefix = d.name if k == 0 else f"{d.name}/{sub}"
                     for name in spec.metrics:

@@ -9,6 +9,7 @@ import numpy as np
 
 # Per subset, in this order: how many examples, mean cross-entropy, then the scores.
 COLUMNS = ("n_examples", "loss", "accuracy", "f1", "mcc")
+LOSS = COLUMNS.index("loss")
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from . import models as M
 from . import schedule, sources
 from .config import ConfigError, SweepConfig
 from .data import EvalData, prepare as prepare_data
+from .metrics import LOSS
 from .store import Layout, Store, endpoint_table, metrics_from_endpoint, pair_table
 
 log = logging.getLogger("lmc_ray")
@@ -55,6 +56,11 @@ class Plan:
             if i not in ends:
                 ends[i] = metrics_from_endpoint(self.store.read_endpoint(i), self.layout)
         return ends
+
+    @staticmethod
+    def end_losses(ends: dict[int, list[np.ndarray]], i: int, j: int) -> tuple[float, float]:
+        """Loss of each endpoint on the first eval set: what adaptive α refines by."""
+        return float(ends[i][0][0, LOSS]), float(ends[j][0][0, LOSS])
 
     def record_pair(self, i: int, j: int, interior: dict[float, list[np.ndarray]],
                     ends: dict[int, list[np.ndarray]]) -> None:

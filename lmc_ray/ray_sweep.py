@@ -55,7 +55,6 @@ class ModelActor:
 
         torch.set_num_threads(threads)
         self.res = Residents(cfg, indices, labels, ray.get(datas))  # refs in a list arrive unresolved
-        self.alphas = cfg.alphas
         self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing", tag_keys=("actor",))
         self.busy.set_default_tags({"actor": name})
 
@@ -75,9 +74,9 @@ class ModelActor:
     def weights(self, i: int):
         return self.res.export(i)
 
-    def pair(self, a: int, b: int, partner: list):
+    def pair(self, a: int, b: int, end_losses: tuple[float, float], partner: list):
         # The partner's ref arrives wrapped in a list so Ray does not fetch it unless it is needed.
-        return a, b, self._timed(self.res.curve, a, b, self.alphas, lambda: ray.get(partner[0]))
+        return a, b, self._timed(self.res.curve, a, b, end_losses, lambda: ray.get(partner[0]))
 
 
 def init() -> str:
@@ -237,7 +236,7 @@ def run(plan: Plan, progress: bool = True) -> None:
             if attempt and partner is not None:
                 published.pop(partner, None)  # they may be what was lost: publish them afresh
             wrapped = weights(partner) if partner is not None else []
-            return actor.pair.options(name=name).remote(a, b, wrapped)
+            return actor.pair.options(name=name).remote(a, b, plan.end_losses(ends, a, b), wrapped)
 
         pool.submit(k, name, make)
 
@@ -247,12 +246,12 @@ def run(plan: Plan, progress: bool = True) -> None:
                 submit(k)
     bar = progress_bar(len(plan.pending), "pairs", "pair", not progress)
     metrics = _Metrics(cfg.store, len(plan.pending))
-    per_pair = sum(len(d) for d in plan.datas) * sum(0 < al < 1 for al in cfg.alphas)
+    per_alpha = sum(len(d) for d in plan.datas)
     while len(pool):
         k, (a, b, interior) = pool.next()
         plan.record_pair(a, b, interior, ends)
         bar.update(1)
-        metrics.pair(per_pair)
+        metrics.pair(per_alpha * len(interior))
         if queues[k]:
             submit(k)
     bar.close()

@@ -33,6 +33,7 @@ class Residents:
             self.weights[i] = self.core.resident(model.state_dict())
             del model, state
         self._partner: tuple[int, Weights] | None = None
+        self.alphas, self.refine = cfg.alphas, cfg.refine
 
     def endpoint(self, i: int) -> list[np.ndarray]:
         return self.core.evaluate(self.weights[i])
@@ -53,7 +54,7 @@ class Residents:
             self._partner = (i, self.core.resident(fetched))
         return self._partner[1]
 
-    def curve(self, a: int, b: int, alphas: list[float], fetch=None) -> dict[float, list[np.ndarray]]:
+    def curve(self, a: int, b: int, end_losses: tuple[float, float], fetch=None) -> dict[float, list[np.ndarray]]:
         wa = self.get(a, fetch)
         wb = self.get(b, fetch)
-        return self.core.curve(wa, wb, alphas)
+        return self.core.curve(wa, wb, self.alphas, self.refine, end_losses)

@@ -130,3 +130,21 @@ def test_nan_losses_are_stored_and_flagged_not_fatal(tmp_path, population):
     assert len(warning) == 1 and "3 pairs have NaN barriers" in warning[0] and f"|{bad}" in warning[0]
     html = Path(report.write(Store(str(path)), a)).read_text()
     assert "3 pairs have NaN barriers" in html
+
+
+def test_adaptive_alpha_stores_are_analysed_on_each_pairs_own_points(tmp_path, population):
+    from lmc_ray import barriers
+
+    path = tmp_path / "store"
+    local.run(plan.prepare(_two_sets(population, path, refine=1)), progress=False)
+    store = Store(str(path))
+    a = analysis.run(store, "nli")
+    analysis.write(store, a)
+    report.write(store, a)
+    curves = store.curves().to_table().to_pandas().query("subset == 'all' and eval_set == 'nli'")
+    bar = pd.read_parquet(path / "barriers.parquet").query("eval_set == 'nli' and metric == 'loss'")
+    for (ma, mb), g in curves.sort_values("alpha").groupby(["model_a", "model_b"]):
+        assert len(g) == 5 + 2
+        want = barriers.paper(g.loss.to_numpy(), g.alpha.to_numpy())
+        assert bar[(bar.model_a == ma) & (bar.model_b == mb)].barrier.item() == pytest.approx(want, abs=1e-12)
+    assert (path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -44,3 +44,12 @@ def test_table_from_curve_rows():
     assert loss.barrier == pytest.approx(1.0) and err.barrier == pytest.approx(0.75)
     assert list(t.columns) == ["model_a", "model_b", "eval_set", "metric", "barrier", "endpoint_barrier",
                                "midpoint_barrier", "area"]
+
+
+def test_refinement_brackets_the_highest_point_above_the_endpoint_chord():
+    from lmc_ray.barriers import refine_points
+
+    # Endpoints 1.0 and 2.0: the chord rises, so 0.5 (1.9 vs chord 1.5) beats 0.75 (2.0 vs chord 1.75).
+    assert refine_points({0.25: 1.4, 0.5: 1.9, 0.75: 2.0}, (1.0, 2.0)) == [0.375, 0.625]
+    assert refine_points({0.5: 1.9, 0.625: 1.0}, (1.0, 2.0)) == [0.25, 0.5625]  # between its neighbours
+    assert refine_points({0.5: float("nan")}, (1.0, 2.0)) == []

@@ -44,3 +44,23 @@ def test_core_curve_equals_plain_hf(tmp_path, population):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert list(rows.alpha) == cfg.alphas and (rows.n_examples == 64).all()
     assert np.ptp(got[:, 0]) > 1e-3  # the models really differ, so the comparison means something
+
+
+def test_adaptive_alpha_adds_the_peak_midpoints_and_they_equal_plain_hf(tmp_path, population):
+    from lmc_ray.barriers import refine_points
+
+    cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store", alphas=5, refine=2))
+    p = plan.prepare(cfg)
+    local.run(p, progress=False)
+    rows = p.store.curves().to_table().to_pandas().query("subset == 'all'").sort_values("alpha")
+    loss = dict(zip(rows.alpha, rows.loss))
+    # Replay the rule on the stored losses: round 1 from the grid, round 2 from grid + round 1.
+    seen = {a: loss[a] for a in cfg.alphas if 0 < a < 1}
+    for _ in range(cfg.refine):
+        for a in refine_points(seen, (loss[0.0], loss[1.0])):
+            seen[a] = loss[a]
+    assert sorted(loss) == sorted({0.0, 1.0, *seen}) and len(loss) == 5 + 4
+    df = read_table(cfg.eval_sets[0])
+    labels = [NLI_LABELS.index(v) for v in df.gold_label]
+    want = reference_curve(population[0], population[1], df.premise, df.hypothesis, labels, sorted(loss))
+    np.testing.assert_allclose(rows[["loss", "accuracy", "f1", "mcc"]].to_numpy(), want, atol=1e-5, rtol=0)

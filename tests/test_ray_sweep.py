@@ -54,6 +54,15 @@ def test_ray_sweep_is_complete_and_equals_the_core(ray_local, tmp_path, populati
     assert {"hans"} <= set(got.eval_set) and got.alpha.dtype == np.float64
 
 
+def test_adaptive_alpha_through_ray_equals_the_core(ray_local, tmp_path, population):
+    stores = {k: tmp_path / k for k in ("core", "ray")}
+    local.run(plan.prepare(_two_sets(population, stores["core"], refine=1)), progress=False)
+    ray_sweep.run(plan.prepare(_two_sets(population, stores["ray"], refine=1, actors=2)), progress=False)
+    got, want = _table(stores["ray"]), _table(stores["core"])
+    assert (got.groupby(["model_a", "model_b"]).alpha.nunique() == 5 + 2).all()
+    pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=0)
+
+
 def test_resume_computes_only_missing_pairs(ray_local, tmp_path, population, reference):
     store = tmp_path / "store"
     cfg = _two_sets(population, store, actors=2)
