@@ -28,9 +28,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sweep_speed.py
+	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/alpha_vmap.py
 
 bench-demo: $(STAMP)
 	$(PY) benchmarks/demo_budget.py
+	$(PY) benchmarks/adaptive_alpha.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -1,18 +1,19 @@
 """How the sweep grows with N on one machine: N = 10, 25, 50, 100 small models through Ray.
 
-    .venv/bin/python benchmarks/scaling.py [--sizes 10 25 50 100] [--examples 128]
+    .venv/bin/python benchmarks/scaling.py [--sizes 10 25 50 100] [--examples 32]
 
 Population: N small BERT classifiers built from a config (1 layer, hidden 32, vocabulary 8,000: tiny, so
-that N = 100 fits a 2-core machine in minutes; what is measured is how the sweep scales, not one model's speed); data: the first K real MNLI
-dev_matched examples; the paper's 10-point α grid. Each N runs through lmc_ray.ray_sweep on a local Ray
-instance (one actor per core, each holding N / actors resident models, each model's weights sent to each
-actor once). Printed per N: wall seconds, pairs/s, peak memory of the whole process tree (driver, raylet,
+that N = 100 fits a 2-core machine in minutes; what is measured is how the sweep scales, not one model's
+speed); data: the first K real MNLI dev_matched examples; the paper's 10-point α grid. Each N runs through
+lmc_ray.ray_sweep on a local Ray instance (one actor per core, each holding N / actors resident models, each
+model's weights sent to each actor once). Printed per N: wall seconds, pairs/s, peak memory of the whole process tree (driver, raylet,
 actors), and the growth of wall time against N and against the number of pairs.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def main():
         print(f"N={n:4d}: {pairs:5d} pairs in {wall:7.1f} s, {r['pairs_per_s']:6.2f} pairs/s, "
               f"peak memory {r['peak_GiB']:.2f} GiB (whole Ray process tree)", flush=True)
     ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
     first = rows[0]
     for r in rows[1:]:
         print(f"N {first['N']} -> {r['N']}: wall x{r['wall_s'] / first['wall_s']:.1f} for x{r['pairs'] / first['pairs']:.1f} "

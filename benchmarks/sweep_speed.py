@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -138,6 +139,7 @@ def main():
     print(f"        ray barriers vs core: max |Δ| = {worst:.2e}")
     print(f"ratios: paper/core {results['paper'] / results['core']:.1f}x, naive/core {results['naive'] / results['core']:.1f}x, "
           f"ray/core {results['ray'] / results['core']:.2f}x (target ≥ 20x, ≥ 3x, ≤ 1.2x)")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
