@@ -28,7 +28,10 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
     init()
 
     def trial(config):
-        finetune.train(cfg, config["seed"], report=tune.report, threads=max(1, int(cpus_per_trial)))
+        # A run killed after a model was saved but before Tune recorded its trial as done restores that
+        # trial; the saved model stands.
+        if not finetune.exists(cfg, config["seed"]):
+            finetune.train(cfg, config["seed"], report=tune.report, threads=max(1, int(cpus_per_trial)))
 
     trainable = tune.with_resources(trial, {"cpu": cpus_per_trial})
     path = os.path.join(os.path.abspath(os.path.expanduser(experiment_dir)), name)

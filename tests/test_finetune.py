@@ -1,5 +1,13 @@
 """Finetuning on Ray Tune writes loadable HF checkpoints, one per seed, and skips finished ones."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
 import torch
+import yaml
 
 from lmc_ray import finetune, ray_finetune, toynli
 from lmc_ray.config import EvalSetSpec
@@ -85,3 +93,37 @@ def test_base_data_and_checkpoints_on_s3(s3_endpoint, tmp_path):
         if not f.endswith("DONE"):
             fs.copy(f, f.replace("seed_3", "seed_4"))
     assert not finetune.exists(cfg, 4)
+
+
+@pytest.mark.slow
+def test_a_killed_finetune_job_resumes_its_tune_experiment(tmp_path):
+    """SIGKILL jobs/finetune.py (and the Ray it started) once one of three seeds is saved; the same command
+    restores the Tune experiment (Tuner.restore), trains the rest and leaves the saved model untouched."""
+    from conftest import ROOT
+
+    data = toynli.write(tmp_path / "data", n_train=1500, n_val=64, per_subcase=10)
+    spec = lambda name: {"path": str(data[name]), "text": ["premise", "hypothesis"], "label": "label"}  # noqa: E731
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({
+        "base": str(_base(tmp_path, toynli.generate(n_train=1500)["train"])), "train": spec("train"),
+        "eval_sets": [{"name": "validation", **spec("validation")}], "labels": toynli.LABELS,
+        "output": str(tmp_path / "models"), "seeds": 3, "epochs": 2, "reports": 2}))
+    # Two CPUs per trial on this 2-core machine: one trial at a time, so the kill lands between seeds.
+    command = [sys.executable, str(ROOT / "jobs" / "finetune.py"), "--config", str(tmp_path / "ft.yaml"),
+               "--experiment-dir", str(tmp_path / "tune"), "--cpus-per-trial", "2"]
+    done = lambda: sorted(s for s in range(3) if (tmp_path / "models" / f"seed_{s}" / "DONE").exists())  # noqa: E731
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not done() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    saved = done()
+    assert 1 <= len(saved) < 3, saved
+    before = {s: (tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns for s in saved}
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming the Tune experiment" in rerun.stderr
+    assert done() == [0, 1, 2]
+    assert all((tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns == t for s, t in before.items())
