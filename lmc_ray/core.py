@@ -35,8 +35,8 @@ class Core:
         self.working.set(a, b, alpha)
         return [ev(self.working.model) for ev in self.evaluators]
 
-    def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int = 0,
-              end_losses: tuple[float, float] = (0.0, 0.0)) -> dict[float, list[Metrics]]:
+    def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int,
+              end_losses: tuple[float, float]) -> dict[float, list[Metrics]]:
         """The interior of the line; endpoints are each model alone and are evaluated once per model.
         `refine` rounds add α around the peak (barriers.refine_points), judged by the first eval set's loss."""
         out = {al: self.evaluate(a, b, al) for al in alphas if 0.0 < al < 1.0}
