@@ -91,7 +91,8 @@ class SweepConfig:
             "models": [dataclasses.asdict(m) for m in self.models],
             "eval_sets": [dataclasses.asdict(e) for e in self.eval_sets],
             "alphas": self.alphas,
-            "refine": self.refine,
+            # Only when used, so stores written before adaptive α existed stay resumable.
+            **({"refine": self.refine} if self.refine else {}),
             "dtype": self.dtype,
             "max_length": self.max_length,
             "tokenizer": self.tokenizer,

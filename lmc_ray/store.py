@@ -59,7 +59,8 @@ class Store:
         except Exception as e:
             raise ConfigError(f"store {self.url!r}: cannot read ({type(e).__name__}: {e})") from None
         if old is not None and old.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-            key = next((k for k in fingerprint if old.get("fingerprint", {}).get(k) != json.loads(json.dumps(fingerprint[k]))), "?")
+            before, now = old.get("fingerprint", {}), json.loads(json.dumps(fingerprint))
+            key = next((k for k in [*now, *before] if before.get(k) != now.get(k)), "?")
             raise ConfigError(f"store {self.url!r} holds a run with a different configuration ({key} differ); "
                               "use a new store path or the original configuration")
         try:

@@ -16,6 +16,8 @@ def test_minimal_form_defaults_to_the_papers_grid():
     assert cfg.alphas == [i / 9 for i in range(10)]
     assert [m.name for m in cfg.models] == ["a/m0", "a/m1"]
     assert cfg.eval_sets[0].max_examples == 512
+    # The paper's fixed grid fingerprints as before adaptive α existed: older stores stay resumable.
+    assert cfg.refine == 0 and "refine" not in cfg.fingerprint()
 
 
 def test_ranges_expand_in_order():

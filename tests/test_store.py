@@ -42,6 +42,10 @@ def test_a_store_refuses_another_configuration(tmp_path):
     Store(str(tmp_path / "s")).open({"models": ["a", "b"], "alphas": [0, 1]})
     with pytest.raises(ConfigError, match=r"different configuration \(alphas differ\)"):
         Store(str(tmp_path / "s")).open({"models": ["a", "b"], "alphas": [0, 0.5, 1]})
+    # A key only one side has (adaptive α's `refine` is in the fingerprint only when used) is named too.
+    Store(str(tmp_path / "r")).open({"alphas": [0, 1], "refine": 2})
+    with pytest.raises(ConfigError, match=r"different configuration \(refine differ\)"):
+        Store(str(tmp_path / "r")).open({"alphas": [0, 1]})
 
 
 def test_unwritable_store_is_one_line(tmp_path):
