@@ -18,12 +18,11 @@ from .store import Store
 class DemoConfig:
     workdir: str = "results/demo"
     n_models: int = 12
-    epochs: float = 5.0
-    lr: float = 1e-3
+    epochs: float = 7.0
+    lr: float = 6e-4
+    batch_size: int = 64
     swap_rate: float = 0.02
-    # Brief masked-LM pretraining lengthened the finetuning plateau on this task in our runs (see
-    # docs/demo.md), so the default shared start is the untrained base; set > 0 to pretrain it.
-    pretrain_steps: int = 0
+    pretrain_steps: int = 1000  # word-matching pretraining of the shared start (pretrain.py; docs/demo.md)
     max_examples: int = 512
     cache_dir: str = "~/.cache/lmc_ray"
 
@@ -38,7 +37,7 @@ def configs(d: DemoConfig, base: Path, data: dict[str, Path]) -> tuple[FinetuneC
     diag = _spec("diagnostic", data["diagnostic"], max_examples=d.max_examples, subsets=["subcase"], role="diagnostic")
     ft = FinetuneConfig(base=str(base), train=_spec("train", data["train"], max_examples=None), eval_sets=[val, diag],
                         labels=toynli.LABELS, output=str(work / "models"), seeds=list(range(d.n_models)),
-                        epochs=d.epochs, lr=d.lr, cache_dir=d.cache_dir)
+                        epochs=d.epochs, lr=d.lr, batch_size=d.batch_size, cache_dir=d.cache_dir)
     sweep = SweepConfig(models=[ModelSpec(str(work / "models" / f"seed_{s}"), f"seed_{s}") for s in ft.seeds],
                         eval_sets=[val, diag], store=str(work / "store"), alphas=grid(10), cache_dir=d.cache_dir)
     return ft, sweep

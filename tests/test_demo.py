@@ -5,8 +5,8 @@ from lmc_ray import demo
 
 
 def test_small_demo_end_to_end_and_cached_rerun(ray_local, tmp_path, capsys):
-    d = demo.DemoConfig(workdir=str(tmp_path / "demo"), n_models=3, epochs=0.05, cache_dir=str(tmp_path / "cache"),
-                        max_examples=64)
+    d = demo.DemoConfig(workdir=str(tmp_path / "demo"), n_models=3, epochs=0.1, cache_dir=str(tmp_path / "cache"),
+                        max_examples=64, pretrain_steps=20)
     demo.run(d)
     out = capsys.readouterr().out
     store = Path(d.workdir) / "store"
@@ -17,3 +17,17 @@ def test_small_demo_end_to_end_and_cached_rerun(ray_local, tmp_path, capsys):
     before = [f.stat().st_mtime_ns for f in written]
     demo.run(d)  # everything cached: no training, no pair recomputed
     assert [f.stat().st_mtime_ns for f in written] == before
+
+
+def test_word_matching_labels_each_hypothesis_token_by_the_premise():
+    import torch
+
+    from lmc_ray.pretrain import in_premise
+
+    special = torch.tensor([0, 2, 3])  # [PAD], [CLS], [SEP]
+    #                    [CLS] 7  8  9 [SEP] 9  7  5 [SEP] [PAD]
+    ids = torch.tensor([[2, 7, 8, 9, 3, 9, 7, 5, 3, 0]])
+    types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 1, 1]])
+    hyp, found = in_premise(ids, types, special)
+    assert hyp[0].tolist() == [False] * 5 + [True, True, True, False, False]
+    assert found[0][hyp[0]].tolist() == [1, 1, 0]  # 9 and 7 are in the premise, 5 is not
