@@ -26,7 +26,6 @@ class PretrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
-    data_seed: int = 0
     objective: str = "word_matching"  # part of the cache key: a base built another way is never reused
 
 
