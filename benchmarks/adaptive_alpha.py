@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -28,8 +27,9 @@ SCHEDULES = {"paper grid 10": (10, 0), "grid 5 + refine 1": (5, 1), "grid 5 + re
 
 
 def pair_barriers(store: Path) -> pd.Series:
-    df = pd.read_parquet(store / "curves").query("subset == 'all'").sort_values("alpha")
-    return df.groupby(["model_a", "model_b"]).apply(lambda g: barriers.paper(g.loss.to_numpy(), g.alpha.to_numpy()))
+    """The paper's loss barrier per pair, as the cluster job computes it."""
+    return barriers.table(pd.read_parquet(store / "curves")).query("metric == 'loss'").set_index(
+        ["model_a", "model_b"]).barrier
 
 
 def main():

@@ -11,6 +11,7 @@ difference in logits (they must agree).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 import warnings
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.func import functional_call, stack_module_state
+from torch.func import functional_call
 
 from lmc_ray import config
+from lmc_ray.interpolate import WorkingModel
 from lmc_ray.synthetic import bert_config, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,18 +58,18 @@ def main():
         torch.manual_seed(0)
         cfg = bert_config(len(tok), ["e", "n", "c"], layers, hidden, max(1, hidden // 64) * 2, dropout=0.0)
         a, b, work = (BertForSequenceClassification(cfg).eval() for _ in range(3))
-        eager_cfg = bert_config(len(tok), ["e", "n", "c"], layers, hidden, max(1, hidden // 64) * 2, dropout=0.0)
+        eager_cfg = copy.deepcopy(cfg)
         eager_cfg._attn_implementation = "eager"
         eager = BertForSequenceClassification(eager_cfg).eval()
         wa, wb = dict(a.named_parameters()), dict(b.named_parameters())
-        params = dict(work.named_parameters())
+        working = WorkingModel(work)  # what the core does
+        sa, sb = working.weights_of(a.state_dict()), working.weights_of(b.state_dict())
 
         @torch.inference_mode()
         def one_at_a_time():
             out = []
-            for al in alphas:  # as interpolate.WorkingModel.set does
-                for k, v in params.items():
-                    torch.lerp(wa[k], wb[k], al, out=v.data)
+            for al in alphas:
+                working.set(sa, sb, al)
                 out.append(work(**batch).logits)
             return torch.stack(out)
 

@@ -50,7 +50,7 @@ def curves(a: Analysis) -> bytes:
     cluster_of = dict(zip(a.names, a.labels("paper")))
     df = a.curves[a.curves.subset == "all"].copy()
     # Adaptive α adds points per pair; the mean curve uses the grid every pair shares.
-    per_alpha = df.groupby("alpha")[["model_a", "model_b"]].apply(lambda g: len(g.drop_duplicates()))
+    per_alpha = df.drop_duplicates(["model_a", "model_b", "alpha"]).groupby("alpha").size()
     df = df[df.alpha.isin(per_alpha.index[per_alpha == per_alpha.max()])]
     ca, cb = df.model_a.map(cluster_of), df.model_b.map(cluster_of)
     df["group"] = np.where(ca == cb, "within cluster " + ca.astype(str), "between clusters")
