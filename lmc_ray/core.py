@@ -8,6 +8,7 @@ from .data import EvalData
 from .evaluate import Evaluator, Metrics
 from .interpolate import Weights, WorkingModel
 from .metrics import LOSS
+from .trim import first_token_only
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,6 +26,7 @@ class Core:
                  batch_tokens: int = 8192, max_batch_size: int = 256):
         self.device = pick_device(device) if isinstance(device, str) else device
         model = template.to(self.device, DTYPES[dtype]).eval()
+        first_token_only(model)
         self.working = WorkingModel(model)
         self.evaluators = [Evaluator(d, self.device, batch_tokens, max_batch_size) for d in datas]
 
