@@ -34,6 +34,7 @@ bench: $(STAMP)
 bench-demo: $(STAMP)
 	$(PY) benchmarks/demo_budget.py
 	$(PY) benchmarks/adaptive_alpha.py
+	$(PY) benchmarks/barrier_ci.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -14,9 +14,12 @@ def cluster(argv=None):
     p.add_argument("--store", required=True, help="the sweep's store (local path or s3://)")
     p.add_argument("--eval-set", help="eval set whose barriers define the clusters (default: the first)")
     p.add_argument("--metric", default="loss", help="loss or error")
+    p.add_argument("--bootstrap", type=int, help="resamples per barrier interval (default 1000 when the sweep kept "
+                                                 "per-example losses, else none; 0 = none)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     args = p.parse_args(argv)
     store = Store(args.store)
-    a = analysis.run(store, args.eval_set, args.metric)
+    a = analysis.run(store, args.eval_set, args.metric, args.bootstrap, args.level)
     analysis.write(store, a)
     index = report.write(store, a)
     print(analysis.text_summary(a))

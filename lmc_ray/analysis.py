@@ -11,6 +11,7 @@ import pyarrow as pa
 from . import barriers as B
 from . import clusters as C
 from .config import ConfigError
+from .progress import track
 from .store import Store
 
 
@@ -47,7 +48,39 @@ def _read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
     return names, fp, curves, ends
 
 
-def run(store: Store, eval_set: str | None = None, metric: str = "loss") -> Analysis:
+def intervals(store: Store, fp: dict, n_boot: int, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """A bootstrap interval on each pair's barrier (paper's definition), per eval set, for loss and error,
+    from the per-example values the sweep kept. Each pair's draw is seeded by its indices: reproducible,
+    whatever order the pairs are read in."""
+    alphas = set(fp["alphas"])
+    ends: dict[int, pd.DataFrame] = {}
+
+    def endpoint(k: int, alpha: float) -> pd.DataFrame:
+        if k not in ends:
+            ends[k] = store.read(Store.endpoint_file(k, examples=True)).to_pandas()
+        return ends[k].assign(alpha=alpha)
+
+    pairs = sorted(store.done_pairs())
+    rows = []
+    for i, j in track(pairs, len(pairs), "bootstrap", "pair"):
+        df = pd.concat([store.read(Store.pair_file(i, j, examples=True)).to_pandas(),
+                        *(endpoint(k, al) for k, al in ((i, 0.0), (j, 1.0)) if al in alphas)])
+        a, b = df.model_a.dropna().iloc[0], df.model_b.dropna().iloc[0]
+        for s, (name, g) in enumerate(df.groupby("eval_set", sort=True)):
+            loss = g.pivot(index="alpha", columns="example", values="loss")
+            error = 1.0 - g.pivot(index="alpha", columns="example", values="correct")
+            counts = B.resample(loss.shape[1], n_boot, np.random.default_rng([seed, i, j, s]))
+            x = loss.index.to_numpy()
+            for metric, values in (("loss", loss), ("error", error)):
+                lo, hi = B.interval(values.to_numpy(), x, counts, level)
+                rows.append({"model_a": a, "model_b": b, "eval_set": name, "metric": metric,
+                             "barrier_lo": lo, "barrier_hi": hi})
+    return pd.DataFrame(rows)
+
+
+def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstrap: int | None = None,
+        level: float = 0.95) -> Analysis:
+    """`bootstrap` replicates per barrier interval: default 1000 where the sweep kept per-example values."""
     names, fp, curves, ends = _read(store)
     n_pairs = curves.groupby(["model_a", "model_b"]).ngroups
     want = len(names) * (len(names) - 1) // 2
@@ -59,11 +92,22 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss") -> Anal
         raise ConfigError(f"eval set {eval_set!r} is not in the store (it has: {', '.join(sets)})")
     if metric not in ("loss", "error"):
         raise ConfigError(f"metric {metric!r}: use loss or error")
+    bootstrap = (1000 if fp.get("per_example") else 0) if bootstrap is None else bootstrap
+    if bootstrap < 0 or not 0 < level < 1:
+        raise ConfigError(f"bootstrap {bootstrap} at level {level}: need a non-negative count and 0 < level < 1")
+    if bootstrap and not fp.get("per_example"):
+        raise ConfigError(f"store {store.url!r} kept no per-example losses, which bootstrap intervals need; "
+                          "sweep with per_example: true (--per-example)")
     bar = B.table(curves)
+    if bootstrap:
+        bar = bar.merge(intervals(store, fp, bootstrap, level), on=["model_a", "model_b", "eval_set", "metric"])
     mat = C.matrix(bar, names, eval_set, metric)
     clusters, summary = C.analyse(mat, names)
-    summary.update(eval_set=eval_set, metric=metric, n_models=len(names),
-                   nan_pairs=int(bar[(bar.metric == metric) & (bar.eval_set == eval_set)].barrier.isna().sum()))
+    chosen = bar[(bar.metric == metric) & (bar.eval_set == eval_set)]
+    summary.update(eval_set=eval_set, metric=metric, n_models=len(names), nan_pairs=int(chosen.barrier.isna().sum()))
+    if bootstrap:
+        summary.update(bootstrap=bootstrap, level=level,
+                       median_interval_width=float((chosen.barrier_hi - chosen.barrier_lo).median()))
 
     # Generalization: each model alone (its endpoint rows): every subset of the diagnostic sets, and the
     # whole of the in-domain ones (do the basins agree in-domain while differing out of distribution?).
@@ -109,6 +153,9 @@ def text_summary(a: Analysis) -> str:
         r = a.correlations.set_index("metric").loc[key, "pearson_r"]
         means = ", ".join(f"cluster {c}: {m:.3f}±{sd:.3f}" for c, m, sd in zip(sub.cluster, sub["mean"], sub["std"]))
         lines.append(f"{key}: {means}; Pearson r with spectral score {r:.2f}")
+    if s.get("bootstrap"):
+        lines.append(f"{s['level']:.0%} bootstrap intervals ({s['bootstrap']} resamples of the examples): median width "
+                     f"{s['median_interval_width']:.4f}; barrier_lo / barrier_hi in barriers.parquet")
     if s["nan_pairs"]:
         sel = a.barriers[(a.barriers.eval_set == a.eval_set) & (a.barriers.metric == a.metric) & a.barriers.barrier.isna()]
         shown = "; ".join(f"{r.model_a}|{r.model_b}" for r in sel.head(10).itertuples())

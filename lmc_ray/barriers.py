@@ -6,40 +6,66 @@ import pandas as pd
 
 
 def _chord_excess(y: np.ndarray, x: np.ndarray, i: int, j: int) -> np.ndarray:
-    """y_k minus the straight line from (x_i, y_i) to (x_j, y_j), for k in [i, j]."""
+    """y_k minus the straight line from (x_i, y_i) to (x_j, y_j), for k in [i, j] (along the last axis)."""
     t = (x[i: j + 1] - x[i]) / (x[j] - x[i])
-    return y[i: j + 1] - ((1 - t) * y[i] + t * y[j])
+    return y[..., i: j + 1] - ((1 - t) * y[..., i, None] + t * y[..., j, None])
 
 
-def paper(y, x=None) -> float:
+def _scalar(v: np.ndarray):
+    return float(v) if np.ndim(v) == 0 else v
+
+
+def _clipped(rise: np.ndarray, y: np.ndarray):
+    """The rise clipped at 0; NaN for a curve with NaN or inf losses (no barrier to speak of)."""
+    return _scalar(np.where(np.isfinite(y).all(-1), np.maximum(0.0, rise), np.nan))
+
+
+# Every definition takes one curve y[α] or a stack of curves y[..., α] (bootstrap replicates). Curves
+# with inf losses give NaN without a warning: the report names those pairs instead.
+@np.errstate(invalid="ignore")
+def paper(y, x=None):
     """Juneja et al.: the largest rise above the chord of any contiguous sub-segment, clipped at 0."""
     y, x = _xy(y, x)
-    if not np.isfinite(y).all():  # NaN or inf losses along the line: no barrier to speak of
-        return float("nan")
-    n = len(y)
-    best = max((_chord_excess(y, x, i, j).max() for i in range(n) for j in range(i + 1, n)), default=0.0)
-    return max(0.0, float(best))
+    n = y.shape[-1]
+    return _clipped(np.max([_chord_excess(y, x, i, j).max(-1) for i in range(n) for j in range(i + 1, n)], 0), y)
 
 
-def endpoint_chord(y, x=None) -> float:
+@np.errstate(invalid="ignore")
+def endpoint_chord(y, x=None):
     """The same rise, measured only above the chord joining the two ends of the line, clipped at 0."""
     y, x = _xy(y, x)
-    if not np.isfinite(y).all():  # NaN or inf losses along the line: no barrier to speak of
-        return float("nan")
-    return max(0.0, float(_chord_excess(y, x, 0, len(y) - 1).max()))
+    return _clipped(_chord_excess(y, x, 0, y.shape[-1] - 1).max(-1), y)
 
 
-def midpoint(y, x=None) -> float:
+@np.errstate(invalid="ignore")
+def midpoint(y, x=None):
     """Git Re-Basin's: max_α L(α) − ½(L_0 + L_1)."""
     y, _ = _xy(y, x)
-    return float(np.max(y) - 0.5 * (y[0] + y[-1]))  # NaN propagates
+    return _scalar(np.max(y, -1) - 0.5 * (y[..., 0] + y[..., -1]))  # NaN propagates
 
 
-def area(y, x=None) -> float:
+@np.errstate(invalid="ignore")
+def area(y, x=None):
     """Signed area between the curve and the endpoint chord (negative for a convex dip)."""
     y, x = _xy(y, x)
-    d = _chord_excess(y, x, 0, len(y) - 1)
-    return float(np.sum((d[1:] + d[:-1]) / 2 * np.diff(x)))
+    d = _chord_excess(y, x, 0, y.shape[-1] - 1)
+    return _scalar(np.sum((d[..., 1:] + d[..., :-1]) / 2 * np.diff(x), -1))
+
+
+def resample(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates of n examples as counts [n_boot, n]: how often each example is drawn."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+
+
+def interval(values: np.ndarray, x, counts: np.ndarray, level: float = 0.95, definition=paper) -> tuple[float, float]:
+    """Percentile bootstrap interval of a barrier, from per-example values [α, example]. The same draw of
+    examples serves every α (a paired bootstrap): the line is evaluated on the same examples throughout."""
+    curves = counts @ np.asarray(values, dtype=np.float64).T / counts.shape[1]
+    replicates = definition(curves, x)
+    if np.isnan(replicates).all():
+        return float("nan"), float("nan")
+    lo, hi = np.nanquantile(replicates, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def refine_points(losses: dict[float, float], end_losses: tuple[float, float]) -> list[float]:

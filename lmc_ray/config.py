@@ -72,6 +72,9 @@ class SweepConfig:
     # Adaptive α: after the grid, `refine` rounds each evaluate the two midpoints either side of the curve's
     # highest point above its endpoint chord (first eval set's loss). 0 = the paper's fixed grid.
     refine: int = 0
+    # Keep every example's loss and correctness at every α (STORE/examples/), so the cluster job can put a
+    # bootstrap confidence interval on each barrier (say, when max_examples subsamples the eval sets).
+    per_example: bool = False
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
     batch_tokens: int = 8192  # padded tokens per batch (dynamic padding, length-sorted)
@@ -93,6 +96,7 @@ class SweepConfig:
             "alphas": self.alphas,
             # Only when used, so stores written before adaptive α existed stay resumable.
             **({"refine": self.refine} if self.refine else {}),
+            **({"per_example": True} if self.per_example else {}),
             "dtype": self.dtype,
             "max_length": self.max_length,
             "tokenizer": self.tokenizer,
@@ -207,6 +211,8 @@ def validate(cfg: SweepConfig) -> None:
         raise ConfigError(f"config: refine must be a non-negative integer, got {cfg.refine!r}")
     if cfg.refine and not (0.0 in alphas and 1.0 in alphas and any(0 < a < 1 for a in alphas)):
         raise ConfigError("config: refine needs alphas with both endpoints and at least one interior point")
+    if not isinstance(cfg.per_example, bool):
+        raise ConfigError(f"config: per_example must be true or false, got {cfg.per_example!r}")
     set_names = [e.name for e in cfg.eval_sets]
     for e in cfg.eval_sets:
         where = f"eval set {e.name!r}"
@@ -272,6 +278,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--alphas", help="grid size (10) or a list such as [0, 0.5, 1]")
     p.add_argument("--refine", type=int, help="adaptive α: refinement rounds around the curve's peak (default 0)")
     p.add_argument("--max-examples", type=int, help="first K examples of every eval set")
+    p.add_argument("--per-example", action="store_true", default=None,
+                   help="keep per-example losses, for bootstrap intervals on each barrier")
     p.add_argument("--actors", help="number of actors, or auto")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
     p.add_argument("--device", help="auto | cpu | cuda")
@@ -304,6 +312,8 @@ def load(args: argparse.Namespace, default: dict | None = None) -> SweepConfig:
         raw["actors"] = _parse_value(args.actors)
     if args.refine is not None:
         raw["refine"] = args.refine
+    if args.per_example:
+        raw["per_example"] = True
     if args.max_examples is not None:
         for e in raw.get("eval_sets") or []:
             if isinstance(e, dict):

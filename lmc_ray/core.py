@@ -5,7 +5,7 @@ import torch
 
 from .barriers import refine_points
 from .data import EvalData
-from .evaluate import Evaluator, Metrics
+from .evaluate import Evaluator, Examples, Metrics
 from .interpolate import Weights, WorkingModel
 from .metrics import LOSS
 from .trim import first_token_only
@@ -37,13 +37,27 @@ class Core:
         self.working.set(a, b, alpha)
         return [ev(self.working.model) for ev in self.evaluators]
 
-    def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int,
-              end_losses: tuple[float, float]) -> dict[float, list[Metrics]]:
+    def examples(self) -> list[Examples]:
+        """Per-example loss and correctness of the latest evaluate, one array per eval set."""
+        return [ev.examples for ev in self.evaluators]
+
+    def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int, end_losses: tuple[float, float],
+              keep_examples: bool = False) -> tuple[dict[float, list[Metrics]], dict[float, list[Examples]] | None]:
         """The interior of the line; endpoints are each model alone and are evaluated once per model.
-        `refine` rounds add α around the peak (barriers.refine_points), judged by the first eval set's loss."""
-        out = {al: self.evaluate(a, b, al) for al in alphas if 0.0 < al < 1.0}
+        `refine` rounds add α around the peak (barriers.refine_points), judged by the first eval set's loss.
+        With keep_examples, also each α's per-example values (for bootstrap intervals on the barrier)."""
+        out, examples = {}, {} if keep_examples else None
+
+        def point(al):
+            out[al] = self.evaluate(a, b, al)
+            if keep_examples:
+                examples[al] = self.examples()
+
+        for al in alphas:
+            if 0.0 < al < 1.0:
+                point(al)
         for _ in range(refine):
             losses = {al: float(m[0][0, LOSS]) for al, m in out.items()}
             for al in refine_points(losses, end_losses):
-                out[al] = self.evaluate(a, b, al)
-        return out
+                point(al)
+        return out, examples

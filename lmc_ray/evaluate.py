@@ -10,6 +10,8 @@ from .data import EvalData
 
 # One row per subset, columns metrics.COLUMNS.
 Metrics = np.ndarray
+# Per example, in the eval set's order: row 0 the cross-entropy, row 1 1.0 if predicted right (float32).
+Examples = np.ndarray
 
 
 class Evaluator:
@@ -21,6 +23,8 @@ class Evaluator:
         self.labels = torch.tensor(data.labels, device=device)
         self.membership = torch.tensor(data.membership, device=device, dtype=torch.float64)
         self.classes = [torch.tensor(c, device=device) for c in data.classes] if data.pooled() else None
+        self.examples: Examples | None = None  # the latest call's, for bootstrap intervals
+
 
     @torch.inference_mode()
     def __call__(self, model: torch.nn.Module) -> Metrics:
@@ -41,4 +45,5 @@ class Evaluator:
         conf = (self.membership @ pairs).view(-1, k, k).cpu().numpy()
         acc = np.trace(conf, axis1=1, axis2=2) / conf.sum((1, 2))
         loss = (self.membership @ losses / counts).cpu().numpy()
+        self.examples = torch.stack([losses, (predicted == self.labels).double()]).float().cpu().numpy()
         return np.stack([counts.cpu().numpy(), loss, acc, metrics.f1(conf), metrics.mcc(conf)], 1)

@@ -16,7 +16,7 @@ from . import schedule, sources
 from .config import ConfigError, SweepConfig
 from .data import EvalData, prepare as prepare_data
 from .metrics import LOSS
-from .store import Layout, Store, endpoint_table, metrics_from_endpoint, pair_table
+from .store import Layout, Store, endpoint_examples, endpoint_table, metrics_from_endpoint, pair_examples, pair_table
 
 log = logging.getLogger("lmc_ray")
 
@@ -39,6 +39,10 @@ class Plan:
         return [m.name for m in self.cfg.models]
 
     @property
+    def names_of_sets(self) -> list[str]:
+        return [d.name for d in self.datas]
+
+    @property
     def layout(self) -> Layout:
         return [(d.name, d.subsets) for d in self.datas]
 
@@ -47,9 +51,12 @@ class Plan:
         return [i for i in range(len(self.names)) if i not in done]
 
     def gather_endpoints(self, computed) -> dict[int, list[np.ndarray]]:
-        """Store each freshly computed (model, metrics) as it arrives; read the others back from the store."""
+        """Store each freshly computed (model, (metrics, per-example values or None)) as it arrives; read
+        the others back from the store. The metrics file goes last: it marks the endpoint done."""
         ends = {}
-        for i, metrics in computed:
+        for i, (metrics, examples) in computed:
+            if examples is not None:
+                self.store.write_endpoint(i, endpoint_examples(self.names[i], self.names_of_sets, examples), examples=True)
             self.store.write_endpoint(i, endpoint_table(self.names[i], self.layout, metrics))
             ends[i] = metrics
         for i in range(len(self.names)):
@@ -63,7 +70,11 @@ class Plan:
         return float(ends[i][0][0, LOSS]), float(ends[j][0][0, LOSS])
 
     def record_pair(self, i: int, j: int, interior: dict[float, list[np.ndarray]],
-                    ends: dict[int, list[np.ndarray]]) -> None:
+                    examples: dict[float, list[np.ndarray]] | None, ends: dict[int, list[np.ndarray]]) -> None:
+        """Store one finished line; the curve file goes last: it marks the pair done."""
+        if examples is not None:
+            self.store.write_pair(i, j, pair_examples(self.names[i], self.names[j], self.names_of_sets, examples),
+                                  examples=True)
         curve = dict(interior)
         if 0.0 in self.cfg.alphas:
             curve[0.0] = ends[i]

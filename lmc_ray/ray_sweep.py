@@ -248,8 +248,8 @@ def run(plan: Plan, progress: bool = True) -> None:
     metrics = _Metrics(cfg.store, len(plan.pending))
     per_alpha = sum(len(d) for d in plan.datas)
     while len(pool):
-        k, (a, b, interior) = pool.next()
-        plan.record_pair(a, b, interior, ends)
+        k, (a, b, (interior, examples)) = pool.next()
+        plan.record_pair(a, b, interior, examples, ends)
         bar.update(1)
         metrics.pair(per_alpha * len(interior))
         if queues[k]:

@@ -68,6 +68,24 @@ def curves(a: Analysis) -> bytes:
     return _png(fig)
 
 
+def intervals(a: Analysis) -> bytes:
+    """Every pair's barrier with its bootstrap interval, in rank order: are the basins apart beyond noise?"""
+    cluster_of = dict(zip(a.names, a.labels("paper")))
+    df = a.barriers[(a.barriers.eval_set == a.eval_set) & (a.barriers.metric == a.metric)].sort_values("barrier")
+    within = (df.model_a.map(cluster_of) == df.model_b.map(cluster_of)).to_numpy()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    rank = np.arange(len(df))
+    for sel, label, color in ((within, "within a cluster", "tab:blue"), (~within, "between clusters", "tab:red")):
+        err = [df.barrier[sel] - df.barrier_lo[sel], df.barrier_hi[sel] - df.barrier[sel]]
+        ax.errorbar(rank[sel], df.barrier[sel], yerr=np.clip(err, 0, None), fmt="o", ms=3, lw=0.8, color=color,
+                    label=label)
+    ax.set_xlabel("pairs, by barrier")
+    ax.set_ylabel(f"{a.metric} barrier")
+    ax.set_title(f"{a.summary['level']:.0%} bootstrap intervals on {a.eval_set}")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def histograms(a: Analysis) -> bytes:
     keys = list(a.correlations.metric)[:6]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3.2), squeeze=False)
@@ -87,6 +105,8 @@ def _table(df: pd.DataFrame) -> str:
 def write(store: Store, a: Analysis) -> str:
     """STORE/report/index.html and its PNGs; returns the index path."""
     figures = {"heatmap.png": heatmap(a), "curves.png": curves(a), "diagnostic_histograms.png": histograms(a)}
+    if "barrier_lo" in a.barriers:
+        figures["intervals.png"] = intervals(a)
     for name, data in figures.items():
         store.put(f"report/{name}", data)
     summary = pd.DataFrame([{"key": k, "value": v} for k, v in a.summary.items()])
@@ -97,6 +117,7 @@ img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}
 <pre>{html.escape(text_summary(a))}</pre>
 <h2>Barrier matrix</h2><img src="heatmap.png" alt="barrier heatmap">
 <h2>Interpolation curves within and between clusters</h2><img src="curves.png" alt="mean curves">
+{'<h2>Barriers with bootstrap intervals</h2><img src="intervals.png" alt="intervals">' if "intervals.png" in figures else ""}
 <h2>Diagnostic accuracy per cluster</h2><img src="diagnostic_histograms.png" alt="histograms">
 <h3>Per cluster</h3>{_table(a.per_cluster)}
 <h3>Correlation with the spectral score</h3>{_table(a.correlations)}

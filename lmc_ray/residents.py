@@ -33,10 +33,12 @@ class Residents:
             self.weights[i] = self.core.resident(model.state_dict())
             del model, state
         self._partner: tuple[int, Weights] | None = None
-        self.alphas, self.refine = cfg.alphas, cfg.refine
+        self.alphas, self.refine, self.keep_examples = cfg.alphas, cfg.refine, cfg.per_example
 
-    def endpoint(self, i: int) -> list[np.ndarray]:
-        return self.core.evaluate(self.weights[i])
+    def endpoint(self, i: int) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Model i alone: metrics per eval set, and per-example values when the sweep keeps them."""
+        metrics = self.core.evaluate(self.weights[i])
+        return metrics, self.core.examples() if self.keep_examples else None
 
     def export(self, i: int) -> dict[str, np.ndarray]:
         """CPU numpy copy of a model's weights, for other processes (Ray stores numpy without pickling)."""
@@ -54,7 +56,7 @@ class Residents:
             self._partner = (i, self.core.resident(fetched))
         return self._partner[1]
 
-    def curve(self, a: int, b: int, end_losses: tuple[float, float], fetch=None) -> dict[float, list[np.ndarray]]:
+    def curve(self, a: int, b: int, end_losses: tuple[float, float], fetch=None):
         wa = self.get(a, fetch)
         wb = self.get(b, fetch)
-        return self.core.curve(wa, wb, self.alphas, self.refine, end_losses)
+        return self.core.curve(wa, wb, self.alphas, self.refine, end_losses, self.keep_examples)

@@ -4,6 +4,8 @@ Layout:
     STORE/run.json                          the configuration that produced the data
     STORE/curves/pair-00003-00017.parquet   one file per pair (indices in config order, a < b)
     STORE/endpoints/model-00003.parquet     each model alone (α = 0 of its pairs), evaluated once
+    STORE/examples/{curves,endpoints}/...   per-example loss and correctness, when the sweep keeps them
+                                            (per_example: true), written before the file above it
     STORE/_tmp/                             files being written; ignored by readers, cleaned on open
 
 A local file is written under _tmp/ and renamed into place (atomic on POSIX). An S3 object is
@@ -32,6 +34,11 @@ _METRIC_FIELDS = [("eval_set", pa.string()), ("subset", pa.string()), ("n_exampl
 CURVE_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()),
                           *_METRIC_FIELDS])
 ENDPOINT_SCHEMA = pa.schema([("model", pa.string()), *_METRIC_FIELDS])
+_EXAMPLE_FIELDS = [("eval_set", pa.string()), ("example", pa.int32()), ("loss", pa.float32()),
+                   ("correct", pa.float32())]
+PAIR_EXAMPLES_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()),
+                                  *_EXAMPLE_FIELDS])
+ENDPOINT_EXAMPLES_SCHEMA = pa.schema([("model", pa.string()), *_EXAMPLE_FIELDS])
 _PAIR = re.compile(r"pair-(\d+)-(\d+)\.parquet$")
 _MODEL = re.compile(r"model-(\d+)\.parquet$")
 
@@ -105,11 +112,19 @@ class Store:
         pq.write_table(table, buf)
         self.put(rel, buf.getvalue())
 
-    def write_pair(self, i: int, j: int, table: pa.Table) -> None:
-        self.put_table(f"curves/pair-{i:05d}-{j:05d}.parquet", table)
+    @staticmethod
+    def pair_file(i: int, j: int, examples: bool = False) -> str:
+        return f"{'examples/' if examples else ''}curves/pair-{i:05d}-{j:05d}.parquet"
 
-    def write_endpoint(self, i: int, table: pa.Table) -> None:
-        self.put_table(f"endpoints/model-{i:05d}.parquet", table)
+    @staticmethod
+    def endpoint_file(i: int, examples: bool = False) -> str:
+        return f"{'examples/' if examples else ''}endpoints/model-{i:05d}.parquet"
+
+    def write_pair(self, i: int, j: int, table: pa.Table, examples: bool = False) -> None:
+        self.put_table(self.pair_file(i, j, examples), table)
+
+    def write_endpoint(self, i: int, table: pa.Table, examples: bool = False) -> None:
+        self.put_table(self.endpoint_file(i, examples), table)
 
     # -- reading -------------------------------------------------------------------------------
     def _indices(self, sub: str, pattern: re.Pattern) -> list[tuple[int, ...]]:
@@ -122,9 +137,12 @@ class Store:
     def done_pairs(self) -> set[tuple[int, int]]:
         return set(self._indices("curves", _PAIR))
 
-    def read_endpoint(self, i: int) -> pa.Table:
-        with self.fs.open(self.path(f"endpoints/model-{i:05d}.parquet"), "rb") as f:
+    def read(self, rel: str) -> pa.Table:
+        with self.fs.open(self.path(rel), "rb") as f:
             return pq.read_table(f)
+
+    def read_endpoint(self, i: int) -> pa.Table:
+        return self.read(self.endpoint_file(i))
 
     def done_endpoints(self) -> set[int]:
         return {i for (i,) in self._indices("endpoints", _MODEL)}
@@ -167,4 +185,25 @@ def pair_table(model_a: str, model_b: str, layout: Layout, by_alpha: dict[float,
         n = len(cols["subset"])
         parts.append(pa.table({"model_a": [model_a] * n, "model_b": [model_b] * n, "alpha": [float(alpha)] * n,
                                **cols}, schema=CURVE_SCHEMA))
+    return pa.concat_tables(parts)
+
+
+def _example_columns(sets: list[str], examples: list[np.ndarray]) -> dict[str, np.ndarray]:
+    return {"eval_set": np.repeat(sets, [e.shape[1] for e in examples]),
+            "example": np.concatenate([np.arange(e.shape[1], dtype=np.int32) for e in examples]),
+            "loss": np.concatenate([e[0] for e in examples]), "correct": np.concatenate([e[1] for e in examples])}
+
+
+def endpoint_examples(model: str, sets: list[str], examples: list[np.ndarray]) -> pa.Table:
+    cols = _example_columns(sets, examples)
+    return pa.table({"model": [model] * len(cols["example"]), **cols}, schema=ENDPOINT_EXAMPLES_SCHEMA)
+
+
+def pair_examples(model_a: str, model_b: str, sets: list[str], by_alpha: dict[float, list[np.ndarray]]) -> pa.Table:
+    parts = []
+    for alpha in sorted(by_alpha):
+        cols = _example_columns(sets, by_alpha[alpha])
+        n = len(cols["example"])
+        parts.append(pa.table({"model_a": [model_a] * n, "model_b": [model_b] * n, "alpha": [float(alpha)] * n,
+                               **cols}, schema=PAIR_EXAMPLES_SCHEMA))
     return pa.concat_tables(parts)

@@ -148,3 +148,38 @@ def test_adaptive_alpha_stores_are_analysed_on_each_pairs_own_points(tmp_path, p
         want = barriers.paper(g.loss.to_numpy(), g.alpha.to_numpy())
         assert bar[(bar.model_a == ma) & (bar.model_b == mb)].barrier.item() == pytest.approx(want, abs=1e-12)
     assert (path / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bootstrap_intervals_from_the_kept_per_example_values(tmp_path, population, store):
+    path = tmp_path / "store"
+    local.run(plan.prepare(_two_sets(population, path, per_example=True)), progress=False)
+    # What is kept is exactly what each curve point averaged, endpoints included.
+    curves = pd.read_parquet(path / "curves").query("subset == 'all'").set_index(["model_a", "model_b", "alpha",
+                                                                                    "eval_set"])
+    kept = pd.read_parquet(path / "examples" / "curves")
+    ends = pd.read_parquet(path / "examples" / "endpoints")
+    inner = kept.groupby(["model_a", "model_b", "alpha", "eval_set"]).agg(loss=("loss", "mean"), acc=("correct", "mean"))
+    np.testing.assert_allclose(inner.loss, curves.loc[inner.index, "loss"], rtol=1e-6)
+    np.testing.assert_allclose(inner.acc, curves.loc[inner.index, "accuracy"], rtol=1e-6)
+    at0 = curves.xs(0.0, level="alpha").reset_index().groupby(["model_a", "eval_set"]).loss.first()
+    np.testing.assert_allclose(ends.groupby(["model", "eval_set"]).loss.mean().loc[at0.index], at0, rtol=1e-6)
+
+    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "cluster.py"), "--store", str(path), "--bootstrap", "300"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "95% bootstrap intervals (300 resamples of the examples)" in run.stdout
+    bar = pd.read_parquet(path / "barriers.parquet")
+    assert len(bar) == 6 * 2 * 2 and bar.barrier_lo.notna().all()
+    assert (bar.barrier_lo <= bar.barrier_hi).all() and (bar.barrier_hi > bar.barrier_lo).any()
+    inside = (bar.barrier_lo <= bar.barrier + 1e-12) & (bar.barrier <= bar.barrier_hi + 1e-12)
+    assert inside.mean() >= 0.75
+    # Seeded per pair: the same intervals again, and none of the other columns moved.
+    again = analysis.run(Store(str(path)), bootstrap=300).barriers
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), bar)
+    assert (path / "report" / "intervals.png").read_bytes()[:4] == b"\x89PNG"
+    assert 'src="intervals.png"' in (path / "report" / "index.html").read_text()
+
+    # A store that kept no per-example values: one line, before any work.
+    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "cluster.py"), "--store", str(store), "--bootstrap", "100"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "per_example: true" in run.stderr

@@ -40,6 +40,7 @@ def test_explicit_alphas_are_sorted():
     ({"dtype": "int8"}, "dtype 'int8'"),
     ({"refine": -1}, "refine must be a non-negative integer, got -1"),
     ({"refine": 1, "alphas": [0, 1]}, "refine needs alphas with both endpoints and at least one interior point"),
+    ({"per_example": "yes"}, "per_example must be true or false, got 'yes'"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": ["a", "b", "c"], "label": "l"}]}, "one or two fields"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "colour": 1}]}, "unknown key 'colour'"),
 ])
@@ -56,10 +57,14 @@ def test_flags_override_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_raw()))
     args = config.parser("t").parse_args(["--config", str(path), "--store", "elsewhere", "--alphas", "[0, 0.5, 1]",
-                                          "--max-examples", "7", "--set", "batch_tokens=123", "--refine", "2"])
+                                          "--max-examples", "7", "--set", "batch_tokens=123", "--refine", "2",
+                                          "--per-example"])
     cfg = config.load(args)
-    assert (cfg.store, cfg.alphas, cfg.eval_sets[0].max_examples, cfg.batch_tokens, cfg.refine) == \
-        ("elsewhere", [0, 0.5, 1], 7, 123, 2)
+    assert (cfg.store, cfg.alphas, cfg.eval_sets[0].max_examples, cfg.batch_tokens, cfg.refine, cfg.per_example) == \
+        ("elsewhere", [0, 0.5, 1], 7, 123, 2, True)
+    # Settings added after stores existed enter the fingerprint only when used, so those stores still resume.
+    assert cfg.fingerprint()["per_example"] is True
+    assert "per_example" not in config.load(config.parser("t").parse_args(["--config", str(path)])).fingerprint()
 
 
 def test_missing_config_file(tmp_path):

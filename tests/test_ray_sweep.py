@@ -63,6 +63,17 @@ def test_adaptive_alpha_through_ray_equals_the_core(ray_local, tmp_path, populat
     pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=0)
 
 
+def test_per_example_values_through_ray_equal_the_core(ray_local, tmp_path, population):
+    stores = {k: tmp_path / k for k in ("core", "ray")}
+    local.run(plan.prepare(_two_sets(population, stores["core"], per_example=True)), progress=False)
+    ray_sweep.run(plan.prepare(_two_sets(population, stores["ray"], per_example=True, actors=2)), progress=False)
+    for sub, keys in (("curves", ["model_a", "model_b", "alpha"]), ("endpoints", ["model"])):
+        got, want = (pd.read_parquet(stores[k] / "examples" / sub).sort_values([*keys, "eval_set", "example"])
+                     .reset_index(drop=True) for k in ("ray", "core"))
+        assert len(got) == (6 * 3 if sub == "curves" else 4) * (64 + 48)
+        pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=0)
+
+
 def test_resume_computes_only_missing_pairs(ray_local, tmp_path, population, reference):
     store = tmp_path / "store"
     cfg = _two_sets(population, store, actors=2)
