@@ -51,8 +51,8 @@ def timed(fn, device, repeat: int) -> float:
     return (time.perf_counter() - t) / repeat
 
 
-def ceiling(device, n: int = 8192) -> float:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def ceiling(device) -> float:
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     return 2 * n ** 3 / timed(lambda: a @ b, device, 20 if device.type == "cuda" else 1) / 1e12
 
@@ -100,7 +100,7 @@ def main():
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--examples", type=int, default=512)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--batch-tokens", type=int, default=65536)
+    p.add_argument("--batch-tokens", default="8192,16384,32768,65536", help="padded-token budgets to try")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = Path(args.data_dir)
@@ -109,7 +109,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="lmc-gpu-"))
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}")
     top = ceiling(device)
-    print(f"ceiling: 8192³ {'bf16' if device.type == 'cuda' else 'fp32'} matmul {top:.1f} TFLOP/s")
+    print(f"ceiling: {'8192³ bf16' if device.type == 'cuda' else '2048³ fp32'} matmul {top:.2f} TFLOP/s")
 
     t = time.perf_counter()
     paths = make_population(work / "pop", args.models, list(mnli.premise) + list(mnli.hypothesis), LABELS,
@@ -122,26 +122,30 @@ def main():
              "balance_by": "subcase", "max_examples": args.examples}]
     cfg = config.from_dict({"models": [str(x) for x in paths], "store": str(work / "store"), "alphas": 10,
                             "eval_sets": sets, "dtype": args.dtype, "device": device.type,
-                            "batch_tokens": args.batch_tokens, "max_batch_size": 512, "cache_dir": str(work / "c")})
+                            "max_batch_size": 512, "cache_dir": str(work / "c")})
     pl = plan.prepare(cfg)
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(paths[0])
-    core = Core(model, pl.datas, device, args.dtype, args.batch_tokens, 512)
-    wa, wb = (core.resident(AutoModelForSequenceClassification.from_pretrained(x).state_dict()) for x in paths[:2])
     cfg_m = model.config
-    per_alpha = 0.0
-    for ev, d in zip(core.evaluators, pl.datas):
-        alone = timed(lambda: ev(core.working.model), device, 5)
+    best = {}  # eval set -> (seconds per α with its lerp, batch_tokens)
+    for budget in [int(b) for b in args.batch_tokens.split(",")]:
+        core = Core(model, pl.datas, device, args.dtype, budget, 512)
+        wa, wb = (core.resident(AutoModelForSequenceClassification.from_pretrained(x).state_dict()) for x in paths[:2])
         lerp = timed(lambda: core.working.set(wa, wb, 0.37), device, 5)
-        lengths = [len(x) for x in d.input_ids]
-        flops = encoder_flops(lengths, cfg_m.num_hidden_layers, cfg_m.hidden_size, cfg_m.intermediate_size)
-        padded = sum(b["input_ids"].numel() for b in ev.batches)
-        per_alpha += alone + lerp
-        print(f"core {d.name}: {len(d)} examples, {sum(lengths)} tokens ({sum(lengths) / padded:.0%} of the padded "
-              f"batches, {len(ev.batches)} batches): {alone * 1e3:.1f} ms per α + lerp {lerp * 1e3:.1f} ms; "
-              f"{sum(lengths) / alone:,.0f} non-padding tokens/s; {flops / alone / 1e12:.1f} TFLOP/s useful = "
-              f"{flops / alone / 1e12 / top:.0%} of the ceiling")
+        for ev, d in zip(core.evaluators, pl.datas):
+            alone = timed(lambda: ev(core.working.model), device, 5)
+            lengths = [len(x) for x in d.input_ids]
+            flops = encoder_flops(lengths, cfg_m.num_hidden_layers, cfg_m.hidden_size, cfg_m.intermediate_size)
+            padded = sum(b["input_ids"].numel() for b in ev.batches)
+            best[d.name] = min(best.get(d.name, (float("inf"), 0)), (alone + lerp, budget))
+            print(f"core {d.name}, batch_tokens {budget}: {len(d)} examples, {sum(lengths)} tokens "
+                  f"({sum(lengths) / padded:.0%} of the padded batches, {len(ev.batches)} batches): {alone * 1e3:.1f} ms "
+                  f"per α + lerp {lerp * 1e3:.1f} ms; {sum(lengths) / alone:,.0f} non-padding tokens/s; "
+                  f"{flops / alone / 1e12:.2f} TFLOP/s useful = {flops / alone / 1e12 / top:.0%} of the ceiling")
+        del core, wa, wb
+    per_alpha = sum(t for t, _ in best.values())
+    cfg.batch_tokens = min(best.values())[1]
     t = time.perf_counter()
     local.run(pl, progress=False)
     sync(device)

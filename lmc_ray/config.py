@@ -77,7 +77,8 @@ class SweepConfig:
     per_example: bool = False
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
-    batch_tokens: int = 8192  # padded tokens per batch (dynamic padding, length-sorted)
+    # Padded tokens per batch (dynamic padding, length-sorted); auto: core.BATCH_TOKENS for the device.
+    batch_tokens: int | str = "auto"
     max_batch_size: int = 256
     max_length: int = 512  # truncation only; never padded to
     actors: int | str = "auto"  # number of actors; "auto" = one per GPU, or per cpus_per_actor cores
@@ -234,8 +235,11 @@ def validate(cfg: SweepConfig) -> None:
     if cfg.actors != "auto" and not (isinstance(cfg.actors, int) and cfg.actors >= 1):
         raise ConfigError(f"config: actors must be 'auto' or a positive integer, got {cfg.actors!r}")
     for key in ("batch_tokens", "max_batch_size", "max_length", "cpus_per_actor", "max_in_flight"):
-        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
-            raise ConfigError(f"config: {key} must be a positive integer")
+        value, auto = getattr(cfg, key), key == "batch_tokens"
+        if auto and value == "auto":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"config: {key} must be a positive integer{' or auto' if auto else ''}, got {value!r}")
 
 
 def _parse_value(text: str):

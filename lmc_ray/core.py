@@ -11,6 +11,10 @@ from .metrics import LOSS
 from .trim import first_token_only
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Padded tokens per batch when the config says auto. On a CPU small batches are faster (less padding, and
+# activations stay in cache): 2048 ran ~25 % faster than 8192 on the 2-core benchmark machine
+# (docs/performance.md). A GPU wants enough rows per kernel to fill it; benchmarks/gpu.py tries several.
+BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -23,8 +27,10 @@ class Core:
     """Owns the device-side state of one process: the working model and the batched eval sets."""
 
     def __init__(self, template: torch.nn.Module, datas: list[EvalData], device="cpu", dtype="float32",
-                 batch_tokens: int = 8192, max_batch_size: int = 256):
+                 batch_tokens: int | str = "auto", max_batch_size: int = 256):
         self.device = pick_device(device) if isinstance(device, str) else device
+        if batch_tokens == "auto":
+            batch_tokens = BATCH_TOKENS.get(self.device.type, 8192)
         model = template.to(self.device, DTYPES[dtype]).eval()
         first_token_only(model)
         self.working = WorkingModel(model)

@@ -40,6 +40,8 @@ def test_explicit_alphas_are_sorted():
     ({"dtype": "int8"}, "dtype 'int8'"),
     ({"refine": -1}, "refine must be a non-negative integer, got -1"),
     ({"refine": 1, "alphas": [0, 1]}, "refine needs alphas with both endpoints and at least one interior point"),
+    ({"batch_tokens": "many"}, "batch_tokens must be a positive integer or auto, got 'many'"),
+    ({"max_batch_size": 0}, "max_batch_size must be a positive integer, got 0"),
     ({"per_example": "yes"}, "per_example must be true or false, got 'yes'"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": ["a", "b", "c"], "label": "l"}]}, "one or two fields"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "colour": 1}]}, "unknown key 'colour'"),
