@@ -6,8 +6,9 @@ Population: N small BERT classifiers built from a config (1 layer, hidden 32, vo
 that N = 100 fits a 2-core machine in minutes; what is measured is how the sweep scales, not one model's
 speed); data: the first K real MNLI dev_matched examples; the paper's 10-point α grid. Each N runs through
 lmc_ray.ray_sweep on a local Ray instance (one actor per core, each holding N / actors resident models, each
-model's weights sent to each actor once). Printed per N: wall seconds, pairs/s, peak memory of the whole process tree (driver, raylet,
-actors), and the growth of wall time against N and against the number of pairs.
+model's weights sent to each actor once). Printed per N: wall seconds, pairs/s, peak memory of the whole
+process tree (driver, raylet, actors; PSS, with summed RSS beside it), and the growth of wall time against N
+and against the number of pairs.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def main():
             "models": paths[:n], "store": str(work / f"store-{n}"), "alphas": 10, "cache_dir": str(work / "cache"),
             "eval_sets": [{"name": "mnli", "path": str(MNLI), "text": ["premise", "hypothesis"],
                            "label": "gold_label", "max_examples": args.examples}]})
-        with PeakRSS(every=0.5) as mem:
+        with PeakRSS(every=0.5, pss=True) as mem:
             t = time.perf_counter()
             pl = plan.prepare(cfg)
             ray_sweep.run(pl, progress=False)
@@ -64,10 +65,10 @@ def main():
         pairs = n * (n - 1) // 2
         assert len(pl.store.done_pairs()) == pairs
         rows.append({"N": n, "pairs": pairs, "wall_s": wall, "pairs_per_s": pairs / wall,
-                     "peak_GiB": mem.peak / 2**30})
+                     "peak_GiB": mem.peak_pss / 2**30})
         r = rows[-1]
-        print(f"N={n:4d}: {pairs:5d} pairs in {wall:7.1f} s, {r['pairs_per_s']:6.2f} pairs/s, "
-              f"peak memory {r['peak_GiB']:.2f} GiB (whole Ray process tree)", flush=True)
+        print(f"N={n:4d}: {pairs:5d} pairs in {wall:7.1f} s, {r['pairs_per_s']:6.2f} pairs/s, peak memory of the "
+              f"whole Ray process tree {r['peak_GiB']:.2f} GiB PSS ({mem.peak / 2**30:.2f} GiB summed RSS)", flush=True)
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
     first = rows[0]

@@ -1,5 +1,9 @@
 """Resident memory of a process and all its descendants (Ray's raylet, workers, actors included), sampled
-while a block runs: the peak for benchmarks, the whole series for the load test that checks it stays flat."""
+while a block runs: the peak for benchmarks, the whole series for the load test that checks it stays flat.
+
+Summed RSS counts a shared page (Ray's object store, mapped by every worker) once per process that maps
+it, so it overstates; PSS divides each shared page among its mappers and sums to what the tree really
+occupies. Both are kept: RSS is cheap and portable, PSS needs Linux (/proc/PID/smaps_rollup)."""
 import threading
 import time
 
@@ -7,23 +11,26 @@ import psutil
 
 
 class PeakRSS:
-    """Samples every `every` s while the block runs; `.peak` is the largest total RSS seen, in bytes, and
-    `.samples` every (seconds since start, bytes, probe()) seen."""
+    """Samples every `every` s while the block runs; `.peak` is the largest total RSS seen, in bytes,
+    `.peak_pss` the largest total PSS (with pss=True, on Linux), and `.samples` every (seconds since start,
+    RSS bytes, probe()) seen."""
 
-    def __init__(self, pid: int | None = None, every: float = 0.1, probe=lambda: None):
+    def __init__(self, pid: int | None = None, every: float = 0.1, probe=lambda: None, pss: bool = False):
         self.process = psutil.Process(pid)
-        self.every, self.probe = every, probe
-        self.peak = 0
+        self.every, self.probe, self.pss = every, probe, pss
+        self.peak = self.peak_pss = 0
         self.samples = []
 
-    def _total(self) -> int:
-        total = 0
+    def _total(self) -> tuple[int, int]:
+        rss = pss = 0
         for p in [self.process, *self.process.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                rss += p.memory_info().rss
+                if self.pss:
+                    pss += p.memory_full_info().pss
             except psutil.Error:  # a process that ended between listing and reading
                 pass
-        return total
+        return rss, pss
 
     def __enter__(self):
         self._stop = threading.Event()
@@ -33,10 +40,10 @@ class PeakRSS:
         def run():
             while not self._stop.is_set():
                 try:
-                    rss = self._total()
+                    rss, pss = self._total()
                 except psutil.Error:
                     return
-                self.peak = max(self.peak, rss)
+                self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
                 self.samples.append((time.time() - start, rss, self.probe()))
                 time.sleep(self.every)
 

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 
 import ray
 
@@ -218,9 +218,15 @@ def run(plan: Plan, progress: bool = True) -> None:
                                        not progress))
 
     # Pairs: each actor works through its own queue; weights of a model it lacks are published once
-    # (and again if the actor holding them died before they were fetched).
+    # (and again if the actor holding them died before they were fetched), and dropped from the object
+    # store once no queued pair needs them, so it holds a few models' weights at a time, not all N.
     queues = [deque(q) for q in schedule.plan(n, residents, set(plan.pending))]
     published = {}
+
+    def partner_of(k: int, a: int, b: int) -> int | None:
+        return next((m for m in (b, a) if actor_of[m] != k), None)
+
+    uses = Counter(partner_of(k, a, b) for k, q in enumerate(queues) for a, b in q)
 
     def weights(m: int) -> list:
         if m not in published:
@@ -229,7 +235,7 @@ def run(plan: Plan, progress: bool = True) -> None:
 
     def submit(k: int) -> None:
         a, b = queues[k].popleft()
-        partner = next((m for m in (b, a) if actor_of[m] != k), None)
+        partner = partner_of(k, a, b)
         name = f"pair:{plan.names[a]}|{plan.names[b]}"
 
         def make(actor, attempt: int):
@@ -250,6 +256,10 @@ def run(plan: Plan, progress: bool = True) -> None:
     while len(pool):
         k, (a, b, (interior, examples)) = pool.next()
         plan.record_pair(a, b, interior, examples, ends)
+        partner = partner_of(k, a, b)
+        uses[partner] -= 1
+        if partner is not None and not uses[partner]:
+            published.pop(partner, None)
         bar.update(1)
         metrics.pair(per_alpha * len(interior))
         if queues[k]:
