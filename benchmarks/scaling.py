@@ -5,7 +5,7 @@
 Population: N small BERT classifiers built from a config (1 layer, hidden 32, vocabulary 8,000: tiny, so
 that N = 100 fits a 2-core machine in minutes; what is measured is how the sweep scales, not one model's
 speed); data: the first K real MNLI dev_matched examples; the paper's 10-point α grid. Each N runs through
-lmc_ray.ray_sweep on a local Ray instance (one actor per core, each holding N / actors resident models, each
+lmc_ray.ray_sweep on a local Ray instance (--actors 2 by default, each holding N / actors resident models, each
 model's weights sent to each actor once). Printed per N: wall seconds, pairs/s, peak memory of the whole
 process tree (driver, raylet, actors; PSS, with summed RSS beside it), and the growth of wall time against N
 and against the number of pairs.
@@ -38,6 +38,7 @@ def main():
     p.add_argument("--examples", type=int, default=32)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--actors", type=int, default=2, help="actors sharing the machine (>1: weights travel between them)")
     args = p.parse_args()
     df = pd.read_csv(MNLI, sep="\t", quoting=3, nrows=3000)
     work = Path(tempfile.mkdtemp(prefix="lmc-scaling-"))
@@ -55,6 +56,7 @@ def main():
     for n in args.sizes:
         cfg = config.from_dict({
             "models": paths[:n], "store": str(work / f"store-{n}"), "alphas": 10, "cache_dir": str(work / "cache"),
+            "actors": args.actors,
             "eval_sets": [{"name": "mnli", "path": str(MNLI), "text": ["premise", "hypothesis"],
                            "label": "gold_label", "max_examples": args.examples}]})
         with PeakRSS(every=0.5, pss=True) as mem:

@@ -9,7 +9,7 @@ MNLI dev_matched examples. Methods:
   naive  the same loop with dynamic padding (each batch padded to its longest example)
   core   lmc-ray's compute core in one process (endpoints once per model, in-place lerp into a resident
          working model, length-sorted token-budget batches)
-  ray    the same through Ray actors (lmc_ray.ray_sweep)
+  ray    the same through Ray actors (lmc_ray.ray_sweep, default layout), Ray's start-up not included
 The paper and naive loops run on the first --paper-pairs / --naive-pairs pairs (they take minutes per pair
 on a CPU); their full-matrix time is projected from the measured per-pair time, and their barriers are
 checked against the product's on those pairs (within 1e-4).
@@ -119,10 +119,13 @@ def main():
     import ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
-    with PeakRSS() as mem:
+    n_actors, _, cpus = ray_sweep.layout(cfg(work / "ray"), args.models)
+    print(f"   ray: {n_actors} actor(s) × {cpus:g} CPU (config default: cpus_per_actor threads per actor)")
+    with PeakRSS(pss=True) as mem:
         t = time.perf_counter()
         ray_sweep.run(plan.prepare(cfg(work / "ray")), progress=False)
         record("ray", time.perf_counter() - t, n_pairs, mem.peak)
+    print(f"        ray's peak memory as PSS (shared object-store pages counted once): {mem.peak_pss / 2**30:.2f} GiB")
     ray.shutdown()
     core_curves = product_curves(work / "core", names)
     pairs = sorted(core_curves)

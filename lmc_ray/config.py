@@ -82,7 +82,9 @@ class SweepConfig:
     max_batch_size: int = 256
     max_length: int = 512  # truncation only; never padded to
     actors: int | str = "auto"  # number of actors; "auto" = one per GPU, or per cpus_per_actor cores
-    cpus_per_actor: int = 1
+    # Threads per actor on CPUs. 2: on the 2-core benchmark machine one 2-thread actor ran the sweep ~15 %
+    # faster than two 1-thread actors (docs/performance.md).
+    cpus_per_actor: int = 2
     max_in_flight: int = 2  # pair tasks queued per actor
     max_retries: int = 3  # actor restarts / task retries before a model is declared broken
     cache_dir: str = "~/.cache/lmc_ray"
