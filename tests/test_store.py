@@ -52,3 +52,25 @@ def test_unwritable_store_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(ConfigError, match=r"store '.*file/s': not writable"):
         Store(str(tmp_path / "file" / "s")).open({"x": 1})
+
+
+def test_per_example_files_are_rewritten_with_a_pair_that_did_not_finish(tmp_path, population):
+    """A crash after a pair's per-example file but before its curve file (the done marker): the rerun
+    computes the pair again and both files end as an uninterrupted run writes them."""
+    import pandas as pd
+
+    from lmc_ray import config, local, plan
+    from conftest import sweep_config
+
+    cfg = config.from_dict(sweep_config(population[:3], tmp_path / "store", per_example=True))
+    local.run(plan.prepare(cfg), progress=False)
+    store = tmp_path / "store"
+    first = pd.read_parquet(store / "examples" / "curves" / "pair-00000-00002.parquet")
+    (store / "curves" / "pair-00000-00002.parquet").unlink()
+    (store / "examples" / "curves" / "pair-00000-00002.parquet").write_bytes(b"half a file")
+    p = plan.prepare(cfg)
+    assert p.pending == [(0, 2)]
+    local.run(p, progress=False)
+    again = pd.read_parquet(store / "examples" / "curves" / "pair-00000-00002.parquet")
+    pd.testing.assert_frame_equal(again, first)
+    assert len(list((store / "curves").iterdir())) == 3
