@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sweep_speed.py
+	$(PY) benchmarks/techniques.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/alpha_vmap.py
 
