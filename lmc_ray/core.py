@@ -12,8 +12,8 @@ from .trim import first_token_only
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Padded tokens per batch when the config says auto. On a CPU small batches are faster (less padding, and
-# activations stay in cache): 2048 ran ~25 % faster than 8192 on the 2-core benchmark machine
-# (docs/performance.md). A GPU wants enough rows per kernel to fill it; benchmarks/gpu.py tries several.
+# activations stay in cache): 2048 ran 1.7x faster than 8192 on the 2-core benchmark machine
+# (benchmarks/techniques.py). A GPU wants enough rows per kernel to fill it; benchmarks/gpu.py tries several.
 BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 

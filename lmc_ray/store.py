@@ -166,9 +166,23 @@ def _metric_columns(layout: Layout, metrics: list[np.ndarray]) -> dict[str, list
     return cols
 
 
+def _model_rows(model: str, cols: dict, schema: pa.Schema) -> pa.Table:
+    return pa.table({"model": [model] * len(cols["eval_set"]), **cols}, schema=schema)
+
+
+def _pair_rows(model_a: str, model_b: str, by_alpha: dict, columns, schema: pa.Schema) -> pa.Table:
+    """One block of rows per α, each from `columns(values at that α)`."""
+    parts = []
+    for alpha in sorted(by_alpha):
+        cols = columns(by_alpha[alpha])
+        n = len(cols["eval_set"])
+        parts.append(pa.table({"model_a": [model_a] * n, "model_b": [model_b] * n, "alpha": [float(alpha)] * n,
+                               **cols}, schema=schema))
+    return pa.concat_tables(parts)
+
+
 def endpoint_table(model: str, layout: Layout, metrics: list[np.ndarray]) -> pa.Table:
-    cols = _metric_columns(layout, metrics)
-    return pa.table({"model": [model] * len(cols["subset"]), **cols}, schema=ENDPOINT_SCHEMA)
+    return _model_rows(model, _metric_columns(layout, metrics), ENDPOINT_SCHEMA)
 
 
 def metrics_from_endpoint(table: pa.Table, layout: Layout) -> list[np.ndarray]:
@@ -179,13 +193,7 @@ def metrics_from_endpoint(table: pa.Table, layout: Layout) -> list[np.ndarray]:
 
 
 def pair_table(model_a: str, model_b: str, layout: Layout, by_alpha: dict[float, list[np.ndarray]]) -> pa.Table:
-    parts = []
-    for alpha in sorted(by_alpha):
-        cols = _metric_columns(layout, by_alpha[alpha])
-        n = len(cols["subset"])
-        parts.append(pa.table({"model_a": [model_a] * n, "model_b": [model_b] * n, "alpha": [float(alpha)] * n,
-                               **cols}, schema=CURVE_SCHEMA))
-    return pa.concat_tables(parts)
+    return _pair_rows(model_a, model_b, by_alpha, lambda m: _metric_columns(layout, m), CURVE_SCHEMA)
 
 
 def _example_columns(sets: list[str], examples: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -195,15 +203,8 @@ def _example_columns(sets: list[str], examples: list[np.ndarray]) -> dict[str, n
 
 
 def endpoint_examples(model: str, sets: list[str], examples: list[np.ndarray]) -> pa.Table:
-    cols = _example_columns(sets, examples)
-    return pa.table({"model": [model] * len(cols["example"]), **cols}, schema=ENDPOINT_EXAMPLES_SCHEMA)
+    return _model_rows(model, _example_columns(sets, examples), ENDPOINT_EXAMPLES_SCHEMA)
 
 
 def pair_examples(model_a: str, model_b: str, sets: list[str], by_alpha: dict[float, list[np.ndarray]]) -> pa.Table:
-    parts = []
-    for alpha in sorted(by_alpha):
-        cols = _example_columns(sets, by_alpha[alpha])
-        n = len(cols["example"])
-        parts.append(pa.table({"model_a": [model_a] * n, "model_b": [model_b] * n, "alpha": [float(alpha)] * n,
-                               **cols}, schema=PAIR_EXAMPLES_SCHEMA))
-    return pa.concat_tables(parts)
+    return _pair_rows(model_a, model_b, by_alpha, lambda e: _example_columns(sets, e), PAIR_EXAMPLES_SCHEMA)
