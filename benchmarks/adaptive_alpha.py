@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+import demo_population
 from lmc_ray import barriers, config, local, plan
 
-ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = {"paper grid 10": (10, 0), "grid 5 + refine 1": (5, 1), "grid 5 + refine 2": (5, 2),
              "grid 4 + refine 2": (4, 2), "grid 3 + refine 3": (3, 3)}
 
@@ -34,13 +34,10 @@ def pair_barriers(store: Path) -> pd.Series:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=str(ROOT / "results" / "demo" / "models"))
-    p.add_argument("--data", default=str(ROOT / "results" / "demo" / "data" / "validation.jsonl"))
+    demo_population.arguments(p)
     p.add_argument("--dense", type=int, default=33)
     args = p.parse_args()
-    models = sorted(Path(args.models).glob("seed_*"), key=lambda m: int(m.name.split("_")[1]))
-    if len(models) < 2 or not Path(args.data).exists():
-        raise SystemExit(f"adaptive_alpha: no population under {args.models} (run `make demo` first)")
+    models = demo_population.models(args, "adaptive_alpha")
     torch.set_num_threads(os.cpu_count())
     work = Path(tempfile.mkdtemp(prefix="lmc-adaptive-"))
     n_pairs = len(models) * (len(models) - 1) // 2

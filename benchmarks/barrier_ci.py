@@ -22,22 +22,19 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+import demo_population
 from lmc_ray import analysis, config, local, plan
 from lmc_ray.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=str(ROOT / "results" / "demo" / "models"))
-    p.add_argument("--data", default=str(ROOT / "results" / "demo" / "data" / "validation.jsonl"))
+    demo_population.arguments(p)
     p.add_argument("--sizes", default="64,128,256,512")
     p.add_argument("--bootstrap", type=int, default=1000)
     args = p.parse_args()
-    models = sorted(Path(args.models).glob("seed_*"), key=lambda m: int(m.name.split("_")[1]))
-    if len(models) < 2 or not Path(args.data).exists():
-        raise SystemExit(f"barrier_ci: no population under {args.models} (run `make demo` first)")
+    models = demo_population.models(args, "barrier_ci")
     torch.set_num_threads(os.cpu_count())
     work = Path(tempfile.mkdtemp(prefix="lmc-ci-"))
     n_all = sum(1 for _ in open(args.data))
