@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -34,7 +37,14 @@ class ModelSpec:
     labels: list[str] | None = None
 
     def __post_init__(self):
+        self.ref = same_ref(self.ref)
         self.name = self.name or self.ref
+
+
+def same_ref(ref: str) -> str:
+    """One spelling per model: `m0`, `m0/` and `./m0` name the same directory (and `s3://b/m0/` the same prefix)."""
+    scheme, sep, rest = ref.rpartition("://")
+    return f"{scheme}{sep}{rest.rstrip('/')}" if sep else os.path.normpath(ref)
 
 
 @dataclass
@@ -44,10 +54,10 @@ class EvalSetSpec:
     text: list[str]  # one field for single-sentence tasks, two for pairs
     label: str
     # Each entry is a field or a list of fields; accuracy is also reported per value (combination).
-    subsets: list[Any] = field(default_factory=list)
+    subsets: list[str | list[str]] = field(default_factory=list)
     # Raw label value -> model label name, or a list of names whose logits are pooled by max
     # (how a 3-way NLI model is scored on 2-way HANS).
-    label_map: dict[str, Any] | None = None
+    label_map: dict[Any, str | list[str]] | None = None
     max_examples: int | None = 512  # the first K rows, as the paper; null = all
     split: str = "validation"  # hub datasets only
     subset_config: str | None = None  # hub dataset configuration name (e.g. "mnli")
@@ -136,6 +146,7 @@ def _models(raw) -> list[ModelSpec]:
         if isinstance(item, str):
             out += [ModelSpec(r) for r in expand(item)]
         elif isinstance(item, dict) and "ref" in item:
+            check_types(ModelSpec, item, f"config: model {item['ref']!r}")
             refs = expand(item["ref"])
             names = expand(item.get("name", "")) if item.get("name") else [""] * len(refs)
             if len(names) != len(refs):
@@ -152,11 +163,50 @@ def _models(raw) -> list[ModelSpec]:
     return out
 
 
+def _conforms(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items())
+    if hint is float:  # YAML writes 1 for 1.0
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:  # YAML's true is a Python int subclass
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of ({_describe(args[0])})"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_types(cls, raw: dict, where: str) -> None:
+    """Every known key of `raw` against the type its dataclass field declares: a typo'd value is one line,
+    found before anything is read or written."""
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        if key in hints and not _conforms(value, hints[key]):
+            raise ConfigError(f"{where}: {key} must be {_describe(hints[key])}, got {value!r}")
+
+
 def _build(cls, raw: dict, where: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    check_types(cls, raw, where)
     try:
         return cls(**raw)
     except TypeError as e:
@@ -183,10 +233,13 @@ def from_dict(raw: dict) -> SweepConfig:
     if not isinstance(raw["eval_sets"], list) or not raw["eval_sets"]:
         raise ConfigError("config: 'eval_sets' must be a non-empty list")
     raw["eval_sets"] = [eval_set(e, i) for i, e in enumerate(raw["eval_sets"])]
-    if isinstance(raw.get("alphas"), int) and not isinstance(raw.get("alphas"), bool):
-        if raw["alphas"] < 2:
-            raise ConfigError(f"config: alphas = {raw['alphas']}: a grid needs at least 2 points")
-        raw["alphas"] = grid(raw["alphas"])
+    alphas = raw.get("alphas")
+    if isinstance(alphas, int) and not isinstance(alphas, bool):
+        if alphas < 2:
+            raise ConfigError(f"config: alphas = {alphas}: a grid needs at least 2 points")
+        raw["alphas"] = grid(alphas)
+    elif alphas is not None and not _conforms(alphas, list[float]):
+        raise ConfigError(f"config: alphas must be a number of grid points or a list of numbers, got {alphas!r}")
     cfg = _build(SweepConfig, raw, "config")
     validate(cfg)
     return cfg
@@ -194,34 +247,36 @@ def from_dict(raw: dict) -> SweepConfig:
 
 def validate(cfg: SweepConfig) -> None:
     """All checks that need no model and no data file."""
-    names = [m.name for m in cfg.models]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise ConfigError(f"config: model name {sorted(dup)[0]!r} appears twice")
+    for what in ("name", "ref"):
+        seen = {}
+        for m in cfg.models:
+            key = getattr(m, what)
+            if key in seen:
+                also = f" (as {seen[key].name!r} and {m.name!r})" if what == "ref" else ""
+                raise ConfigError(f"config: model {what} {key!r} appears twice{also}")
+            seen[key] = m
     if len(cfg.models) < 2:
         raise ConfigError("config: a sweep needs at least 2 models")
-    try:
-        alphas = [float(a) for a in cfg.alphas]
-    except (TypeError, ValueError):
-        raise ConfigError(f"config: alphas must be a number of grid points or a list of numbers, got {cfg.alphas!r}") from None
+    alphas = [float(a) for a in cfg.alphas]
+    if len(alphas) < 2:
+        raise ConfigError(f"config: alphas {cfg.alphas!r}: a line needs at least 2 points for a barrier")
     for a in alphas:
         if not (0.0 <= a <= 1.0):
             raise ConfigError(f"config: alpha {a} is outside [0, 1]")
     if len(set(alphas)) != len(alphas):
         raise ConfigError("config: alphas contain a duplicate value")
     cfg.alphas = sorted(alphas)
-    if not isinstance(cfg.refine, int) or isinstance(cfg.refine, bool) or cfg.refine < 0:
-        raise ConfigError(f"config: refine must be a non-negative integer, got {cfg.refine!r}")
+    for key in ("refine", "max_retries"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"config: {key} must be a non-negative integer, got {getattr(cfg, key)!r}")
     if cfg.refine and not (0.0 in alphas and 1.0 in alphas and any(0 < a < 1 for a in alphas)):
         raise ConfigError("config: refine needs alphas with both endpoints and at least one interior point")
-    if not isinstance(cfg.per_example, bool):
-        raise ConfigError(f"config: per_example must be true or false, got {cfg.per_example!r}")
     set_names = [e.name for e in cfg.eval_sets]
     for e in cfg.eval_sets:
         where = f"eval set {e.name!r}"
         if set_names.count(e.name) > 1:
             raise ConfigError(f"config: {where} appears twice")
-        if not e.text or not all(isinstance(t, str) for t in e.text) or len(e.text) > 2:
+        if not e.text or len(e.text) > 2:
             raise ConfigError(f"config: {where}: 'text' must name one or two fields")
         if e.max_examples is not None and e.max_examples < 1:
             raise ConfigError(f"config: {where}: max_examples must be positive")
@@ -240,7 +295,7 @@ def validate(cfg: SweepConfig) -> None:
         value, auto = getattr(cfg, key), key == "batch_tokens"
         if auto and value == "auto":
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _conforms(value, int) or value < 1:
             raise ConfigError(f"config: {key} must be a positive integer{' or auto' if auto else ''}, got {value!r}")
 
 

@@ -45,6 +45,24 @@ def test_explicit_alphas_are_sorted():
     ({"per_example": "yes"}, "per_example must be true or false, got 'yes'"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": ["a", "b", "c"], "label": "l"}]}, "one or two fields"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "colour": 1}]}, "unknown key 'colour'"),
+    # Every key's type, before anything is written (these gave tracebacks, two after writing run.json).
+    ({"alphas": []}, "alphas []: a line needs at least 2 points"),
+    ({"alphas": [0.5]}, "alphas [0.5]: a line needs at least 2 points"),
+    ({"alphas": "x"}, "alphas must be a number of grid points or a list of numbers, got 'x'"),
+    ({"max_retries": "x"}, "max_retries must be an integer, got 'x'"),
+    ({"max_retries": -1}, "max_retries must be a non-negative integer, got -1"),
+    ({"store": 123}, "store must be a string, got 123"),
+    ({"storage_options": "x"}, "storage_options must be a mapping, got 'x'"),
+    ({"eval_sets": [{"name": "s", "path": 123, "text": "a", "label": "l"}]}, "eval set 's': path must be a string, got 123"),
+    ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": ["x"]}]}, "label must be a string, got ['x']"),
+    ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "subsets": 5}]}, "subsets must be a list"),
+    ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "max_examples": "ten"}]},
+     "max_examples must be an integer or null, got 'ten'"),
+    ({"models": [{"ref": 5}, "a/m1"]}, "ref must be a string, got 5"),
+    # One model under two spellings is one model.
+    ({"models": ["m0", "m0/"]}, "model name 'm0' appears twice"),
+    ({"models": [{"ref": "m0", "name": "a"}, {"ref": "./m0/", "name": "b"}]}, "model ref 'm0' appears twice (as 'a' and 'b')"),
+    ({"models": ["s3://b/m0", "s3://b/m0/"]}, "model name 's3://b/m0' appears twice"),
 ])
 def test_bad_config_names_the_culprit(over, culprit):
     with pytest.raises(ConfigError, match=None) as e:
