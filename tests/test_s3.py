@@ -94,3 +94,24 @@ def test_an_interrupted_upload_is_invisible_and_aborted_on_reopen(s3_endpoint, t
     assert reopened.done_pairs() == set()
     reopened.open({"x": 1})  # the next run aborts the unfinished upload
     assert fs.list_multipart_uploads("interrupted") == []
+
+
+def test_a_key_that_climbs_out_of_the_cache_refuses_the_model(s3_endpoint, tmp_path, population):
+    """A bucket used as a model source is not trusted: `models/m0/../../../../tmp/x` must not write /tmp/x."""
+    import boto3
+    import pytest
+    import uuid
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("evil")
+    _upload(fs, population[0], "evil/m0")
+    victim = tmp_path / "outside" / f"x-{uuid.uuid4().hex}"
+    key = "m0/" + "../" * 12 + str(victim).lstrip("/")  # enough `..` to reach / from any cache depth
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket="evil", Key=key, Body=b"pwned")
+    assert any(".." in k for k in fs.find("evil/m0"))  # the server kept the key as written
+    cache = tmp_path / "cache"
+    with pytest.raises(config.ConfigError) as e:
+        sources.resolve("s3://evil/m0", str(cache))
+    assert "would be written outside the cache" in str(e.value) and "'s3://evil/m0'" in str(e.value)
+    assert not victim.exists() and not (tmp_path / "outside").exists()
+    assert not [p for p in (cache / "s3").iterdir()]  # no half cache left either
