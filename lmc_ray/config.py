@@ -17,15 +17,12 @@ from typing import Any, Union
 
 import yaml
 
+from .errors import ConfigError
 from .metrics import COLUMNS
 
 
 STORE_FORMAT = 2  # bumped when stored columns change: an older store is refused, not mixed
 METRICS = COLUMNS[2:]  # the scores an eval set may report per model
-
-
-class ConfigError(ValueError):
-    """Bad user input. The message is one line that names the culprit."""
 
 
 @dataclass
@@ -97,6 +94,8 @@ class SweepConfig:
     cpus_per_actor: int = 2
     max_in_flight: int = 2  # pair tasks queued per actor
     max_retries: int = 3  # actor restarts / task retries before a model is declared broken
+    # Seconds without a heartbeat after which another sweep may take over an S3 store's lease (lmc_ray/lease.py).
+    lease_timeout: float = 120.0
     cache_dir: str = "~/.cache/lmc_ray"
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for s3:// paths
     tokenizer: str | None = None  # model reference to take the tokenizer from; default: the first model
@@ -269,6 +268,8 @@ def validate(cfg: SweepConfig) -> None:
     for key in ("refine", "max_retries"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config: {key} must be a non-negative integer, got {getattr(cfg, key)!r}")
+    if cfg.lease_timeout <= 0:
+        raise ConfigError(f"config: lease_timeout must be positive, got {cfg.lease_timeout!r}")
     if cfg.refine and not (0.0 in alphas and 1.0 in alphas and any(0 < a < 1 for a in alphas)):
         raise ConfigError("config: refine needs alphas with both endpoints and at least one interior point")
     set_names = [e.name for e in cfg.eval_sets]

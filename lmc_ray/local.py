@@ -7,10 +7,11 @@ from .residents import Residents
 
 
 def run(plan: Plan, progress: bool = True) -> None:
-    n = len(plan.names)
-    res = Residents(plan.cfg, list(range(n)), plan.labels, plan.datas)
-    missing = plan.missing_endpoints()
-    ends = plan.gather_endpoints(track(((i, res.endpoint(i)) for i in missing), len(missing), "endpoints", "model",
-                                       not progress))
-    for a, b in track(plan.pending, len(plan.pending), "pairs", "pair", not progress):
-        plan.record_pair(a, b, *res.curve(a, b, plan.end_losses(ends, a, b)), ends)
+    with plan.writing():
+        n = len(plan.names)
+        res = Residents(plan.cfg, list(range(n)), plan.labels, plan.datas)
+        missing = plan.missing_endpoints()
+        ends = plan.gather_endpoints(track(((i, res.endpoint(i)) for i in missing), len(missing), "endpoints",
+                                           "model", not progress))
+        for a, b in track(plan.pending, len(plan.pending), "pairs", "pair", not progress):
+            plan.record_pair(a, b, *res.curve(a, b, plan.end_losses(ends, a, b)), ends)

@@ -6,6 +6,7 @@ actor starts. Both executors (in-process and Ray) run a Plan and record results 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,16 +14,13 @@ import numpy as np
 
 from . import models as M
 from . import schedule, sources
-from .config import ConfigError, SweepConfig
+from .config import SweepConfig
+from .errors import ConfigError, Interrupted
 from .data import EvalData, prepare as prepare_data
 from .metrics import LOSS
 from .store import Layout, Store, endpoint_examples, endpoint_table, metrics_from_endpoint, pair_examples, pair_table
 
 log = logging.getLogger("lmc_ray")
-
-
-class SweepError(RuntimeError):
-    """The sweep cannot finish (e.g. an actor keeps dying). One line; what is stored so far stays valid."""
 
 
 @dataclass
@@ -45,6 +43,19 @@ class Plan:
     @property
     def layout(self) -> Layout:
         return [(d.name, d.subsets) for d in self.datas]
+
+    @contextmanager
+    def writing(self):
+        """What an executor runs in: the store's lease is given up at the end, whatever happens, and Ctrl-C
+        becomes one line saying what is stored and how to resume."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            n = len(self.names)
+            raise Interrupted(f"interrupted: {len(self.store.done_pairs())} of {n * (n - 1) // 2} pairs are stored in "
+                              f"{self.cfg.store}; rerun the same command to resume") from None
+        finally:
+            self.store.close()
 
     def missing_endpoints(self) -> list[int]:
         done = self.store.done_endpoints()
@@ -103,7 +114,7 @@ def prepare(cfg: SweepConfig) -> Plan:
     except Exception as e:
         raise ConfigError(f"tokenizer {source!r}: cannot load ({type(e).__name__})") from None
     datas = [prepare_data(e, tokenizer, labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
-    store.open(cfg.fingerprint())
+    store.open(cfg.fingerprint(), {m.name: M.weights_id(p) for m, p in zip(cfg.models, paths)}, cfg.lease_timeout)
     done = store.done_pairs()
     pending = [p for p in schedule.all_pairs(len(paths)) if p not in done]
     if done:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
 from collections import Counter, deque
 
@@ -15,7 +16,8 @@ import ray
 
 from . import schedule
 from .config import ConfigError, SweepConfig
-from .plan import Plan, SweepError
+from .errors import SweepError
+from .plan import Plan
 from .progress import bar as progress_bar, track
 from .residents import Residents
 
@@ -85,8 +87,36 @@ def init() -> str:
     Returns the dashboard address, so users know where to watch.
     """
     if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
+        ray.init(address=_address(), logging_level=logging.WARNING)
     return dashboard()
+
+
+def _address() -> str | None:
+    """The cluster ray.init() would join, checked first: Ray retries a dead address for many minutes.
+
+    An address the user gave (RAY_ADDRESS) that nothing answers is an error; one Ray found by itself in
+    /tmp/ray/ray_current_cluster (a `ray start` cluster that died without `ray stop`) is reported and a local
+    instance started instead, as if it were not there.
+    """
+    from ray._common.utils import get_ray_address_file
+    from ray._private.services import get_ray_address_from_environment
+
+    given = os.environ.get("RAY_ADDRESS")
+    address = get_ray_address_from_environment(None, None)
+    if address in (None, "local"):
+        return address
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        return address
+    except (OSError, ValueError):
+        pass
+    if given:
+        raise ConfigError(f"RAY_ADDRESS={given}: no Ray cluster answers at {host}:{port}; start it (`ray start --head`) "
+                          "or unset RAY_ADDRESS to run on a local instance")
+    log.warning("no Ray cluster answers at %s:%s, the address a `ray start` left in %s (stopped without `ray stop`?); "
+                "starting a local Ray instance instead", host, port, get_ray_address_file(None))
+    return "local"
 
 
 def dashboard() -> str:
@@ -188,6 +218,11 @@ def _first_line(e: Exception) -> str:
 
 
 def run(plan: Plan, progress: bool = True) -> None:
+    with plan.writing():
+        _run(plan, progress)
+
+
+def _run(plan: Plan, progress: bool) -> None:
     cfg, n = plan.cfg, len(plan.names)
     if not plan.pending and not plan.missing_endpoints():
         log.info("store %s is complete: %d pairs, nothing to compute", cfg.store, n * (n - 1) // 2)

@@ -1,12 +1,15 @@
 """The Parquet store: one file per finished pair, written atomically, local or s3://.
 
 Layout:
-    STORE/run.json                          the configuration that produced the data
+    STORE/run.json                          the configuration that produced the data, and what identifies
+                                            each model's weights (a changed checkpoint is refused on resume)
+    STORE/_lease.json                       held by the one sweep writing the store (lmc_ray/lease.py)
     STORE/curves/pair-00003-00017.parquet   one file per pair (indices in config order, a < b)
     STORE/endpoints/model-00003.parquet     each model alone (α = 0 of its pairs), evaluated once
     STORE/examples/{curves,endpoints}/...   per-example loss and correctness, when the sweep keeps them
                                             (per_example: true), written before the file above it
-    STORE/_tmp/                             files being written; ignored by readers, cleaned on open
+    STORE/_tmp/                             files being written; ignored by readers; what a dead writer
+                                            left is removed by the next lease holder
 
 A local file is written under _tmp/ and renamed into place (atomic on POSIX). An S3 object is
 written with a single PUT (or a multipart upload completed last), which S3 makes visible whole or not
@@ -26,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import ConfigError
+from . import lease as leases
+from .errors import ConfigError
 from .metrics import COLUMNS
 
 _METRIC_FIELDS = [("eval_set", pa.string()), ("subset", pa.string()), ("n_examples", pa.int64())] + [
@@ -52,36 +56,60 @@ class Store:
         self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = self.root.rstrip("/")
         self.local = isinstance(self.fs, LocalFileSystem)
+        self.lease: leases.Lease | None = None
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
     # -- opening -------------------------------------------------------------------------------
-    def open(self, fingerprint: dict) -> None:
-        """Create or reopen the store for this configuration; refuse one written by another."""
-        run = self.path("run.json")
+    def open(self, fingerprint: dict, weights: dict[str, str] | None = None, lease_timeout: float = 120.0) -> None:
+        """Take the store's lease, then create it or reopen it for this configuration and these weights;
+        refuse a store written by another configuration or with a model whose weights changed since."""
         try:
-            exists = self.fs.exists(run)
-            old = json.loads(self.fs.cat_file(run)) if exists else None
-        except Exception as e:
-            raise ConfigError(f"store {self.url!r}: cannot read ({type(e).__name__}: {e})") from None
-        if old is not None and old.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-            before, now = old.get("fingerprint", {}), json.loads(json.dumps(fingerprint))
-            key = next((k for k in [*now, *before] if before.get(k) != now.get(k)), "?")
-            raise ConfigError(f"store {self.url!r} holds a run with a different configuration ({key} differ); "
-                              "use a new store path or the original configuration")
-        try:
-            self.cleanup()
-            if old is None:
-                self.put("run.json", json.dumps({"fingerprint": fingerprint}, indent=2, sort_keys=True).encode())
+            self.lease = leases.acquire(self.fs, self.path("_lease.json"), self.url, lease_timeout, self.local)
         except ConfigError:
             raise
+        except Exception as e:  # the lease is the store's first write: an unwritable store ends here
+            raise ConfigError(f"store {self.url!r}: not writable ({type(e).__name__}: {e})") from None
+        run = self.path("run.json")
+        now = json.loads(json.dumps({"fingerprint": fingerprint, "weights": weights or {}}))
+        try:
+            old = json.loads(self.fs.cat_file(run)) if self.fs.exists(run) else None
+        except Exception as e:
+            raise ConfigError(f"store {self.url!r}: cannot read ({type(e).__name__}: {e})") from None
+        if old is not None:
+            before = old.get("fingerprint", {})
+            if before != now["fingerprint"]:
+                key = next((k for k in [*now["fingerprint"], *before] if before.get(k) != now["fingerprint"].get(k)), "?")
+                raise ConfigError(f"store {self.url!r} holds a run with a different configuration ({key} differ); "
+                                  "use a new store path or the original configuration")
+            stored = old.get("weights", {})
+            changed = next((m for m in now["weights"] if m in stored and stored[m] != now["weights"][m]), None)
+            if changed is not None:
+                raise ConfigError(f"store {self.url!r}: model {changed!r} changed since the store was written "
+                                  f"(weights {stored[changed]} then, {now['weights'][changed]} now); restore it or "
+                                  "use a new store path")
+        try:
+            self.cleanup()
+            if old != now:  # new, or an older store that did not record the weights yet
+                self.put("run.json", json.dumps(now, indent=2, sort_keys=True).encode())
         except Exception as e:
             raise ConfigError(f"store {self.url!r}: not writable ({type(e).__name__}: {e})") from None
 
+    def close(self) -> None:
+        """Give up the lease; an empty _tmp/ is not left behind."""
+        if self.local:
+            try:
+                os.rmdir(self.path("_tmp"))
+            except OSError:
+                pass
+        if self.lease is not None:
+            self.lease.release()
+
     def cleanup(self) -> None:
         """Remove what an interrupted write left: local temporary files, or unfinished S3 multipart uploads
-        (invisible to readers, but stored and billed until aborted)."""
+        (invisible to readers, but stored and billed until aborted). Called only by the lease holder, so
+        everything found is a dead writer's."""
         if hasattr(self.fs, "list_multipart_uploads"):
             bucket, _, prefix = self.root.partition("/")
             for upload in self.fs.list_multipart_uploads(bucket):
@@ -94,6 +122,8 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------
     def put(self, rel: str, data: bytes) -> None:
+        if self.lease is not None:
+            self.lease.check()
         final = self.path(rel)
         if not self.local:
             self.fs.pipe_file(final, data)

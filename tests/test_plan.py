@@ -62,3 +62,23 @@ def test_the_job_exits_2_with_one_line(tmp_path, population):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [f"lmc-ray: error: model '{tmp_path / 'gone'}': no such directory"]
     assert not (tmp_path / "store").exists()
+
+
+def test_a_checkpoint_changed_in_place_is_refused_on_resume(tmp_path, population):
+    """The store records what identifies each model's weights; a resume whose model changed would mix the old
+    stored endpoints with the new weights' interior points, so it is refused naming the model."""
+    import json
+
+    models = [tmp_path / "m0", tmp_path / "m1"]
+    for src, dst in zip(population, models):
+        shutil.copytree(src, dst)
+    cfg = sweep_config(models, tmp_path / "store")
+    plan.prepare(config.from_dict(cfg))
+    recorded = json.loads((tmp_path / "store" / "run.json").read_text())["weights"]
+    assert set(recorded) == {str(m) for m in models} and len(set(recorded.values())) == 2
+    plan.prepare(config.from_dict(cfg))  # unchanged: resumes
+    shutil.copy(population[2] / "model.safetensors", models[1] / "model.safetensors")  # same shapes, new values
+    with pytest.raises(ConfigError) as e:
+        plan.prepare(config.from_dict(cfg))
+    assert f"model '{models[1]}' changed since the store was written" in str(e.value) and "\n" not in str(e.value)
+    assert json.loads((tmp_path / "store" / "run.json").read_text())["weights"] == recorded

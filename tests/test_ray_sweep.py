@@ -201,7 +201,7 @@ def test_an_actor_that_keeps_dying_ends_the_run_naming_its_models(ray_local, tmp
     import threading
     import time
 
-    from lmc_ray.plan import SweepError
+    from lmc_ray.errors import SweepError
 
     p = plan.prepare(config.from_dict(_slow_config(slow_population, tmp_path / "store", max_retries=1)))
     errors = []

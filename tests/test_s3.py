@@ -92,8 +92,9 @@ def test_an_interrupted_upload_is_invisible_and_aborted_on_reopen(s3_endpoint, t
     assert not fs.exists("interrupted/run/curves/pair-00000-00001.parquet")
     reopened = Store("s3://interrupted/run")
     assert reopened.done_pairs() == set()
-    reopened.open({"x": 1})  # the next run aborts the unfinished upload
+    reopened.open({"x": 1})  # the next run (the lease holder) aborts the unfinished upload
     assert fs.list_multipart_uploads("interrupted") == []
+    reopened.close()
 
 
 def test_a_key_that_climbs_out_of_the_cache_refuses_the_model(s3_endpoint, tmp_path, population):
