@@ -56,11 +56,19 @@ class ModelActor:
         from ray.util.metrics import Counter
 
         torch.set_num_threads(threads)
-        self.res = Residents(cfg, indices, labels, ray.get(datas))  # refs in a list arrive unresolved
+        # Bad input found here (NaN weights) is kept for the driver's first call rather than raised: a failing
+        # constructor would print its traceback into the job's log and be restarted max_retries times.
+        self.refused = None
+        try:
+            self.res = Residents(cfg, indices, labels, ray.get(datas))  # refs in a list arrive unresolved
+        except ConfigError as e:
+            self.refused = e
         self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing", tag_keys=("actor",))
         self.busy.set_default_tags({"actor": name})
 
     def pid(self) -> int:
+        if self.refused:
+            raise self.refused
         return os.getpid()
 
     def _timed(self, fn, *args):
@@ -305,13 +313,16 @@ def _run(plan: Plan, progress: bool) -> None:
 
 
 def _get(ref):
-    """ray.get, with bad input found inside an actor (e.g. NaN weights) reported as the one line it is."""
+    """ray.get, with bad input found inside an actor (e.g. NaN weights) reported as the one line it is, and a
+    task whose input died with another actor told apart from the task's own failure (by the cause's class)."""
     try:
         return ray.get(ref)
-    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-        found = re.findall(r"ConfigError: (.+)", str(e))
-        if found:
-            raise ConfigError(found[-1].strip()) from None
-        if isinstance(e, ray.exceptions.RayTaskError) and re.search(r"ActorDiedError|ObjectLostError|OwnerDiedError", str(e)):
-            raise _LostInput(_first_line(e)) from None
+    except ray.exceptions.RayTaskError as e:
+        cause = e
+        while isinstance(cause, ray.exceptions.RayTaskError):
+            cause = cause.cause
+        if isinstance(cause, ConfigError):
+            raise ConfigError(str(cause)) from None
+        if isinstance(cause, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
+            raise _LostInput(_first_line(cause)) from None
         raise

@@ -1,0 +1,91 @@
+"""The job's contract on the process, as a user sees it: one line on stderr, an exit code, nothing half written."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT, free_port, sweep_config
+
+SWEEP = [sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config"]
+
+
+def _config(tmp_path, models, **over) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_config(models, tmp_path / "store", **over)))
+    return str(path)
+
+
+def _ours(stderr: str) -> list[str]:
+    """What lmc-ray itself said: Ray's own start-up lines (auth notice, core-worker notes) are left out."""
+    return [line for line in stderr.splitlines() if line.startswith("lmc-ray:")]
+
+
+def test_nan_weights_found_in_an_actor_are_one_line_without_its_traceback(tmp_path, population):
+    bad = tmp_path / "nan_model"
+    shutil.copytree(population[1], bad)
+    state = load_file(bad / "model.safetensors")
+    state["classifier.bias"][0] = float("nan")
+    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    run = subprocess.run(SWEEP + [_config(tmp_path, [population[0], bad], actors=2)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "ModelActor pid=" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == \
+        f"lmc-ray: error: model '{bad}': parameter 'classifier.bias' contains NaN or inf"
+    assert not (tmp_path / "store" / "curves").exists() and not (tmp_path / "store" / "_lease.json").exists()
+
+
+def test_ctrl_c_is_one_line_saying_what_is_stored_and_how_to_resume(tmp_path, population):
+    store = tmp_path / "store"
+    # A 10-point grid on four models: long enough to be interrupted after its first pair.
+    job = subprocess.Popen(SWEEP + [_config(tmp_path, population, alphas=10)], start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (store / "curves").is_dir() or not any((store / "curves").iterdir()):
+            assert time.time() < deadline and job.poll() is None, "no pair was stored"
+            time.sleep(0.1)
+        os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    stored = len(list((store / "curves").iterdir()))
+    assert job.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert _ours(err) == [f"lmc-ray: interrupted: {stored} of 6 pairs are stored in {store}; rerun the same "
+                          "command to resume"]
+    assert sorted(os.listdir(store)) == ["curves", "endpoints", "run.json"]  # no lease, no _tmp/ left
+
+
+def test_a_stale_ray_address_is_found_in_seconds(tmp_path, population):
+    """`ray.init()` joins the address in $RAY_TMPDIR/ray/ray_current_cluster; one left by a dead cluster made a
+    sweep retry it for over ten minutes."""
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        dead = f"127.0.0.1:{free_port()}"
+        os.makedirs(os.path.join(ray_tmp, "ray"))
+        with open(os.path.join(ray_tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write(dead)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
+        config = _config(tmp_path, population[:3])
+        # Given explicitly, a dead address is an error at once.
+        start = time.monotonic()
+        run = subprocess.run(SWEEP + [config], capture_output=True, text=True, timeout=300, env=env | {"RAY_ADDRESS": dead})
+        assert run.returncode == 2 and time.monotonic() - start < 60, run.stderr[-2000:]
+        assert _ours(run.stderr) == [f"lmc-ray: error: RAY_ADDRESS={dead}: no Ray cluster answers at {dead}; start it "
+                                     "(`ray start --head`) or unset RAY_ADDRESS to run on a local instance"]
+        # Found by Ray itself, it is reported and the sweep runs on a local instance.
+        run = subprocess.run(SWEEP + [config], capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert f"no Ray cluster answers at {dead}, the address a `ray start` left in {ray_tmp}/ray/ray_current_cluster" \
+            in run.stderr
+        assert len(os.listdir(tmp_path / "store" / "curves")) == 3
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
