@@ -24,8 +24,25 @@ def test_cluster_configs_pass_rays_own_validation(name):
     cfg = yaml.safe_load((ROOT / name).read_text())
     validate_config(prepare_config(cfg))  # raises on a schema error
     assert any("pip install" in c for c in cfg["setup_commands"])
-    # `ray submit` runs jobs/sweep.py from the head's home: the configs must be there.
     assert any(dst.rstrip("/").endswith("configs") and src == "./configs" for dst, src in cfg["file_mounts"].items())
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-onprem.yaml"])
+def test_cluster_configs_are_closed_by_default(name):
+    """Dashboard and job API on the head's loopback, a token made on every fresh cluster and given to its
+    workers, a key for the cluster only, no edits of the user's shell files, only what the nodes need mounted."""
+    text = (ROOT / name).read_text()
+    cfg = yaml.safe_load(text)
+    assert "0.0.0.0" not in text and ".bashrc" not in text
+    head = [c for c in cfg["head_start_ray_commands"] if "ray start" in c]
+    assert len(head) == 1 and head[0].startswith("RAY_AUTH_MODE=token ") and "--dashboard-host=127.0.0.1" in head[0]
+    assert all(c.startswith("RAY_AUTH_MODE=token ") for c in cfg["worker_start_ray_commands"] if "ray start" in c)
+    assert any("get-auth-token --generate > /dev/null" in c and "chmod 600 ~/.ray/auth_token" in c
+               for c in cfg["head_setup_commands"])
+    assert cfg["cluster_synced_files"] == ["~/.ray/auth_token"]
+    key = cfg["auth"].get("ssh_private_key", "")
+    assert not any(k in key for k in ("id_rsa", "id_ed25519", "id_ecdsa"))
+    assert set(cfg["file_mounts"].values()) <= {"./lmc_ray", "./jobs", "./configs", "./pyproject.toml", "./README.md"}
 
 
 def test_cloud_cluster_autoscales_gpu_workers():
@@ -68,10 +85,17 @@ def _stop_session_of(marker: str) -> None:
 
 
 @pytest.mark.slow
-def test_ray_up_and_submit_drive_this_machine_over_ssh(tmp_path, mnli_texts):
-    """cluster-onprem.yaml with the launcher's local provider, head = this machine reached over ssh:
-    `ray up` syncs the file mounts, runs the setup and start commands; `ray submit` runs jobs/sweep.py on the
-    head, which joins the launched cluster and fills the store."""
+def test_ray_up_and_a_sweep_on_the_head_with_its_api_closed(tmp_path, mnli_texts):
+    """cluster-onprem.yaml with the launcher's local provider, head = this machine reached over ssh: `ray up`
+    syncs the file mounts, runs the setup and start commands as shipped (its own ports aside); the head's job
+    API refuses a request without the cluster's token and accepts one with it; `ray exec` runs jobs/sweep.py
+    on the head as the README says, which joins the launched cluster and fills the store."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
     missing = [t for t in ("ssh", "ssh-keygen", "rsync") if not shutil.which(t)] + ([] if Path(SSHD).exists() else ["sshd"])
     if missing or os.geteuid() != 0:
         why = f"needs root and {', '.join(missing) or 'ssh'} (apt-get install openssh-server rsync; .ci/run does)"
@@ -87,16 +111,16 @@ def test_ray_up_and_submit_drive_this_machine_over_ssh(tmp_path, mnli_texts):
     cfg["min_workers"] = cfg["max_workers"] = 0
     cfg["auth"] = _ssh_to_self(root)
     # The shipped setup creates ~/lmc-ray-venv and pip-installs the project into it; here that venv is the
-    # one running this test (a fresh install would fetch a CUDA torch), the other setup lines run as shipped.
-    assert "lmc-ray-venv" in cfg["setup_commands"][0]
-    cfg["setup_commands"][0] = f"ln -sfn {sys.prefix} ~/lmc-ray-venv"
-    cfg["setup_commands"].append(f"echo 'export RAY_ADDRESS=127.0.0.1:{ports['gcs']}' >> ~/.bashrc")
-    # Own ports and temp dir, and no `ray stop`: other Ray instances on this machine keep running.
-    cfg["head_start_ray_commands"] = [
-        f"ray start --head --port={ports['gcs']} --temp-dir={root / 'ray'} --dashboard-port={ports['dashboard']} "
+    # one running this test (a fresh install would fetch a CUDA torch).
+    assert len(cfg["setup_commands"]) == 1 and "lmc-ray-venv" in cfg["setup_commands"][0]
+    cfg["setup_commands"] = [f"ln -sfn {sys.prefix} ~/lmc-ray-venv"]
+    # The shipped head start, with its own ports and temp dir added and no `ray stop` (which would stop every
+    # Ray on this machine): auth mode and dashboard host stay as shipped.
+    (start,) = [c for c in cfg["head_start_ray_commands"] if "ray start --head" in c]
+    cfg["head_start_ray_commands"] = [start.replace("--port=6379", (
+        f"--port={ports['gcs']} --temp-dir={root / 'ray'} --dashboard-port={ports['dashboard']} "
         f"--dashboard-agent-listen-port={ports['agent']} --metrics-export-port={ports['metrics']} "
-        f"--ray-client-server-port={ports['client']} --num-cpus=2 --disable-usage-stats "
-        "--autoscaling-config=~/ray_bootstrap_config.yaml"]
+        f"--ray-client-server-port={ports['client']} --num-cpus=2 --disable-usage-stats"))]
     cluster = root / "cluster.yaml"
     cluster.write_text(yaml.safe_dump(cfg))
     models = make_population(tmp_path / "pop", 4, mnli_texts, ["entailment", "neutral", "contradiction"], layers=2,
@@ -108,16 +132,41 @@ def test_ray_up_and_submit_drive_this_machine_over_ssh(tmp_path, mnli_texts):
                             text=True, timeout=300)
         assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
         home = root / "home"
-        assert (home / "lmc-ray" / "jobs" / "sweep.py").is_file() and (home / "configs" / "mnli.yaml").is_file()
-        assert not (home / "lmc-ray" / ".venv").exists()  # rsync_exclude honoured
+        assert (home / "lmc-ray" / "jobs" / "sweep.py").is_file() and (home / "lmc-ray" / "configs" / "mnli.yaml").is_file()
+        assert not [p for p in ("tests", ".git", ".venv", "results") if (home / "lmc-ray" / p).exists()]
         assert (home / "ray_bootstrap_config.yaml").is_file()
+        token_file = home / ".ray" / "auth_token"
+        token = token_file.read_text().strip()
+        assert len(token) >= 32 and oct(token_file.stat().st_mode)[-3:] == "600"
+        assert token not in up.stdout + up.stderr  # never printed
 
-        sub = subprocess.run([RAY, "submit", str(cluster), "jobs/sweep.py", "--", "--config", str(tmp_path / "sweep.yaml")],
+        # The dashboard and its job API listen on the head's loopback only...
+        listening = {c.laddr.ip for c in psutil.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == ports["dashboard"]}
+        assert listening == {"127.0.0.1"}, listening
+        # ...and refuse a job without the token, even there.
+        api = f"http://127.0.0.1:{ports['dashboard']}/api/jobs/"
+        body = json.dumps({"entrypoint": "touch /tmp/pwned-by-lmc-ray-test"}).encode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(api, data=body, method="POST",
+                                                          headers={"Content-Type": "application/json"}), timeout=30)
+        assert refused.value.code in (401, 403)
+        # With the token (as README says: RAY_AUTH_MODE=token and the head's token) a job is accepted.
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        env.pop("RAY_ADDRESS", None)
+        sub = subprocess.run([RAY, "job", "submit", "--address", f"http://127.0.0.1:{ports['dashboard']}", "--",
+                              "echo", "token-accepted"], capture_output=True, text=True, timeout=300, env=env)
+        assert sub.returncode == 0 and "token-accepted" in sub.stdout + sub.stderr, (sub.stdout + sub.stderr)[-3000:]
+
+        # The sweep as README's on-prem line runs it (RAY_ADDRESS: the test's head uses its own ports).
+        run = subprocess.run([RAY, "exec", str(cluster),
+                              f"cd ~/lmc-ray && RAY_ADDRESS=127.0.0.1:{ports['gcs']} ~/lmc-ray-venv/bin/python "
+                              f"jobs/sweep.py --config {tmp_path / 'sweep.yaml'}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
-        out = sub.stdout + sub.stderr
-        assert sub.returncode == 0, out[-3000:]
+        out = run.stdout + run.stderr
+        assert run.returncode == 0, out[-3000:]
         assert f"Ray dashboard: 127.0.0.1:{ports['dashboard']}" in out  # the driver joined the launched head
-        assert "6 of 6 pairs to compute" in out
+        assert "6 of 6 pairs to compute" in out and token not in out
         curves = Store(str(store)).curves().to_table().to_pandas()
         assert curves.groupby(["model_a", "model_b"]).alpha.nunique().tolist() == [5] * 6
         assert curves.loss.notna().all() and (curves.loss > 0).all()
