@@ -100,11 +100,13 @@ def init() -> str:
 
 
 def _address() -> str | None:
-    """The cluster ray.init() would join, checked first: Ray retries a dead address for many minutes.
+    """What to pass to ray.init(), after checking the cluster it would join: Ray retries a dead address for
+    many minutes.
 
     An address the user gave (RAY_ADDRESS) that nothing answers is an error; one Ray found by itself in
     /tmp/ray/ray_current_cluster (a `ray start` cluster that died without `ray stop`) is reported and a local
-    instance started instead, as if it were not there.
+    instance started instead, as if it were not there. A live one is left for Ray to find (None): Ray sends its
+    token only to a cluster it found itself, never to an address it was handed.
     """
     from ray._common.utils import get_ray_address_file
     from ray._private.services import get_ray_address_from_environment
@@ -112,11 +114,11 @@ def _address() -> str | None:
     given = os.environ.get("RAY_ADDRESS")
     address = get_ray_address_from_environment(None, None)
     if address in (None, "local"):
-        return address
+        return None
     host, _, port = address.split("://")[-1].rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
-        return address
+        return None
     except (OSError, ValueError):
         pass
     if given:

@@ -151,16 +151,21 @@ def test_ray_up_and_a_sweep_on_the_head_with_its_api_closed(tmp_path, mnli_texts
             urllib.request.urlopen(urllib.request.Request(api, data=body, method="POST",
                                                           headers={"Content-Type": "application/json"}), timeout=30)
         assert refused.value.code in (401, 403)
-        # With the token (as README says: RAY_AUTH_MODE=token and the head's token) a job is accepted.
+        # With the token, fetched as README says (`ray exec ... 'cat ~/.ray/auth_token' | tail -1`), a job is accepted.
+        fetched = subprocess.run([RAY, "exec", str(cluster), "cat ~/.ray/auth_token"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=120)
+        assert fetched.stdout.strip().splitlines()[-1] == token, fetched.stdout[-1000:]
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
         env.pop("RAY_ADDRESS", None)
         sub = subprocess.run([RAY, "job", "submit", "--address", f"http://127.0.0.1:{ports['dashboard']}", "--",
                               "echo", "token-accepted"], capture_output=True, text=True, timeout=300, env=env)
         assert sub.returncode == 0 and "token-accepted" in sub.stdout + sub.stderr, (sub.stdout + sub.stderr)[-3000:]
 
-        # The sweep as README's on-prem line runs it (RAY_ADDRESS: the test's head uses its own ports).
+        # The sweep as README's on-prem line runs it. The test's head has its own ports and temp dir, so its address
+        # is given (RAY_ADDRESS); Ray sends the token to a given address only when told to (RAY_AUTH_MODE).
         run = subprocess.run([RAY, "exec", str(cluster),
-                              f"cd ~/lmc-ray && RAY_ADDRESS=127.0.0.1:{ports['gcs']} ~/lmc-ray-venv/bin/python "
+                              f"cd ~/lmc-ray && RAY_ADDRESS=127.0.0.1:{ports['gcs']} RAY_AUTH_MODE=token "
+                              "~/lmc-ray-venv/bin/python "
                               f"jobs/sweep.py --config {tmp_path / 'sweep.yaml'}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         out = run.stdout + run.stderr
