@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .metrics import COLUMNS
 
 
@@ -209,7 +209,7 @@ def _build(cls, raw: dict, where: str):
     try:
         return cls(**raw)
     except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {first_line(e)}") from None
 
 
 def eval_set(e, where) -> EvalSetSpec:
@@ -311,7 +311,7 @@ def _read_yaml(path: str) -> dict:
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config: {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"config: {p}: not valid YAML ({first_line(e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config: {p}: top level must be a mapping")
     return raw

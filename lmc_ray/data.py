@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ConfigError, EvalSetSpec
+from .config import EvalSetSpec
+from .errors import ConfigError, cause, first_line
 
 _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -50,7 +51,7 @@ def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
                     df = pd.read_csv(f, sep="\t" if fmt == "tsv" else ",", nrows=nrows, dtype=str, **header,
                                      keep_default_na=False, quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
         except Exception as e:
-            raise ConfigError(f"{where}: cannot read {spec.path!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise ConfigError(f"{where}: cannot read {spec.path!r} ({cause(e)})") from None
     else:
         df = _from_hub(spec)
     if spec.balance_by is not None:
@@ -79,7 +80,7 @@ def _from_hub(spec: EvalSetSpec):
     try:
         ds = datasets.load_dataset(spec.path, spec.subset_config, split=split)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise ConfigError(f"eval set {spec.name!r}: not a local file and not loadable from the hub ({msg})") from None
     df = ds.to_pandas()
     # Hub datasets store labels as ClassLabel ids: turn them back into names, so mapping is by name.

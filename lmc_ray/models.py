@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError, cause
 
 
 @dataclass
@@ -51,7 +51,7 @@ def read_info(name: str, path: Path, declared: list[str] | None = None) -> Model
     try:
         cfg = json.loads(cfg_file.read_text())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model {name!r}: unreadable config.json ({e})") from None
+        raise ConfigError(f"model {name!r}: unreadable config.json ({cause(e)})") from None
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     id2label = cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(cfg.get("num_labels", 2))}
     labels = own_labels(name, id2label, declared)
@@ -63,7 +63,7 @@ def read_info(name: str, path: Path, declared: list[str] | None = None) -> Model
         try:
             shapes.update(_header_shapes(f))
         except Exception as e:  # the formats raise many types for a damaged file
-            raise ConfigError(f"model {name!r}: cannot read checkpoint {f.name} ({type(e).__name__}: {e})") from None
+            raise ConfigError(f"model {name!r}: cannot read checkpoint {f.name} ({cause(e)})") from None
     return ModelInfo(name, path, archs[0], labels, shapes)
 
 
@@ -150,7 +150,7 @@ def load(name: str, path: Path, canonical_labels: list[str], dtype: torch.dtype 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
     except Exception as e:
-        raise ConfigError(f"model {name!r}: cannot load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ConfigError(f"model {name!r}: cannot load ({cause(e)})") from None
     own = [lab.lower() for lab in own_labels(name, model.config.id2label, declared)]
     perm = [own.index(lab.lower()) for lab in canonical_labels]
     if perm != list(range(len(perm))):

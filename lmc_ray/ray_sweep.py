@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 from collections import Counter, deque
@@ -16,7 +15,7 @@ import ray
 
 from . import schedule
 from .config import ConfigError, SweepConfig
-from .errors import SweepError
+from .errors import SweepError, first_line
 from .plan import Plan
 from .progress import bar as progress_bar, track
 from .residents import Residents
@@ -220,11 +219,7 @@ class _Pool:
                         self.names[k], self.deaths[k], self.max_retries)
         if pid is None or self.deaths[k] > self.max_retries:
             raise SweepError(f"actor {self.names[k]} died {self.deaths[k]} times (max_retries {self.max_retries}); "
-                             f"giving up on its models. Last error: {_first_line(error)}")
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                             f"giving up on its models. Last error: {first_line(error)}")
 
 
 def run(plan: Plan, progress: bool = True) -> None:
@@ -326,5 +321,5 @@ def _get(ref):
         if isinstance(cause, ConfigError):
             raise ConfigError(str(cause)) from None
         if isinstance(cause, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
-            raise _LostInput(_first_line(cause)) from None
+            raise _LostInput(first_line(cause)) from None
         raise

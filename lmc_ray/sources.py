@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError, cause, first_line
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # Only what loading a classifier needs: skip optimizer states, other frameworks' weights, etc.
@@ -70,7 +70,7 @@ def _from_hub(ref: str, cache: Path) -> Path:
         path = Path(snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_PATTERNS,
                                       cache_dir=str(cache / "hub")))
     except Exception as e:  # offline, missing repo, bad revision, a traversing file name: one line for the user
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise ConfigError(f"model {ref!r}: not a local directory and not downloadable from the hub ({msg})") from None
     # The snapshot's entries are symlinks into the repo's blobs: each must resolve inside the cache.
     for f in path.rglob("*"):
@@ -94,7 +94,7 @@ def _from_s3(ref: str, cache: Path, storage_options: dict) -> Path:
     try:
         listing = fs.find(root, detail=True)  # one listing, sizes and ETags included
     except Exception as e:
-        raise ConfigError(f"model {ref!r}: cannot list ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"model {ref!r}: cannot list ({cause(e)})") from None
     if not listing:
         raise ConfigError(f"model {ref!r}: no files under this prefix")
     # The cache key includes sizes and ETags: a checkpoint overwritten in the bucket is fetched again.
@@ -117,5 +117,5 @@ def _from_s3(ref: str, cache: Path, storage_options: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if target.is_dir():  # another process won the race
             return target
-        raise ConfigError(f"model {ref!r}: download failed ({e})") from None
+        raise ConfigError(f"model {ref!r}: download failed ({cause(e)})") from None
     return target

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from . import lease as leases
-from .errors import ConfigError
+from .errors import ConfigError, cause
 from .metrics import COLUMNS
 
 _METRIC_FIELDS = [("eval_set", pa.string()), ("subset", pa.string()), ("n_examples", pa.int64())] + [
@@ -70,13 +70,13 @@ class Store:
         except ConfigError:
             raise
         except Exception as e:  # the lease is the store's first write: an unwritable store ends here
-            raise ConfigError(f"store {self.url!r}: not writable ({type(e).__name__}: {e})") from None
+            raise ConfigError(f"store {self.url!r}: not writable ({cause(e)})") from None
         run = self.path("run.json")
         now = json.loads(json.dumps({"fingerprint": fingerprint, "weights": weights or {}}))
         try:
             old = json.loads(self.fs.cat_file(run)) if self.fs.exists(run) else None
         except Exception as e:
-            raise ConfigError(f"store {self.url!r}: cannot read ({type(e).__name__}: {e})") from None
+            raise ConfigError(f"store {self.url!r}: cannot read ({cause(e)})") from None
         if old is not None:
             before = old.get("fingerprint", {})
             if before != now["fingerprint"]:
@@ -94,7 +94,7 @@ class Store:
             if old != now:  # new, or an older store that did not record the weights yet
                 self.put("run.json", json.dumps(now, indent=2, sort_keys=True).encode())
         except Exception as e:
-            raise ConfigError(f"store {self.url!r}: not writable ({type(e).__name__}: {e})") from None
+            raise ConfigError(f"store {self.url!r}: not writable ({cause(e)})") from None
 
     def close(self) -> None:
         """Give up the lease; an empty _tmp/ is not left behind."""

@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from lmc_ray.config import ConfigError, EvalSetSpec

@@ -71,6 +71,21 @@ def test_truncated_and_garbage_checkpoints_are_named(tmp_path, population):
         M.read_info("truncated", bad)
 
 
+class _NotATensor:  # what a pickle that runs code carries; torch's weights-only loader refuses it
+    pass
+
+
+def test_a_pickle_refusal_is_quoted_in_one_line(tmp_path, population):
+    bad = tmp_path / "pickled"
+    shutil.copytree(population[1], bad)
+    (bad / "model.safetensors").unlink()
+    torch.save({"classifier.bias": _NotATensor()}, bad / "pytorch_model.bin")
+    with pytest.raises(ConfigError) as e:
+        M.read_info("pickled", bad)
+    msg = str(e.value)
+    assert msg.startswith("model 'pickled': cannot read checkpoint pytorch_model.bin (UnpicklingError: ") and "\n" not in msg
+
+
 def test_missing_local_model_and_offline_hub_id(tmp_path):
     with pytest.raises(ConfigError, match=r"model '/nowhere/m0': no such directory"):
         sources.resolve("/nowhere/m0")
