@@ -9,7 +9,7 @@ from .residents import Residents
 def run(plan: Plan, progress: bool = True) -> None:
     with plan.writing():
         n = len(plan.names)
-        res = Residents(plan.cfg, list(range(n)), plan.labels, plan.datas)
+        res = Residents(plan.cfg, list(range(n)), plan.labels, plan.datas, plan.revisions)
         missing = plan.missing_endpoints()
         ends = plan.gather_endpoints(track(((i, res.endpoint(i)) for i in missing), len(missing), "endpoints",
                                            "model", not progress))

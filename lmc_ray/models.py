@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, cause
+from .sources import checkpoint_files
 
 
 @dataclass
@@ -22,11 +23,6 @@ class ModelInfo:
     architecture: str
     labels: list[str]  # id2label in the checkpoint's own order
     shapes: dict[str, tuple[int, ...]]
-
-
-def _checkpoint_files(path: Path) -> list[Path]:
-    files = sorted(path.glob("*.safetensors"))
-    return files or sorted(path.glob("pytorch_model*.bin"))
 
 
 _GENERIC = re.compile(r"^LABEL_\d+$")
@@ -44,7 +40,9 @@ def own_labels(name: str, id2label: dict, declared: list[str] | None) -> list[st
     return [str(d) for d in declared]
 
 
-def read_info(name: str, path: Path, declared: list[str] | None = None) -> ModelInfo:
+def read_info(name: str, path: Path, declared: list[str] | None = None,
+              shapes: dict[str, tuple[int, ...]] | None = None) -> ModelInfo:
+    """config.json from `path`; tensor shapes from its checkpoint headers unless already read (remote models)."""
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ConfigError(f"model {name!r}: no config.json in {path}")
@@ -55,7 +53,9 @@ def read_info(name: str, path: Path, declared: list[str] | None = None) -> Model
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     id2label = cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(cfg.get("num_labels", 2))}
     labels = own_labels(name, id2label, declared)
-    files = _checkpoint_files(path)
+    if shapes is not None:
+        return ModelInfo(name, path, archs[0], labels, shapes)
+    files = checkpoint_files(path)
     if not files:
         raise ConfigError(f"model {name!r}: no *.safetensors or pytorch_model*.bin in {path}")
     shapes = {}
@@ -65,29 +65,6 @@ def read_info(name: str, path: Path, declared: list[str] | None = None) -> Model
         except Exception as e:  # the formats raise many types for a damaged file
             raise ConfigError(f"model {name!r}: cannot read checkpoint {f.name} ({cause(e)})") from None
     return ModelInfo(name, path, archs[0], labels, shapes)
-
-
-def weights_id(path: Path) -> str:
-    """What identifies a model's weights, cheaply: for each checkpoint file its size and a BLAKE2 hash of its
-    content — whole up to 16 MiB, else 64 evenly spaced blocks of 256 KiB from the first (the header, which
-    names every tensor's offsets) to the last, 16 MiB of reads for a 440 MB BERT. A retrained or swapped
-    checkpoint differs in every block; an edit confined to the bytes between blocks of a large file is not
-    seen. A hub snapshot adds its commit (the folder is named by it)."""
-    import hashlib
-
-    h, block, blocks = hashlib.blake2b(digest_size=12), 1 << 18, 64
-    for f in _checkpoint_files(path):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size};".encode())
-        with open(f, "rb") as fh:
-            if size <= blocks * block:
-                h.update(fh.read())
-                continue
-            for k in range(blocks):
-                fh.seek(k * (size - block) // (blocks - 1))
-                h.update(fh.read(block))
-    commit = path.name if path.parent.name == "snapshots" else None
-    return f"{'hub@' + commit + ':' if commit else ''}{h.hexdigest()}"
 
 
 def _header_shapes(f: Path) -> dict[str, tuple[int, ...]]:

@@ -26,7 +26,7 @@ log = logging.getLogger("lmc_ray")
 @dataclass
 class Plan:
     cfg: SweepConfig
-    paths: list[Path]
+    revisions: list[str]  # each model's pinned weights (sources.inspect); actors load exactly these
     labels: list[str]  # canonical label order
     datas: list[EvalData]
     store: Store
@@ -101,22 +101,24 @@ def load_tokenizer(path: Path):
 
 
 def prepare(cfg: SweepConfig) -> Plan:
+    """Everything checked, from headers only: no model's weights are downloaded here (the actors fetch their own)."""
     store = Store(cfg.store, cfg.storage_options)
-    paths = [sources.resolve(m.ref, cfg.cache_dir, cfg.storage_options) for m in cfg.models]
-    infos = [M.read_info(m.name, p, m.labels) for m, p in zip(cfg.models, paths)]
+    found = [sources.inspect(m.ref, cfg.cache_dir, cfg.storage_options) for m in cfg.models]
+    infos = [M.read_info(m.name, f.folder, m.labels, f.shapes) for m, f in zip(cfg.models, found)]
     labels = M.preflight(infos)
     source = cfg.tokenizer or cfg.models[0].ref
     try:
-        tokenizer = load_tokenizer(sources.resolve(source, cfg.cache_dir, cfg.storage_options) if cfg.tokenizer
-                                   else paths[0])
+        tokenizer = load_tokenizer(sources.inspect(source, cfg.cache_dir, cfg.storage_options).folder if cfg.tokenizer
+                                   else found[0].folder)
     except ConfigError:
         raise
     except Exception as e:
         raise ConfigError(f"tokenizer {source!r}: cannot load ({type(e).__name__})") from None
     datas = [prepare_data(e, tokenizer, labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
-    store.open(cfg.fingerprint(), {m.name: M.weights_id(p) for m, p in zip(cfg.models, paths)}, cfg.lease_timeout)
+    revisions = [f.revision for f in found]
+    store.open(cfg.fingerprint(), {m.name: r for m, r in zip(cfg.models, revisions)}, cfg.lease_timeout)
     done = store.done_pairs()
-    pending = [p for p in schedule.all_pairs(len(paths)) if p not in done]
+    pending = [p for p in schedule.all_pairs(len(found)) if p not in done]
     if done:
         log.info("store %s: %d pairs already stored, %d to compute", cfg.store, len(done), len(pending))
-    return Plan(cfg, paths, labels, datas, store, pending)
+    return Plan(cfg, revisions, labels, datas, store, pending)

@@ -50,7 +50,8 @@ class _Metrics:
 
 @ray.remote
 class ModelActor:
-    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas, threads: int, name: str):
+    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas, revisions: list[str],
+                 threads: int, name: str):
         import torch
         from ray.util.metrics import Counter
 
@@ -59,7 +60,7 @@ class ModelActor:
         # constructor would print its traceback into the job's log and be restarted max_retries times.
         self.refused = None
         try:
-            self.res = Residents(cfg, indices, labels, ray.get(datas))  # refs in a list arrive unresolved
+            self.res = Residents(cfg, indices, labels, ray.get(datas), revisions)  # refs in a list arrive unresolved
         except ConfigError as e:
             self.refused = e
         self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing", tag_keys=("actor",))
@@ -241,7 +242,7 @@ def _run(plan: Plan, progress: bool) -> None:
     names = [_name(plan, ms) for ms in residents]
     actors = [
         ModelActor.options(name=name, num_cpus=cpu_share, num_gpus=gpu_share, max_restarts=cfg.max_retries)
-        .remote(cfg, ms, plan.labels, data_refs, threads, name)
+        .remote(cfg, ms, plan.labels, data_refs, plan.revisions, threads, name)
         for name, ms in zip(names, residents)
     ]
     pool = _Pool(actors, names, cfg.max_retries)

