@@ -88,10 +88,17 @@ class SweepConfig:
     batch_tokens: int | str = "auto"
     max_batch_size: int = 256
     max_length: int = 512  # truncation only; never padded to
-    actors: int | str = "auto"  # number of actors; "auto" = one per GPU, or per cpus_per_actor cores
+    # Number of actors; "auto" = as many as the population and the cluster's largest size allow (what the
+    # autoscaler may add counts, not only what runs now): one per gpus_per_actor GPUs, or per cpus_per_actor cores.
+    actors: int | str = "auto"
+    # GPUs each actor asks Ray for (fractions share a GPU); "auto" = 1 when the sweep runs on GPUs (device cuda, or
+    # auto on a cluster that has or can add GPUs), else 0. Asking is what makes an autoscaler start GPU workers.
+    gpus_per_actor: float | str = "auto"
     # Threads per actor on CPUs. 2: on the 2-core benchmark machine one 2-thread actor ran the sweep ~15 %
     # faster than two 1-thread actors (docs/performance.md).
     cpus_per_actor: int = 2
+    # Seconds to wait for the actors' resources (an autoscaler starting nodes) before giving up in one line.
+    resource_timeout: float = 900.0
     max_in_flight: int = 2  # pair tasks queued per actor
     max_retries: int = 3  # actor restarts / task retries before a model is declared broken
     # Seconds without a heartbeat after which another sweep may take over an S3 store's lease (lmc_ray/lease.py).
@@ -268,8 +275,11 @@ def validate(cfg: SweepConfig) -> None:
     for key in ("refine", "max_retries"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config: {key} must be a non-negative integer, got {getattr(cfg, key)!r}")
-    if cfg.lease_timeout <= 0:
-        raise ConfigError(f"config: lease_timeout must be positive, got {cfg.lease_timeout!r}")
+    for key in ("lease_timeout", "resource_timeout"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"config: {key} must be positive, got {getattr(cfg, key)!r}")
+    if cfg.gpus_per_actor != "auto" and (isinstance(cfg.gpus_per_actor, str) or cfg.gpus_per_actor < 0):
+        raise ConfigError(f"config: gpus_per_actor must be 'auto' or a non-negative number, got {cfg.gpus_per_actor!r}")
     if cfg.refine and not (0.0 in alphas and 1.0 in alphas and any(0 < a < 1 for a in alphas)):
         raise ConfigError("config: refine needs alphas with both endpoints and at least one interior point")
     set_names = [e.name for e in cfg.eval_sets]

@@ -10,8 +10,10 @@ import os
 import socket
 import time
 from collections import Counter, deque
+from pathlib import Path
 
 import ray
+import yaml
 
 from . import schedule
 from .config import ConfigError, SweepConfig
@@ -136,24 +138,74 @@ def dashboard() -> str:
 
 
 def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, float]:
-    """(actors, GPUs per actor, CPUs per actor) for this cluster.
+    """(actors, GPUs per actor, CPUs per actor), from the config, the population and the largest size the
+    cluster can reach — its autoscaler's limits, not what happens to run when the job starts: actors that do
+    not fit yet wait, and their requests are what make the autoscaler add nodes.
 
-    One process per GPU (CUDA contexts and time-slicing make more cost), or one per `cpus_per_actor`
-    cores; each process holds several resident models when N exceeds the processes available. When
-    more actors are asked for than the cluster has cores, they share them (fractional CPUs) rather
-    than wait forever for resources that will never come.
+    One process per GPU (CUDA contexts and time-slicing make more cost), or one per `cpus_per_actor` cores;
+    each process holds several resident models when N exceeds the processes. When more actors are asked for
+    than the cluster can ever have cores (or GPUs, with gpus_per_actor auto), they share them rather than wait
+    for resources that will never come.
     """
-    res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0)) if cfg.device != "cpu" else 0
-    cpus = max(1, int(res.get("CPU", 1)))
-    if cfg.actors == "auto":
-        n = gpus if gpus else max(1, cpus // cfg.cpus_per_actor)
-    else:
+    now, most = ray.cluster_resources(), _most()
+    cap = {k: max(float(now.get(k, 0)), float(most.get(k) or 0)) for k in ("CPU", "GPU")}
+    gpus = cfg.gpus_per_actor
+    if gpus == "auto":
+        gpus = 1.0 if cfg.device == "cuda" or (cfg.device == "auto" and cap["GPU"] > 0) else 0.0
+    if cfg.actors != "auto":
         n = cfg.actors
+    elif gpus:
+        n = max(1, int(cap["GPU"] // gpus))
+    else:
+        n = max(1, int(cap["CPU"] // cfg.cpus_per_actor))
     n = min(n, n_models)
-    gpu_share = min(1.0, gpus / n) if gpus else 0.0
-    cpu_share = min(float(cfg.cpus_per_actor), cpus / n)
-    return n, gpu_share, cpu_share
+    if cfg.gpus_per_actor == "auto" and gpus and cap["GPU"]:
+        gpus = min(1.0, cap["GPU"] / n)
+    return n, float(gpus), min(float(cfg.cpus_per_actor), max(1.0, cap["CPU"]) / n)
+
+
+def _most() -> dict[str, float]:
+    """The most CPUs and GPUs the cluster can reach: from the limits its autoscaler publishes (autoscaler v2), or
+    on a head that `ray up` started, from the autoscaler's config it left there (~/ray_bootstrap_config.yaml,
+    node types with their resources filled in). Empty when neither says: a cluster without an autoscaler."""
+    from ray._private.state import state  # no public getter in Ray 2.x
+
+    most = state.get_max_resources_from_cluster_config()
+    if most:
+        return most
+    path = Path("~/ray_bootstrap_config.yaml").expanduser()
+    if not path.is_file():
+        return {}
+    cfg = yaml.safe_load(path.read_text())
+    total: dict[str, float] = {}
+    for name, node in (cfg.get("available_node_types") or {}).items():
+        count = 1 if name == cfg.get("head_node_type") else min(node.get("max_workers", 0), cfg.get("max_workers", 0))
+        for key in ("CPU", "GPU"):
+            total[key] = total.get(key, 0) + count * float((node.get("resources") or {}).get(key, 0))
+    return total
+
+
+def _started(actors, need: str, timeout: float) -> list[int]:
+    """Each actor's process id once it runs. Actors wait for resources the cluster may not have yet (an
+    autoscaler starting GPU nodes): say so every 30 s; after `timeout`, stop in one line naming what is missing."""
+    refs, start = [a.pid.remote() for a in actors], time.monotonic()
+    while True:
+        waited = time.monotonic() - start
+        ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=max(0.1, min(30.0, timeout - waited)))
+        for ref in ready:
+            _get(ref)  # where bad input found in an actor (NaN weights) surfaces
+        if not waiting:
+            return [_get(r) for r in refs]
+        waited, have = time.monotonic() - start, ray.cluster_resources()
+        have = f"{have.get('GPU', 0):g} GPU, {have.get('CPU', 0):g} CPU"
+        if waited >= timeout:
+            for actor in actors:
+                ray.kill(actor)
+            raise SweepError(f"{len(waiting)} of {len(refs)} actors never started in {waited:.0f} s: each needs {need} "
+                             f"and the cluster has {have} (no node offers that, or none came up; see `ray status`; "
+                             "resource_timeout sets the wait). Nothing stored was lost")
+        log.info("waiting for %d of %d actors (each needs %s) for %.0f s; the cluster has %s now — see `ray status`",
+                 len(waiting), len(refs), need, waited, have)
 
 
 def _name(plan: Plan, indices: list[int]) -> str:
@@ -174,9 +226,9 @@ class _Pool:
     death takes down count once.
     """
 
-    def __init__(self, actors, names: list[str], max_retries: int):
+    def __init__(self, actors, names: list[str], max_retries: int, need: str, timeout: float):
         self.actors, self.names, self.max_retries = actors, names, max_retries
-        self.pids = [_get(a.pid.remote()) for a in actors]  # also where a failing __init__ surfaces
+        self.pids = _started(actors, need, timeout)
         self.deaths = [0] * len(actors)
         self.tasks = {}  # ref -> (actor index, what, make, attempt)
 
@@ -245,10 +297,10 @@ def _run(plan: Plan, progress: bool) -> None:
         .remote(cfg, ms, plan.labels, data_refs, plan.revisions, threads, name)
         for name, ms in zip(names, residents)
     ]
-    pool = _Pool(actors, names, cfg.max_retries)
     log.info("Ray dashboard: %s", dashboard)
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
              gpu_share, cpu_share, len(plan.pending), n * (n - 1) // 2)
+    pool = _Pool(actors, names, cfg.max_retries, f"{gpu_share:.2f} GPU, {cpu_share:.2f} CPU", cfg.resource_timeout)
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).
     missing = plan.missing_endpoints()

@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -122,6 +123,24 @@ def test_nan_weights_found_in_an_actor_fail_in_one_line(ray_local, tmp_path, pop
         ray_sweep.run(plan.prepare(cfg), progress=False)
     assert str(e.value) == f"model '{bad}': parameter 'classifier.bias' contains NaN or inf"
     assert not (tmp_path / "store" / "curves").exists()
+
+
+def test_actors_that_never_get_their_gpus_stop_in_one_line(ray_local, tmp_path, population):
+    """A GPU asked for on a cluster that has none and cannot add any: the actors wait (said every 30 s), then the
+    sweep stops naming the resource; the store keeps what it had and its lease is released."""
+    from lmc_ray.errors import SweepError
+
+    cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store", device="cpu", gpus_per_actor=1,
+                                        resource_timeout=3))
+    assert ray_sweep.layout(cfg, 2) == (1, 1.0, 2.0)  # asked for, not found: 1 GPU on a cluster of 0
+    with pytest.raises(SweepError) as e:
+        ray_sweep.run(plan.prepare(cfg), progress=False)
+    msg = str(e.value)
+    assert msg.startswith("1 of 1 actors never started in ") and "each needs 1.00 GPU, 2.00 CPU" in msg, msg
+    assert "the cluster has 0 GPU, 2 CPU" in msg and "\n" not in msg
+    assert not (tmp_path / "store" / "_lease.json").exists() and not (tmp_path / "store" / "curves").exists()
+    # The same models on CPUs: auto asks for no GPU at all.
+    assert ray_sweep.layout(config.from_dict(sweep_config(population[:2], tmp_path / "s2")), 2)[1] == 0.0
 
 
 # -- faults -------------------------------------------------------------------------------------------
@@ -281,3 +300,79 @@ def test_a_thousand_pairs_keep_memory_flat_through_an_actor_restart(ray_local, t
     print(f"process-tree RSS: {early / 2**20:.0f} MiB at 150-400 pairs, {late / 2**20:.0f} MiB at 800-1030 pairs, "
           f"peak {mem.peak / 2**20:.0f} MiB")
     assert late - early < 150 * 2**20, (early, late)
+
+
+@pytest.mark.slow
+def test_gpu_actors_make_the_autoscaler_start_workers(tmp_path, population):
+    """Ray's fake autoscaling cluster: a head with no GPU, a worker type advertising one (fake) GPU, none running.
+    A sweep computing on CPUs but asking for GPUs (device cpu, gpus_per_actor 1) sizes its actors from the
+    autoscaler's limits, the autoscaler starts workers for them, and the store equals an in-process run."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import psutil
+    import yaml
+
+    import ray
+
+    from conftest import ROOT, free_port
+
+    root = tempfile.mkdtemp(prefix="fk", dir="/tmp")  # short: Ray's socket paths live under it
+    ip = ray._private.services.get_node_ip_address()
+    port = free_port()
+    # The wheel lacks fake_multi_node/example.yaml, the base config AutoscalingCluster reads: this is it, written
+    # out; AutoscalingCluster.start() itself is not used, as it runs `ray stop --force` (every Ray on the machine).
+    autoscaler = {
+        "cluster_name": "lmcray-fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": f"{ip}:{port}"},
+        "auth": {"ssh_user": "ubuntu"}, "head_node_type": "ray.head.default",
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2}},
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [],
+        "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": []}
+    # Where `ray up` leaves the autoscaler's config on a head: the driver reads the cluster's limits from it.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(autoscaler))
+    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_TMPDIR": root,
+           "RAY_AUTH_MODE": "disabled", "HOME": str(home)}  # loopback only, torn down with the test
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    try:
+        subprocess.run([ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={root}/ray", "--num-cpus=1",
+                        "--num-gpus=0", "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
+                        f"--metrics-export-port={free_port()}", "--disable-usage-stats",
+                        f"--autoscaling-config={home / 'ray_bootstrap_config.yaml'}"], env=env, check=True,
+                       capture_output=True, timeout=120)
+        sweep = sweep_config(population[:3], tmp_path / "store", alphas=3)
+        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+        start = time.monotonic()
+        run = subprocess.run([sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(tmp_path / "sweep.yaml"),
+                              "--set", "device=cpu", "--set", "gpus_per_actor=1"],
+                             env={**env, "RAY_ADDRESS": f"{ip}:{port}"}, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        # Sized by what the autoscaler may start (2 workers of 1 GPU), not by what ran at the start (no GPU).
+        assert "2 actors for 3 models (1.00 GPU, 2.00 CPU each)" in run.stderr, run.stderr[-3000:]
+        status = subprocess.run([ray_bin, "status", "--address", f"{ip}:{port}"], env=env, capture_output=True,
+                                text=True, timeout=60).stdout
+        print(status)
+        assert re.search(r"^ *2 gpu_worker$", status, re.M) and "/2.0 GPU" in status, status  # started for the actors
+        print(f"fake GPU workers started and the sweep done in {time.monotonic() - start:.0f} s")
+    finally:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any(root in part for part in proc.info["cmdline"] or []):
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                except psutil.Error:
+                    pass
+        shutil.rmtree(root, ignore_errors=True)
+    reference = config.from_dict(sweep_config(population[:3], tmp_path / "ref", alphas=3))
+    local.run(plan.prepare(reference), progress=False)
+    pd.testing.assert_frame_equal(_table(str(tmp_path / "store")), _table(str(tmp_path / "ref")), check_exact=False,
+                                  atol=1e-6, rtol=0)
