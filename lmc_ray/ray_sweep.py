@@ -114,7 +114,11 @@ def _address() -> str | None:
     from ray._private.services import get_ray_address_from_environment
 
     given = os.environ.get("RAY_ADDRESS")
-    address = get_ray_address_from_environment(None, None)
+    try:
+        address = get_ray_address_from_environment(None, None)
+    except ConnectionError:  # RAY_ADDRESS=auto and no cluster to be found
+        raise ConfigError(f"RAY_ADDRESS={given}: no running Ray cluster found; start one (`ray start --head`) or "
+                          "unset RAY_ADDRESS to run on a local instance") from None
     if address in (None, "local"):
         return None
     host, _, port = address.split("://")[-1].rpartition(":")
