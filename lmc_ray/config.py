@@ -58,12 +58,21 @@ class EvalSetSpec:
     max_examples: int | None = 512  # the first K rows, as the paper; null = all
     split: str = "validation"  # hub datasets only
     subset_config: str | None = None  # hub dataset configuration name (e.g. "mnli")
+    # Hub datasets only: a branch, tag or commit. datasets 4+ runs no loading scripts, so a script dataset (HANS) is
+    # read from its parquet conversion, revision "refs/convert/parquet".
+    revision: str | None = None
     format: str | None = None  # override of the file-extension guess
     role: str = "in_domain"  # or "diagnostic": how the cluster report uses the set
     columns: list[str] | None = None  # names for a header-less csv/tsv (e.g. CoLA's raw files)
     # Take the first max_examples rows round-robin over this field's values, so a file sorted by
     # subcase (HANS: 1,000 rows of each of 30) still gives every subcase its share of the 512.
     balance_by: str | None = None
+    # Keep only the rows whose field has this value (or one of these values), before any other selection: the
+    # paper's HANS set is {heuristic: lexical_overlap, label: non-entailment}.
+    filter: dict[str, str | list[str]] | None = None
+    # Then permute the rows as datasets.Dataset.shuffle(seed=...) does (the same rows come out in the same order)
+    # and take the first max_examples: the paper's HANS selection is shuffle(seed=42), first 512.
+    shuffle_seed: int | None = None
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])  # reported per model: accuracy, f1, mcc
 
     def subset_fields(self) -> list[list[str]]:

@@ -30,8 +30,8 @@ def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
     remote = "://" in spec.path
     path = spec.path if remote else os.path.expanduser(spec.path)
     fmt = spec.format or _FORMATS.get(os.path.splitext(path)[1].lower())
-    # Balancing needs every row to choose from; otherwise only the first K rows are read.
-    nrows = spec.max_examples if spec.balance_by is None else None
+    # Filtering, shuffling and balancing need every row to choose from; otherwise only the first K rows are read.
+    nrows = spec.max_examples if _first_rows(spec) else None
     if remote or os.path.exists(path) or fmt:
         if not remote and not os.path.isfile(path):
             raise ConfigError(f"{where}: no such file {spec.path!r}")
@@ -54,6 +54,12 @@ def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
             raise ConfigError(f"{where}: cannot read {spec.path!r} ({cause(e)})") from None
     else:
         df = _from_hub(spec)
+    for field, wanted in (spec.filter or {}).items():
+        if field not in df.columns:
+            raise ConfigError(f"{where}: no column {field!r} (filter) in {spec.path!r}")
+        df = df[df[field].astype(str).isin([wanted] if isinstance(wanted, str) else wanted)]
+    if spec.shuffle_seed is not None:
+        df = df.iloc[np.random.default_rng(spec.shuffle_seed).permutation(len(df))]  # datasets' own shuffle
     if spec.balance_by is not None:
         if spec.balance_by not in df.columns:
             raise ConfigError(f"{where}: no column {spec.balance_by!r} (balance_by) in {spec.path!r}")
@@ -71,14 +77,19 @@ def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
     return df.reset_index(drop=True)
 
 
+def _first_rows(spec: EvalSetSpec) -> bool:
+    """Whether the set is simply the first max_examples rows of its file."""
+    return spec.balance_by is None and not spec.filter and spec.shuffle_seed is None
+
+
 def _from_hub(spec: EvalSetSpec):
     import datasets
 
     # A split already sliced ("validation[527:]", CoLA's out-of-domain rows) is cut after loading.
-    whole = spec.max_examples is None or spec.balance_by is not None or "[" in spec.split
+    whole = spec.max_examples is None or not _first_rows(spec) or "[" in spec.split
     split = spec.split if whole else f"{spec.split}[:{spec.max_examples}]"
     try:
-        ds = datasets.load_dataset(spec.path, spec.subset_config, split=split)
+        ds = datasets.load_dataset(spec.path, spec.subset_config, split=split, revision=spec.revision)
     except Exception as e:
         msg = first_line(e)
         raise ConfigError(f"eval set {spec.name!r}: not a local file and not loadable from the hub ({msg})") from None

@@ -40,6 +40,27 @@ def test_shipped_configuration_validates(task, monkeypatch):
     assert [e.role for e in cfg.eval_sets] == ["in_domain", "diagnostic"]
 
 
+def test_mnli_hans_is_the_papers_selection_or_the_broad_one(monkeypatch):
+    """On the line: the paper's 512 (lexical-overlap non-entailment, datasets' shuffle(seed=42), first 512), the
+    same rows `datasets` gives; the broad variant spreads 512 over the 30 subcases instead."""
+    import datasets
+
+    from lmc_ray.data import read_table
+
+    monkeypatch.chdir(ROOT)
+    hans = {e.name: e for e in _load("--config", "configs/mnli.yaml", "--overlay", "configs/offline/mnli.yaml").eval_sets}["hans"]
+    got = read_table(hans)
+    whole = pd.read_csv(hans.path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    ref = (datasets.Dataset.from_pandas(whole).filter(lambda e: e["heuristic"] == "lexical_overlap")
+           .filter(lambda e: e["gold_label"] == "non-entailment").shuffle(seed=42).select(range(512)))
+    assert len(got) == 512 and list(got.pairID) == ref["pairID"]
+    assert list(got.pairID[:5]) != list(whole[(whole.heuristic == "lexical_overlap") & (whole.gold_label == "non-entailment")].pairID[:5])
+    broad = {e.name: e for e in _load("--config", "configs/mnli.yaml", "--overlay", "configs/offline/mnli.yaml",
+                                      "--overlay", "configs/variants/hans_broad.yaml").eval_sets}["hans"]
+    rows = read_table(broad)
+    assert len(rows) == 512 and rows.subcase.nunique() == 30 and set(rows.gold_label) == {"entailment", "non-entailment"}
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_offline_variant_runs_end_to_end(task, tmp_path, monkeypatch, mnli_texts, ray_local):
     """Tiny models saved with generic LABEL_i names: the shipped config's declared labels map their heads."""
@@ -58,9 +79,9 @@ def test_offline_variant_runs_end_to_end(task, tmp_path, monkeypatch, mnli_texts
     whole = curves[curves.subset == "all"]
     assert (whole.n_examples == 60).all()
     assert whole.f1.between(0, 1).all() and whole.mcc.between(-1, 1).all() and whole.loss.notna().all()
-    if task == "mnli":  # balanced over HANS's 30 subcases: 2 each, where the file's first 60 rows are one subcase
+    if task == "mnli":  # the paper's HANS rows: lexical-overlap non-entailment subcases only (all start "ln_")
         sub = curves[(curves.eval_set == "hans") & curves.subset.str.startswith("subcase=")]
-        assert sub.subset.nunique() == 30 and (sub.n_examples == 2).all()
+        assert sub.subset.str.startswith("subcase=ln_").all() and sub.subset.nunique() > 1
 
     _job("cluster").cluster(["--store", str(store)])
     per_model = pd.read_parquet(store / "clusters.parquet")
