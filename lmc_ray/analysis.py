@@ -55,9 +55,12 @@ def intervals(store: Store, fp: dict, n_boot: int, level: float = 0.95, seed: in
     alphas = set(fp["alphas"])
     ends: dict[int, pd.DataFrame] = {}
 
+    line = [e["name"] for e in fp["eval_sets"] if not e.get("endpoints_only")]
+
     def endpoint(k: int, alpha: float) -> pd.DataFrame:
         if k not in ends:
-            ends[k] = store.read(Store.endpoint_file(k, examples=True)).to_pandas()
+            df = store.read(Store.endpoint_file(k, examples=True)).to_pandas()
+            ends[k] = df[df.eval_set.isin(line)]  # endpoints_only sets have no line to put an interval on
         return ends[k].assign(alpha=alpha)
 
     pairs = sorted(store.done_pairs())
@@ -86,10 +89,10 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
     want = len(names) * (len(names) - 1) // 2
     if n_pairs < want:
         raise ConfigError(f"store {store.url!r}: {n_pairs} of {want} pairs stored; finish the sweep first (rerun it)")
-    sets = [e["name"] for e in fp["eval_sets"]]
+    sets = [e["name"] for e in fp["eval_sets"] if not e.get("endpoints_only")]
     eval_set = eval_set or sets[0]
     if eval_set not in sets:
-        raise ConfigError(f"eval set {eval_set!r} is not in the store (it has: {', '.join(sets)})")
+        raise ConfigError(f"eval set {eval_set!r} has no lines in the store (its line sets: {', '.join(sets)})")
     if metric not in ("loss", "error"):
         raise ConfigError(f"metric {metric!r}: use loss or error")
     bootstrap = (1000 if fp.get("per_example") else 0) if bootstrap is None else bootstrap

@@ -74,6 +74,9 @@ class EvalSetSpec:
     # and take the first max_examples: the paper's HANS selection is shuffle(seed=42), first 512.
     shuffle_seed: int | None = None
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])  # reported per model: accuracy, f1, mcc
+    # Evaluated once per model, never along the lines: whole diagnostic sets (HANS's 30,000 rows) for the
+    # per-cluster scores, at N evaluations instead of N(N-1)/2 x 8.
+    endpoints_only: bool = False
 
     def subset_fields(self) -> list[list[str]]:
         return [[s] if isinstance(s, str) else list(s) for s in self.subsets]
@@ -120,7 +123,9 @@ class SweepConfig:
         """The settings that decide the stored values; a store refuses a run whose fingerprint differs."""
         return {
             "models": [dataclasses.asdict(m) for m in self.models],
-            "eval_sets": [dataclasses.asdict(e) for e in self.eval_sets],
+            # Eval-set keys added after stores existed enter only when set, so those stores still resume.
+            "eval_sets": [{k: v for k, v in dataclasses.asdict(e).items() if k not in _LATER or v != _LATER[k]}
+                          for e in self.eval_sets],
             "alphas": self.alphas,
             # Only when used, so stores written before adaptive α existed stay resumable.
             **({"refine": self.refine} if self.refine else {}),
@@ -130,6 +135,9 @@ class SweepConfig:
             "tokenizer": self.tokenizer,
             "format": STORE_FORMAT,
         }
+
+
+_LATER = {"filter": None, "shuffle_seed": None, "revision": None, "endpoints_only": False}
 
 
 def grid(n: int) -> list[float]:
@@ -292,6 +300,9 @@ def validate(cfg: SweepConfig) -> None:
     if cfg.refine and not (0.0 in alphas and 1.0 in alphas and any(0 < a < 1 for a in alphas)):
         raise ConfigError("config: refine needs alphas with both endpoints and at least one interior point")
     set_names = [e.name for e in cfg.eval_sets]
+    if cfg.eval_sets[0].endpoints_only:
+        raise ConfigError(f"config: eval set {set_names[0]!r}: the first eval set is on the lines (adaptive α and the "
+                          "cluster job judge by it); list an endpoints_only set after it")
     for e in cfg.eval_sets:
         where = f"eval set {e.name!r}"
         if set_names.count(e.name) > 1:
@@ -358,7 +369,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--store", help="output store: a local path or s3://bucket/prefix")
     p.add_argument("--alphas", help="grid size (10) or a list such as [0, 0.5, 1]")
     p.add_argument("--refine", type=int, help="adaptive α: refinement rounds around the curve's peak (default 0)")
-    p.add_argument("--max-examples", type=int, help="first K examples of every eval set")
+    p.add_argument("--max-examples", type=int, help="first K examples of every eval set on the lines")
     p.add_argument("--per-example", action="store_true", default=None,
                    help="keep per-example losses, for bootstrap intervals on each barrier")
     p.add_argument("--actors", help="number of actors, or auto")
@@ -395,9 +406,9 @@ def load(args: argparse.Namespace, default: dict | None = None) -> SweepConfig:
         raw["refine"] = args.refine
     if args.per_example:
         raw["per_example"] = True
-    if args.max_examples is not None:
+    if args.max_examples is not None:  # subsamples the lines; endpoints_only sets keep their whole selection
         for e in raw.get("eval_sets") or []:
-            if isinstance(e, dict):
+            if isinstance(e, dict) and not e.get("endpoints_only"):
                 e["max_examples"] = args.max_examples
     return from_dict(raw)
 

@@ -27,7 +27,7 @@ class Core:
     """Owns the device-side state of one process: the working model and the batched eval sets."""
 
     def __init__(self, template: torch.nn.Module, datas: list[EvalData], device="cpu", dtype="float32",
-                 batch_tokens: int | str = "auto", max_batch_size: int = 256):
+                 batch_tokens: int | str = "auto", max_batch_size: int = 256, line: list[bool] | None = None):
         self.device = pick_device(device) if isinstance(device, str) else device
         if batch_tokens == "auto":
             batch_tokens = BATCH_TOKENS.get(self.device.type, 8192)
@@ -35,17 +35,20 @@ class Core:
         first_token_only(model)
         self.working = WorkingModel(model)
         self.evaluators = [Evaluator(d, self.device, batch_tokens, max_batch_size) for d in datas]
+        self.line = line or [True] * len(datas)  # which sets are evaluated along the lines (not endpoints_only)
+        self._last = self.evaluators
 
     def resident(self, state: Weights) -> Weights:
         return self.working.weights_of(state)
 
-    def evaluate(self, a: Weights, b: Weights | None = None, alpha: float = 0.0) -> list[Metrics]:
+    def evaluate(self, a: Weights, b: Weights | None = None, alpha: float = 0.0, line_only: bool = False) -> list[Metrics]:
         self.working.set(a, b, alpha)
-        return [ev(self.working.model) for ev in self.evaluators]
+        self._last = [ev for ev, on in zip(self.evaluators, self.line) if on or not line_only]
+        return [ev(self.working.model) for ev in self._last]
 
     def examples(self) -> list[Examples]:
-        """Per-example loss and correctness of the latest evaluate, one array per eval set."""
-        return [ev.examples for ev in self.evaluators]
+        """Per-example loss and correctness of the latest evaluate, one array per eval set it evaluated."""
+        return [ev.examples for ev in self._last]
 
     def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int, end_losses: tuple[float, float],
               keep_examples: bool = False) -> tuple[dict[float, list[Metrics]], dict[float, list[Examples]] | None]:
@@ -55,7 +58,7 @@ class Core:
         out, examples = {}, {} if keep_examples else None
 
         def point(al):
-            out[al] = self.evaluate(a, b, al)
+            out[al] = self.evaluate(a, b, al, line_only=True)
             if keep_examples:
                 examples[al] = self.examples()
 

@@ -44,6 +44,11 @@ class Plan:
     def layout(self) -> Layout:
         return [(d.name, d.subsets) for d in self.datas]
 
+    @property
+    def on_line(self) -> list[int]:
+        """The eval sets evaluated along the lines (the others, endpoints_only, once per model)."""
+        return [k for k, e in enumerate(self.cfg.eval_sets) if not e.endpoints_only]
+
     @contextmanager
     def writing(self):
         """What an executor runs in: the store's lease is given up at the end, whatever happens, and Ctrl-C
@@ -83,15 +88,16 @@ class Plan:
     def record_pair(self, i: int, j: int, interior: dict[float, list[np.ndarray]],
                     examples: dict[float, list[np.ndarray]] | None, ends: dict[int, list[np.ndarray]]) -> None:
         """Store one finished line; the curve file goes last: it marks the pair done."""
+        line = self.on_line
         if examples is not None:
-            self.store.write_pair(i, j, pair_examples(self.names[i], self.names[j], self.names_of_sets, examples),
-                                  examples=True)
+            sets = [self.names_of_sets[k] for k in line]
+            self.store.write_pair(i, j, pair_examples(self.names[i], self.names[j], sets, examples), examples=True)
         curve = dict(interior)
         if 0.0 in self.cfg.alphas:
-            curve[0.0] = ends[i]
+            curve[0.0] = [ends[i][k] for k in line]
         if 1.0 in self.cfg.alphas:
-            curve[1.0] = ends[j]
-        self.store.write_pair(i, j, pair_table(self.names[i], self.names[j], self.layout, curve))
+            curve[1.0] = [ends[j][k] for k in line]
+        self.store.write_pair(i, j, pair_table(self.names[i], self.names[j], [self.layout[k] for k in line], curve))
 
 
 def load_tokenizer(path: Path):

@@ -349,7 +349,7 @@ def _run(plan: Plan, progress: bool) -> None:
                 submit(k)
     bar = progress_bar(len(plan.pending), "pairs", "pair", not progress)
     metrics = _Metrics(cfg.store, len(plan.pending))
-    per_alpha = sum(len(d) for d in plan.datas)
+    per_alpha = sum(len(plan.datas[k]) for k in plan.on_line)
     while len(pool):
         k, (a, b, (interior, examples)) = pool.next()
         plan.record_pair(a, b, interior, examples, ends)

@@ -30,7 +30,8 @@ class Residents:
             state = M.float_state(model)
             M.check_finite(spec.name, state)
             if self.core is None:
-                self.core = Core(model, datas, cfg.device, cfg.dtype, cfg.batch_tokens, cfg.max_batch_size)
+                self.core = Core(model, datas, cfg.device, cfg.dtype, cfg.batch_tokens, cfg.max_batch_size,
+                                 [not e.endpoints_only for e in cfg.eval_sets])
             self.weights[i] = self.core.resident(model.state_dict())
             del model, state
         self._partner: tuple[int, Weights] | None = None

@@ -63,7 +63,20 @@ def test_explicit_alphas_are_sorted():
     ({"models": ["m0", "m0/"]}, "model name 'm0' appears twice"),
     ({"models": [{"ref": "m0", "name": "a"}, {"ref": "./m0/", "name": "b"}]}, "model ref 'm0' appears twice (as 'a' and 'b')"),
     ({"models": ["s3://b/m0", "s3://b/m0/"]}, "model name 's3://b/m0' appears twice"),
+    ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "endpoints_only": True}]},
+     "eval set 's': the first eval set is on the lines"),
+    ({"gpus_per_actor": "many"}, "gpus_per_actor must be 'auto' or a non-negative number, got 'many'"),
+    ({"resource_timeout": 0}, "resource_timeout must be positive, got 0"),
 ])
+
+
+def test_eval_set_keys_added_later_enter_the_fingerprint_only_when_set():
+    """Stores written before filter / shuffle_seed / revision / endpoints_only existed still resume."""
+    plain = config.from_dict(_raw()).fingerprint()["eval_sets"][0]
+    assert not {"filter", "shuffle_seed", "revision", "endpoints_only"} & set(plain)
+    raw = _raw()
+    raw["eval_sets"][0].update(filter={"h": "x"}, shuffle_seed=42)
+    assert config.from_dict(raw).fingerprint()["eval_sets"][0]["shuffle_seed"] == 42
 def test_bad_config_names_the_culprit(over, culprit):
     with pytest.raises(ConfigError, match=None) as e:
         config.from_dict(_raw(**over))

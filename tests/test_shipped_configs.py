@@ -10,10 +10,15 @@ from lmc_ray.synthetic import make_population
 from conftest import ROOT
 
 TASKS = {  # task: the population's class names in id order, the metrics its sets report
-    "mnli": (["contradiction", "entailment", "neutral"], {"mnli": ["accuracy"], "hans": ["accuracy"]}),
-    "qqp": (["not_duplicate", "duplicate"], {"qqp": ["accuracy", "f1"], "paws": ["accuracy", "f1"]}),
-    "cola": (["unacceptable", "acceptable"], {"cola_in_domain": ["accuracy", "mcc"], "cola_ood": ["accuracy", "mcc"]}),
+    "mnli": (["contradiction", "entailment", "neutral"],
+             {"mnli": ["accuracy"], "hans": ["accuracy"], "hans_full": ["accuracy"]}),
+    "qqp": (["not_duplicate", "duplicate"],
+            {"qqp": ["accuracy", "f1"], "paws": ["accuracy", "f1"], "paws_full": ["accuracy", "f1"]}),
+    "cola": (["unacceptable", "acceptable"], {"cola_in_domain": ["accuracy", "mcc"], "cola_ood": ["accuracy", "mcc"],
+                                              "cola_ood_full": ["accuracy", "mcc"]}),
 }
+# The whole diagnostic sets, each model alone (endpoints_only), as the paper scores its models out of distribution.
+FULL = {"mnli": ("hans_full", 30000), "qqp": ("paws_full", 677), "cola": ("cola_ood_full", 516)}
 
 
 def _job(name):
@@ -36,8 +41,10 @@ def test_shipped_configuration_validates(task, monkeypatch):
     assert all(sources.kind(m.ref) == "hub" and m.labels == labels for m in cfg.models)
     assert cfg.alphas == config.grid(10) and cfg.tokenizer == "bert-base-uncased"
     assert {e.name: e.metrics for e in cfg.eval_sets} == metrics
-    assert all(e.max_examples == 512 for e in cfg.eval_sets)
-    assert [e.role for e in cfg.eval_sets] == ["in_domain", "diagnostic"]
+    assert [(e.max_examples, e.endpoints_only) for e in cfg.eval_sets] == [(512, False), (512, False), (None, True)]
+    assert [e.role for e in cfg.eval_sets] == ["in_domain", "diagnostic", "diagnostic"]
+    if task == "cola":  # GLUE's CoLA validation: in-domain rows 0-526, then out-of-domain rows 527-1042
+        assert [e.split for e in cfg.eval_sets] == ["validation[:527]", "validation[527:]", "validation[527:]"]
 
 
 def test_mnli_hans_is_the_papers_selection_or_the_broad_one(monkeypatch):
@@ -75,9 +82,13 @@ def test_offline_variant_runs_end_to_end(task, tmp_path, monkeypatch, mnli_texts
         "--set", f"models=[{{ref: '{tmp_path}/pop/m{{0..3}}', name: 'm{{0..3}}', labels: {labels}}}]"])
     curves = pd.read_parquet(store / "curves")
     assert curves.groupby(["model_a", "model_b"]).ngroups == 6 and set(curves.alpha) == {0.0, 0.5, 1.0}
-    assert set(curves.eval_set) == set(metrics)
+    full, rows = FULL[task]
+    assert set(curves.eval_set) == set(metrics) - {full}  # the whole diagnostic set is never on a line...
     whole = curves[curves.subset == "all"]
     assert (whole.n_examples == 60).all()
+    ends = pd.read_parquet(store / "endpoints")  # ...but every model is scored on all of it
+    assert set(ends[(ends.eval_set == full) & (ends.subset == "all")].n_examples) == {rows}
+    assert ends[ends.eval_set == full].model.nunique() == 4
     assert whole.f1.between(0, 1).all() and whole.mcc.between(-1, 1).all() and whole.loss.notna().all()
     if task == "mnli":  # the paper's HANS rows: lexical-overlap non-entailment subcases only (all start "ln_")
         sub = curves[(curves.eval_set == "hans") & curves.subset.str.startswith("subcase=")]
