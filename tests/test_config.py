@@ -68,6 +68,11 @@ def test_explicit_alphas_are_sorted():
     ({"gpus_per_actor": "many"}, "gpus_per_actor must be 'auto' or a non-negative number, got 'many'"),
     ({"resource_timeout": 0}, "resource_timeout must be positive, got 0"),
 ])
+def test_bad_config_names_the_culprit(over, culprit):
+    with pytest.raises(ConfigError, match=None) as e:
+        config.from_dict(_raw(**over))
+    assert culprit in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_eval_set_keys_added_later_enter_the_fingerprint_only_when_set():
@@ -77,11 +82,6 @@ def test_eval_set_keys_added_later_enter_the_fingerprint_only_when_set():
     raw = _raw()
     raw["eval_sets"][0].update(filter={"h": "x"}, shuffle_seed=42)
     assert config.from_dict(raw).fingerprint()["eval_sets"][0]["shuffle_seed"] == 42
-def test_bad_config_names_the_culprit(over, culprit):
-    with pytest.raises(ConfigError, match=None) as e:
-        config.from_dict(_raw(**over))
-    assert culprit in str(e.value)
-    assert "\n" not in str(e.value)
 
 
 def test_flags_override_the_file(tmp_path):
