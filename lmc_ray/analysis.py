@@ -27,7 +27,8 @@ class Analysis:
     summary: dict
     per_model: pd.DataFrame  # model, cluster, one column per diagnostic metric
     per_cluster: pd.DataFrame  # metric, cluster, mean, std, min, max, n
-    correlations: pd.DataFrame  # metric, pearson_r, p_value
+    # metric, score (paper_delta1: the paper's spectral score, δ = 1; knn_delta: δ from the data), pearson_r, p_value
+    correlations: pd.DataFrame
 
     def labels(self, method: str = "paper") -> np.ndarray:
         sel = self.clusters[self.clusters.method == method].set_index("model").cluster
@@ -128,9 +129,11 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
             v = g[key].to_numpy()
             stats.append({"metric": key, "cluster": int(c), "n": len(v), "mean": np.nanmean(v), "std": np.nanstd(v),
                           "min": np.nanmin(v), "max": np.nanmax(v)})
-    score = C.spectral_score(mat, C.knn_delta(mat))
-    corr = [{"metric": key, **dict(zip(("pearson_r", "p_value"), C.correlation(score, wide[key].to_numpy())))}
-            for key in wide.columns]
+    # The paper's score uses δ = 1 (get_sc_centroid_dists); with small barriers δ from the data separates more.
+    scores = {"paper_delta1": C.spectral_score(mat, 1.0), "knn_delta": C.spectral_score(mat, C.knn_delta(mat))}
+    corr = [{"metric": key, "score": name,
+             **dict(zip(("pearson_r", "p_value"), C.correlation(score, wide[key].to_numpy())))}
+            for key in wide.columns for name, score in scores.items()]
     return Analysis(names, eval_set, metric, curves, bar, mat, clusters, summary, per_model, pd.DataFrame(stats),
                     pd.DataFrame(corr))
 
@@ -151,11 +154,12 @@ def text_summary(a: Analysis) -> str:
              f"ARI paper vs linkage {s['ari_paper_vs_linkage']:.2f}; stability {s['stability_paper']:.2f}"]
     top = a.barriers[(a.barriers.eval_set == a.eval_set) & (a.barriers.metric == a.metric)].nlargest(5, "barrier")
     lines.append("highest barriers: " + "; ".join(f"{r.model_a}|{r.model_b} {r.barrier:.4f}" for r in top.itertuples()))
-    for key in a.correlations.metric:
+    r = a.correlations.set_index(["metric", "score"]).pearson_r
+    for key in a.per_cluster.metric.unique():
         sub = a.per_cluster[a.per_cluster.metric == key]
-        r = a.correlations.set_index("metric").loc[key, "pearson_r"]
         means = ", ".join(f"cluster {c}: {m:.3f}±{sd:.3f}" for c, m, sd in zip(sub.cluster, sub["mean"], sub["std"]))
-        lines.append(f"{key}: {means}; Pearson r with spectral score {r:.2f}")
+        lines.append(f"{key}: {means}; Pearson r with the spectral score {r[key, 'paper_delta1']:.2f} "
+                     f"(paper's, δ = 1), {r[key, 'knn_delta']:.2f} (δ from the data)")
     if s.get("bootstrap"):
         lines.append(f"{s['level']:.0%} bootstrap intervals ({s['bootstrap']} resamples of the examples): median width "
                      f"{s['median_interval_width']:.4f}; barrier_lo / barrier_hi in barriers.parquet")

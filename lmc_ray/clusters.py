@@ -74,9 +74,10 @@ def stability(b: np.ndarray, delta: float, k: int, rounds: int = 20, frac: float
 
 
 def spectral_score(b: np.ndarray, delta: float, seed: int = 42) -> np.ndarray:
-    """The paper's 1-D score: 2-D spectral embedding, k-means into two centres, distance to one minus the other."""
+    """The paper's 1-D score: 2-D spectral embedding, k-means into two centres (its call, sklearn's defaults),
+    distance to one minus the other."""
     emb = spectral_embedding(similarity(b, delta), n_components=2, random_state=seed, drop_first=False)
-    centres = KMeans(2, n_init=10, random_state=seed).fit(emb).cluster_centers_
+    centres = KMeans(2, random_state=seed).fit(emb).cluster_centers_
     return np.linalg.norm(emb - centres[0], axis=1) - np.linalg.norm(emb - centres[1], axis=1)
 
 

@@ -87,7 +87,7 @@ def intervals(a: Analysis) -> bytes:
 
 
 def histograms(a: Analysis) -> bytes:
-    keys = list(a.correlations.metric)[:6]
+    keys = list(a.per_cluster.metric.unique())[:6]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for c, g in a.per_model.groupby("cluster"):

@@ -55,6 +55,25 @@ def test_per_cluster_statistics_match_the_endpoints(store):
         assert row["n"] == len(g)
 
 
+def test_the_papers_correlation_is_its_own_computation(store):
+    """`paper_delta1` is get_sc_centroid_dists (aNOnWhyMooS/connectivity) with δ = 1, written out again here
+    from its source, then Pearson r with each model's score."""
+    from scipy.stats import pearsonr
+    from sklearn.cluster import k_means
+    from sklearn.manifold import spectral_embedding
+
+    a = analysis.run(Store(str(store)))
+    se = spectral_embedding(np.exp(-a.matrix ** 2 / (2.0 * 1.0 ** 2)), n_components=2, random_state=42,
+                            drop_first=False)
+    centers, _, _ = k_means(se, 2, random_state=42)
+    dists = [[float(np.linalg.norm(e - c)) for e in se] for c in centers]
+    score = np.array(dists[0]) - np.array(dists[1])
+    key = "hans/all/accuracy"
+    got = a.correlations.set_index(["metric", "score"]).loc[(key, "paper_delta1")]
+    assert got.pearson_r == pytest.approx(pearsonr(score, a.per_model[key].to_numpy())[0], abs=1e-9)
+    assert set(a.correlations.score) == {"paper_delta1", "knn_delta"}
+
+
 def test_an_unfinished_store_is_refused(tmp_path, population):
     p = plan.prepare(_two_sets(population[:3], tmp_path / "s"))
     local.run(p, progress=False)
