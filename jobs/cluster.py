@@ -17,9 +17,11 @@ def cluster(argv=None):
     p.add_argument("--bootstrap", type=int, help="resamples per barrier interval (default 1000 when the sweep kept "
                                                  "per-example losses, else none; 0 = none)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    p.add_argument("--scores", metavar="FILE", help="per-model results from elsewhere (CSV/Parquet: a model column, "
+                                                     "then numeric columns), joined to the clusters")
     args = p.parse_args(argv)
     store = Store(args.store)
-    a = analysis.run(store, args.eval_set, args.metric, args.bootstrap, args.level)
+    a = analysis.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
     analysis.write(store, a)
     index = report.write(store, a)
     print(analysis.text_summary(a))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,7 @@ import pyarrow as pa
 
 from . import barriers as B
 from . import clusters as C
-from .config import ConfigError
+from .errors import ConfigError, cause
 from .progress import track
 from .store import Store
 
@@ -82,9 +83,37 @@ def intervals(store: Store, fp: dict, n_boot: int, level: float = 0.95, seed: in
     return pd.DataFrame(rows)
 
 
+def scores(path: str, names: list[str]) -> pd.DataFrame:
+    """Per-model results from elsewhere (CSV or Parquet: a first column naming the model, then numeric columns),
+    indexed by model name, columns prefixed `scores/`. A row matches a model by its name, or else by the number
+    it ends with (McCoy et al.'s `Run 7` is `feather_7`)."""
+    try:
+        df = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path, encoding="utf-8-sig")
+    except Exception as e:
+        raise ConfigError(f"scores {path!r}: cannot read ({cause(e)})") from None
+    key, values = df.columns[0], df.select_dtypes("number")
+    if values.empty:
+        raise ConfigError(f"scores {path!r}: no numeric column besides {key!r}")
+    rows = [str(k) for k in df[key]]
+    index = {n: rows.index(n) for n in names if n in rows}
+    if not index:
+        by_number = {_trailing_number(r): k for k, r in enumerate(rows)}
+        index = {n: by_number[_trailing_number(n)] for n in names if _trailing_number(n) in by_number.keys() - {None}}
+    if not index:
+        raise ConfigError(f"scores {path!r}: no row of column {key!r} names a model of the store (e.g. {names[0]!r})")
+    out = values.iloc[[index[n] for n in index]].set_axis(list(index))
+    return out.add_prefix("scores/").reindex(names).rename_axis("model")
+
+
+def _trailing_number(s: str) -> str | None:
+    m = re.search(r"(\d+)\D*$", s)
+    return m.group(1) if m else None
+
+
 def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstrap: int | None = None,
-        level: float = 0.95) -> Analysis:
-    """`bootstrap` replicates per barrier interval: default 1000 where the sweep kept per-example values."""
+        level: float = 0.95, scores_file: str | None = None) -> Analysis:
+    """`bootstrap` replicates per barrier interval: default 1000 where the sweep kept per-example values;
+    `scores_file`: per-model results from elsewhere, joined to the clusters like the store's own (see scores)."""
     names, fp, curves, ends = _read(store)
     n_pairs = curves.groupby(["model_a", "model_b"]).ngroups
     want = len(names) * (len(names) - 1) // 2
@@ -121,6 +150,8 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
         ends[ends.eval_set == e["name"]].assign(key=lambda d, m=m: d.eval_set + "/" + d.subset + "/" + m)
         .pivot_table(index="model", columns="key", values=m)
         for e in fp["eval_sets"] for m in e.get("metrics", ["accuracy"])], axis=1).reindex(names)
+    if scores_file:
+        wide = pd.concat([wide, scores(scores_file, names)], axis=1)
     paper_labels = C.paper(mat)
     per_model = wide.assign(cluster=paper_labels).reset_index()
     stats = []
@@ -130,10 +161,10 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
             stats.append({"metric": key, "cluster": int(c), "n": len(v), "mean": np.nanmean(v), "std": np.nanstd(v),
                           "min": np.nanmin(v), "max": np.nanmax(v)})
     # The paper's score uses δ = 1 (get_sc_centroid_dists); with small barriers δ from the data separates more.
-    scores = {"paper_delta1": C.spectral_score(mat, 1.0), "knn_delta": C.spectral_score(mat, C.knn_delta(mat))}
+    spectral = {"paper_delta1": C.spectral_score(mat, 1.0), "knn_delta": C.spectral_score(mat, C.knn_delta(mat))}
     corr = [{"metric": key, "score": name,
              **dict(zip(("pearson_r", "p_value"), C.correlation(score, wide[key].to_numpy())))}
-            for key in wide.columns for name, score in scores.items()]
+            for key in wide.columns for name, score in spectral.items()]
     return Analysis(names, eval_set, metric, curves, bar, mat, clusters, summary, per_model, pd.DataFrame(stats),
                     pd.DataFrame(corr))
 

@@ -202,3 +202,22 @@ def test_bootstrap_intervals_from_the_kept_per_example_values(tmp_path, populati
     run = subprocess.run([sys.executable, str(ROOT / "jobs" / "cluster.py"), "--store", str(store), "--bootstrap", "100"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "per_example: true" in run.stderr
+
+
+def test_scores_from_elsewhere_join_by_name_or_by_run_number(store, tmp_path):
+    """McCoy et al.'s per-run HANS accuracies for the feather BERTs: `Run 7` is the model named `..._7`."""
+    from conftest import DATA
+
+    names = analysis.run(Store(str(store))).names
+    feather = pd.read_csv(DATA / "mnli" / "feather_berts_hans_accuracy_by_run.csv", encoding="utf-8-sig")
+    by_run = analysis.scores(str(DATA / "mnli" / "feather_berts_hans_accuracy_by_run.csv"),
+                             [f"feather_{k}" for k in (3, 0, 99)])
+    assert by_run["scores/Lexical (nonent)"].tolist() == \
+        [feather.set_index("Run").loc[f"Run {k}", "Lexical (nonent)"] for k in (3, 0, 99)]
+    own = tmp_path / "own.csv"
+    pd.DataFrame({"model": names[::-1], "ood": [0.1, 0.2, 0.3, 0.4]}).to_csv(own, index=False)
+    a = analysis.run(Store(str(store)), scores_file=str(own))
+    assert a.per_model.set_index("model").loc[names, "scores/ood"].tolist() == [0.4, 0.3, 0.2, 0.1]
+    assert set(a.per_cluster.metric) >= {"scores/ood"} and "scores/ood" in set(a.correlations.metric)
+    with pytest.raises(ConfigError, match="no row of column 'model' names a model of the store"):
+        analysis.scores(str(own), ["zzz"])
