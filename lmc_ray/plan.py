@@ -106,10 +106,27 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def _inspect_all(cfg: SweepConfig) -> list[sources.Found]:
+    """Every model inspected; those that cannot be had are named together (a range such as cola_6ep_ft-{0..99}
+    where only some seeds were published), in one line."""
+    found, failed = [], []
+    for m in cfg.models:
+        try:
+            found.append(sources.inspect(m.ref, cfg.cache_dir, cfg.storage_options))
+        except ConfigError as e:
+            failed.append((m.name, str(e)))
+    if len(failed) == 1:
+        raise ConfigError(failed[0][1])
+    if failed:
+        shown = ", ".join(name for name, _ in failed[:20]) + (", ..." if len(failed) > 20 else "")
+        raise ConfigError(f"{len(failed)} of {len(cfg.models)} models cannot be had: {shown} (the first: {failed[0][1]})")
+    return found
+
+
 def prepare(cfg: SweepConfig) -> Plan:
     """Everything checked, from headers only: no model's weights are downloaded here (the actors fetch their own)."""
     store = Store(cfg.store, cfg.storage_options)
-    found = [sources.inspect(m.ref, cfg.cache_dir, cfg.storage_options) for m in cfg.models]
+    found = _inspect_all(cfg)
     infos = [M.read_info(m.name, f.folder, m.labels, f.shapes) for m, f in zip(cfg.models, found)]
     labels = M.preflight(infos)
     source = cfg.tokenizer or cfg.models[0].ref

@@ -82,3 +82,11 @@ def test_a_checkpoint_changed_in_place_is_refused_on_resume(tmp_path, population
         plan.prepare(config.from_dict(cfg))
     assert f"model '{models[1]}' changed since the store was written" in str(e.value) and "\n" not in str(e.value)
     assert json.loads((tmp_path / "store" / "run.json").read_text())["weights"] == recorded
+
+
+def test_models_that_cannot_be_had_are_named_together(tmp_path, population):
+    cfg = sweep_config([population[0], tmp_path / "m3", population[1], tmp_path / "m7"], tmp_path / "store")
+    with pytest.raises(ConfigError) as e:
+        plan.prepare(config.from_dict(cfg))
+    assert str(e.value).startswith(f"2 of 4 models cannot be had: {tmp_path / 'm3'}, {tmp_path / 'm7'} (the first: ")
+    assert not (tmp_path / "store").exists()
