@@ -17,13 +17,16 @@ def cluster(argv=None):
     p.add_argument("--bootstrap", type=int, help="resamples per barrier interval (default 1000 when the sweep kept "
                                                  "per-example losses, else none; 0 = none)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    p.add_argument("--ood", metavar="KEY", help="per-model score that orders the paper-style figures, e.g. "
+                   "'hans_full/heuristic,label=lexical_overlap,non-entailment/accuracy' (default: the first "
+                   "diagnostic set's whole-set score, endpoints_only sets first)")
     p.add_argument("--scores", metavar="FILE", help="per-model results from elsewhere (CSV/Parquet: a model column, "
                                                      "then numeric columns), joined to the clusters")
     args = p.parse_args(argv)
     store = Store(args.store)
     a = analysis.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
     analysis.write(store, a)
-    index = report.write(store, a)
+    index = report.write(store, a, args.ood)
     print(analysis.text_summary(a))
     print(f"report: {index}")
 

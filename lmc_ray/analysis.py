@@ -30,6 +30,8 @@ class Analysis:
     per_cluster: pd.DataFrame  # metric, cluster, mean, std, min, max, n
     # metric, score (paper_delta1: the paper's spectral score, δ = 1; knn_delta: δ from the data), pearson_r, p_value
     correlations: pd.DataFrame
+    diagnostic: list[str]  # eval sets with role diagnostic
+    endpoints_only: list[str]  # eval sets scored once per model, never on the lines
 
     def labels(self, method: str = "paper") -> np.ndarray:
         sel = self.clusters[self.clusters.method == method].set_index("model").cluster
@@ -166,7 +168,7 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
              **dict(zip(("pearson_r", "p_value"), C.correlation(score, wide[key].to_numpy())))}
             for key in wide.columns for name, score in spectral.items()]
     return Analysis(names, eval_set, metric, curves, bar, mat, clusters, summary, per_model, pd.DataFrame(stats),
-                    pd.DataFrame(corr))
+                    pd.DataFrame(corr), diag_sets, [e["name"] for e in fp["eval_sets"] if e.get("endpoints_only")])
 
 
 def write(store: Store, a: Analysis) -> None:

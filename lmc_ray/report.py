@@ -14,6 +14,7 @@ from scipy.cluster.hierarchy import dendrogram  # noqa: E402
 
 from . import clusters as C  # noqa: E402
 from .analysis import Analysis, text_summary  # noqa: E402
+from .errors import ConfigError  # noqa: E402
 from .store import Store  # noqa: E402
 
 
@@ -24,24 +25,85 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _short(names) -> list[str]:
+    return [t if len(t) < 18 else "…" + t[-16:] for t in names]
+
+
 def heatmap(a: Analysis) -> bytes:
-    labels = a.labels("paper")
-    order = np.lexsort((np.arange(len(labels)), labels))
-    fig, (ax_d, ax) = plt.subplots(2, 1, figsize=(7, 8.5), gridspec_kw={"height_ratios": [1, 4]})
+    """The barrier matrix in the dendrogram's leaf order (so the tree above stands over its own columns), with
+    the paper's clusters as a colour strip."""
     _, z = C.hierarchical(a.matrix, 2)
-    dendrogram(z, ax=ax_d, no_labels=True, color_threshold=None)
-    ax_d.set_title("average-linkage dendrogram")
+    n = len(a.names)
+    fig, (ax_d, ax_s, ax) = plt.subplots(3, 1, figsize=(7, 9), gridspec_kw={"height_ratios": [1, 0.12, 4]},
+                                         sharex=True)
+    order = dendrogram(z, ax=ax_d, no_labels=True, color_threshold=None)["leaves"]
+    ax_d.set_title("average-linkage dendrogram; strip: clusters (paper's recipe)")
     ax_d.set_yticks([])
+    extent = (0, 10 * n, 10 * n, 0)  # the dendrogram puts leaf k at 10k + 5
+    ax_s.imshow(a.labels("paper")[order][None, :], cmap="tab10", vmin=0, vmax=9, aspect="auto", extent=(0, 10 * n, 1, 0))
+    ax_s.set_yticks([])
+    im = ax.imshow(a.matrix[np.ix_(order, order)], cmap="magma", extent=extent, aspect="auto")
+    ticks = 10 * np.arange(n) + 5
+    short = _short([a.names[i] for i in order])
+    ax.set_xticks(ticks, short, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, short, fontsize=7)
+    ax.set_title(f"{a.metric} barrier on {a.eval_set}")
+    fig.colorbar(im, ax=[ax_d, ax_s, ax], shrink=0.6)
+    return _png(fig)
+
+
+def ood_heatmap(a: Analysis, ood: str) -> bytes:
+    """The paper's main heatmaps: the barrier matrix ordered by each model's out-of-distribution score, which
+    labels the ticks."""
+    score = a.per_model.set_index("model").loc[a.names, ood].to_numpy()
+    order = np.argsort(score, kind="stable")
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
     im = ax.imshow(a.matrix[np.ix_(order, order)], cmap="magma")
-    ticks = [a.names[i] for i in order]
-    short = [t if len(t) < 18 else "…" + t[-16:] for t in ticks]
-    ax.set_xticks(range(len(order)), short, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(order)), short, fontsize=7)
-    for edge in np.flatnonzero(np.diff(labels[order])) + 0.5:
-        ax.axhline(edge, color="cyan", lw=1.5)
-        ax.axvline(edge, color="cyan", lw=1.5)
-    ax.set_title(f"{a.metric} barrier on {a.eval_set}, ordered by cluster (paper's recipe)")
+    ticks = [f"{score[i]:.2f}" for i in order]
+    ax.set_xticks(range(len(order)), ticks, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(order)), ticks, fontsize=7)
+    ax.set_title(f"{a.metric} barrier on {a.eval_set}, models ordered by {ood}", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+def extremes(a: Analysis, ood: str, k: int = 3) -> bytes:
+    """The paper's Figure 1: the k best and k worst models by the OOD score, every pair of them along the line,
+    on each eval set with lines: best with best, worst with worst, best with worst."""
+    score = a.per_model.set_index("model").loc[a.names, ood]
+    k = max(1, min(k, len(a.names) // 2))
+    ranked = score.sort_values(kind="stable").index
+    worst, best = set(ranked[:k]), set(ranked[-k:])
+    df = a.curves[(a.curves.subset == "all") & a.curves.model_a.isin(worst | best) & a.curves.model_b.isin(worst | best)]
+    sets = list(dict.fromkeys(df.eval_set))
+    fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(5 * max(1, len(sets)), 3.8), squeeze=False)
+    colours = {"best with best": "tab:green", "worst with worst": "tab:red", "best with worst": "tab:gray"}
+    for ax, s in zip(axes[0], sets):
+        shown = set()
+        for (ma, mb), g in df[df.eval_set == s].groupby(["model_a", "model_b"]):
+            group = ("best with best" if {ma, mb} <= best else "worst with worst" if {ma, mb} <= worst
+                     else "best with worst")
+            g = g.sort_values("alpha")
+            ax.plot(g.alpha, g.loss, color=colours[group], lw=1, alpha=0.8, label=None if group in shown else group)
+            shown.add(group)
+        ax.set_xlabel("α (weight of model B)")
+        ax.set_ylabel("loss")
+        ax.set_title(s)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"the {k} best and {k} worst models by {ood}", fontsize=9)
+    return _png(fig)
+
+
+def scatter(a: Analysis, ood: str) -> bytes:
+    """The paper's spectral score (δ = 1) against the OOD score, with Pearson r."""
+    x = C.spectral_score(a.matrix, 1.0)
+    y = a.per_model.set_index("model").loc[a.names, ood].to_numpy()
+    r = a.correlations.set_index(["metric", "score"]).pearson_r.get((ood, "paper_delta1"), float("nan"))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(x, y, c=a.labels("paper"), cmap="tab10", vmin=0, vmax=9, s=18)
+    ax.set_xlabel("spectral score (paper's, δ = 1)")
+    ax.set_ylabel(ood, fontsize=8)
+    ax.set_title(f"Pearson r = {r:.2f}")
     return _png(fig)
 
 
@@ -102,9 +164,23 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="t")
 
 
-def write(store: Store, a: Analysis) -> str:
-    """STORE/report/index.html and its PNGs; returns the index path."""
+def ood_key(a: Analysis) -> str | None:
+    """The out-of-distribution score the paper-style figures use by default: the whole set of the first
+    diagnostic set scored on all its rows (endpoints_only) if any, else of the first diagnostic set."""
+    keys = [k for k in a.per_model.columns if k.split("/")[1:2] == ["all"] and k.split("/")[0] in a.diagnostic]
+    full = [k for k in keys if k.split("/")[0] in a.endpoints_only]
+    return (full or keys or [None])[0]
+
+
+def write(store: Store, a: Analysis, ood: str | None = None) -> str:
+    """STORE/report/index.html and its PNGs; returns the index path. `ood`: a per-model column (default ood_key)."""
     figures = {"heatmap.png": heatmap(a), "curves.png": curves(a), "diagnostic_histograms.png": histograms(a)}
+    ood = ood or ood_key(a)
+    if ood is not None:
+        if ood not in a.per_model:
+            raise ConfigError(f"--ood {ood!r}: no such per-model score (have: {', '.join(a.per_model.columns[1:])})")
+        figures.update({"ood_heatmap.png": ood_heatmap(a, ood), "extremes.png": extremes(a, ood),
+                        "scatter.png": scatter(a, ood)})
     if "barrier_lo" in a.barriers:
         figures["intervals.png"] = intervals(a)
     for name, data in figures.items():
@@ -117,6 +193,9 @@ img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}
 <pre>{html.escape(text_summary(a))}</pre>
 <h2>Barrier matrix</h2><img src="heatmap.png" alt="barrier heatmap">
 <h2>Interpolation curves within and between clusters</h2><img src="curves.png" alt="mean curves">
+{f'<h2>Ordered by {html.escape(ood)}</h2><img src="ood_heatmap.png" alt="barriers by OOD score">' if ood else ""}
+{'<h2>The best and worst models out of distribution</h2><img src="extremes.png" alt="extremes">' if ood else ""}
+{'<h2>Spectral score against the OOD score</h2><img src="scatter.png" alt="scatter">' if ood else ""}
 {'<h2>Barriers with bootstrap intervals</h2><img src="intervals.png" alt="intervals">' if "intervals.png" in figures else ""}
 <h2>Diagnostic accuracy per cluster</h2><img src="diagnostic_histograms.png" alt="histograms">
 <h3>Per cluster</h3>{_table(a.per_cluster)}

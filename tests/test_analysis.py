@@ -29,6 +29,7 @@ def test_cluster_job_writes_barriers_clusters_and_report(store):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "highest barriers:" in run.stdout and "report:" in run.stdout
+    assert "Ordered by hans/all/accuracy" in (store / "report" / "index.html").read_text()
     bar = pd.read_parquet(store / "barriers.parquet")
     assert len(bar) == 6 * 2 * 2  # pairs × eval sets × {loss, error}
     assert list(bar.columns) == ["model_a", "model_b", "eval_set", "metric", "barrier", "endpoint_barrier",
@@ -39,7 +40,9 @@ def test_cluster_job_writes_barriers_clusters_and_report(store):
     mat = pd.read_parquet(store / "barrier_matrix.parquet").set_index("model")
     assert np.allclose(mat.to_numpy(), mat.to_numpy().T) and (np.diag(mat.to_numpy()) == 0).all()
     html = (store / "report" / "index.html").read_text()
-    for png in ("heatmap.png", "curves.png", "diagnostic_histograms.png"):
+    # The paper's figures, ordered by the first diagnostic set's whole-set score (here hans/all/accuracy).
+    for png in ("heatmap.png", "curves.png", "diagnostic_histograms.png", "ood_heatmap.png", "extremes.png",
+                "scatter.png"):
         assert f'src="{png}"' in html
         assert (store / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -116,7 +119,7 @@ def test_report_renders_in_a_real_browser(store, tmp_path):
                                        probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
     finally:
         probe.unlink()
-    assert "images 3 loaded 3" in dom
+    assert "images 6 loaded 6" in dom  # heatmap, curves, by OOD score, extremes, scatter, histograms
     shot = tmp_path / "report.png"
     subprocess.run(chrome + ["--window-size=1200,1600", f"--screenshot={shot}", index.as_uri()],
                    capture_output=True, timeout=120)
