@@ -93,8 +93,9 @@ def table(curves: pd.DataFrame, subset: str = "all") -> pd.DataFrame:
     df = curves[curves.subset == subset].assign(error=lambda d: 1.0 - d.accuracy).sort_values("alpha")
     rows = []
     for (a, b, s), g in df.groupby(["model_a", "model_b", "eval_set"], sort=True):
+        distance = g.distance.iloc[0] if "distance" in g else float("nan")
         for metric, col in (("loss", "loss"), ("error", "error")):
             y, x = g[col].to_numpy(), g.alpha.to_numpy()
             rows.append({"model_a": a, "model_b": b, "eval_set": s, "metric": metric,
-                         **{name: f(y, x) for name, f in DEFINITIONS.items()}})
+                         **{name: f(y, x) for name, f in DEFINITIONS.items()}, "distance": distance})
     return pd.DataFrame(rows)

@@ -1,6 +1,8 @@
 """The compute core: one working model, evaluated at the endpoints and along each line. Imports no Ray."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .barriers import refine_points
@@ -15,6 +17,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # activations stay in cache): 2048 ran 1.7x faster than 8192 on the 2-core benchmark machine
 # (benchmarks/techniques.py). A GPU wants enough rows per kernel to fill it; benchmarks/gpu.py tries several.
 BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
+@dataclass
+class Line:
+    """One pair's line, as the core computed it."""
+    interior: dict[float, list[Metrics]]  # α -> metrics per eval set on the lines (endpoints: each model alone)
+    examples: dict[float, list[Examples]] | None  # α -> per-example values, when the sweep keeps them
+    distance: float  # ‖θ_B − θ_A‖₂ over every floating tensor of the state (the paper logs it per pair)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -51,7 +61,7 @@ class Core:
         return [ev.examples for ev in self._last]
 
     def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int, end_losses: tuple[float, float],
-              keep_examples: bool = False) -> tuple[dict[float, list[Metrics]], dict[float, list[Examples]] | None]:
+              keep_examples: bool = False) -> Line:
         """The interior of the line; endpoints are each model alone and are evaluated once per model.
         `refine` rounds add α around the peak (barriers.refine_points), judged by the first eval set's loss.
         With keep_examples, also each α's per-example values (for bootstrap intervals on the barrier)."""
@@ -69,4 +79,5 @@ class Core:
             losses = {al: float(m[0][0, LOSS]) for al, m in out.items()}
             for al in refine_points(losses, end_losses):
                 point(al)
-        return out, examples
+        distance = torch.stack([(b[k] - v).float().pow(2).sum() for k, v in a.items() if v.is_floating_point()])
+        return Line(out, examples, float(distance.sum().sqrt()))

@@ -14,4 +14,4 @@ def run(plan: Plan, progress: bool = True) -> None:
         ends = plan.gather_endpoints(track(((i, res.endpoint(i)) for i in missing), len(missing), "endpoints",
                                            "model", not progress))
         for a, b in track(plan.pending, len(plan.pending), "pairs", "pair", not progress):
-            plan.record_pair(a, b, *res.curve(a, b, plan.end_losses(ends, a, b)), ends)
+            plan.record_pair(a, b, res.curve(a, b, plan.end_losses(ends, a, b)), ends)

@@ -15,6 +15,7 @@ import numpy as np
 from . import models as M
 from . import schedule, sources
 from .config import SweepConfig
+from .core import Line
 from .errors import ConfigError, Interrupted
 from .data import EvalData, prepare as prepare_data
 from .metrics import LOSS
@@ -85,19 +86,19 @@ class Plan:
         """Loss of each endpoint on the first eval set: what adaptive α refines by."""
         return float(ends[i][0][0, LOSS]), float(ends[j][0][0, LOSS])
 
-    def record_pair(self, i: int, j: int, interior: dict[float, list[np.ndarray]],
-                    examples: dict[float, list[np.ndarray]] | None, ends: dict[int, list[np.ndarray]]) -> None:
+    def record_pair(self, i: int, j: int, line: Line, ends: dict[int, list[np.ndarray]]) -> None:
         """Store one finished line; the curve file goes last: it marks the pair done."""
-        line = self.on_line
-        if examples is not None:
-            sets = [self.names_of_sets[k] for k in line]
-            self.store.write_pair(i, j, pair_examples(self.names[i], self.names[j], sets, examples), examples=True)
-        curve = dict(interior)
+        on = self.on_line
+        if line.examples is not None:
+            sets = [self.names_of_sets[k] for k in on]
+            self.store.write_pair(i, j, pair_examples(self.names[i], self.names[j], sets, line.examples), examples=True)
+        curve = dict(line.interior)
         if 0.0 in self.cfg.alphas:
-            curve[0.0] = [ends[i][k] for k in line]
+            curve[0.0] = [ends[i][k] for k in on]
         if 1.0 in self.cfg.alphas:
-            curve[1.0] = [ends[j][k] for k in line]
-        self.store.write_pair(i, j, pair_table(self.names[i], self.names[j], [self.layout[k] for k in line], curve))
+            curve[1.0] = [ends[j][k] for k in on]
+        self.store.write_pair(i, j, pair_table(self.names[i], self.names[j], [self.layout[k] for k in on], curve,
+                                               line.distance))
 
 
 def load_tokenizer(path: Path):

@@ -351,14 +351,14 @@ def _run(plan: Plan, progress: bool) -> None:
     metrics = _Metrics(cfg.store, len(plan.pending))
     per_alpha = sum(len(plan.datas[k]) for k in plan.on_line)
     while len(pool):
-        k, (a, b, (interior, examples)) = pool.next()
-        plan.record_pair(a, b, interior, examples, ends)
+        k, (a, b, line) = pool.next()
+        plan.record_pair(a, b, line, ends)
         partner = partner_of(k, a, b)
         uses[partner] -= 1
         if partner is not None and not uses[partner]:
             published.pop(partner, None)
         bar.update(1)
-        metrics.pair(per_alpha * len(interior))
+        metrics.pair(per_alpha * len(line.interior))
         if queues[k]:
             submit(k)
     bar.close()

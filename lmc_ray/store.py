@@ -35,8 +35,10 @@ from .metrics import COLUMNS
 
 _METRIC_FIELDS = [("eval_set", pa.string()), ("subset", pa.string()), ("n_examples", pa.int64())] + [
     (c, pa.float64()) for c in COLUMNS[1:]]
+# `distance` (‖θ_B − θ_A‖₂, the same on every row of a pair) came later: read through this schema, a pair
+# stored before it has nulls there.
 CURVE_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()),
-                          *_METRIC_FIELDS])
+                          *_METRIC_FIELDS, ("distance", pa.float64())])
 ENDPOINT_SCHEMA = pa.schema([("model", pa.string()), *_METRIC_FIELDS])
 _EXAMPLE_FIELDS = [("eval_set", pa.string()), ("example", pa.int32()), ("loss", pa.float32()),
                    ("correct", pa.float32())]
@@ -181,7 +183,7 @@ class Store:
         """All stored curves as one pyarrow dataset (temporary files are never matched)."""
         import pyarrow.dataset as ds
 
-        return ds.dataset(self.path("curves"), filesystem=self.fs, format="parquet")
+        return ds.dataset(self.path("curves"), filesystem=self.fs, format="parquet", schema=CURVE_SCHEMA)
 
 
 def _metric_columns(layout: Layout, metrics: list[np.ndarray]) -> dict[str, list]:
@@ -222,8 +224,13 @@ def metrics_from_endpoint(table: pa.Table, layout: Layout) -> list[np.ndarray]:
     return [np.array([at[(s, sub)] for sub in subs], dtype=np.float64) for s, subs in layout]
 
 
-def pair_table(model_a: str, model_b: str, layout: Layout, by_alpha: dict[float, list[np.ndarray]]) -> pa.Table:
-    return _pair_rows(model_a, model_b, by_alpha, lambda m: _metric_columns(layout, m), CURVE_SCHEMA)
+def pair_table(model_a: str, model_b: str, layout: Layout, by_alpha: dict[float, list[np.ndarray]],
+               distance: float | None = None) -> pa.Table:
+    def columns(m):
+        cols = _metric_columns(layout, m)
+        return {**cols, "distance": [distance] * len(cols["eval_set"])}
+
+    return _pair_rows(model_a, model_b, by_alpha, columns, CURVE_SCHEMA)
 
 
 def _example_columns(sets: list[str], examples: list[np.ndarray]) -> dict[str, np.ndarray]:

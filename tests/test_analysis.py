@@ -33,7 +33,8 @@ def test_cluster_job_writes_barriers_clusters_and_report(store):
     bar = pd.read_parquet(store / "barriers.parquet")
     assert len(bar) == 6 * 2 * 2  # pairs × eval sets × {loss, error}
     assert list(bar.columns) == ["model_a", "model_b", "eval_set", "metric", "barrier", "endpoint_barrier",
-                                 "midpoint_barrier", "area"]
+                                 "midpoint_barrier", "area", "distance"]
+    assert (bar.distance > 0).all() and bar.groupby(["model_a", "model_b"]).distance.nunique().eq(1).all()
     assert (bar.barrier >= 0).all() and (bar.barrier >= bar.endpoint_barrier - 1e-12).all()
     cl = pd.read_parquet(store / "clusters.parquet")
     assert set(cl.method) == {"paper", "spectral_knn_delta", "average_linkage"} and len(cl) == 3 * 4

@@ -43,7 +43,8 @@ def test_table_from_curve_rows():
     err = t[t.metric == "error"].iloc[0]
     assert loss.barrier == pytest.approx(1.0) and err.barrier == pytest.approx(0.75)
     assert list(t.columns) == ["model_a", "model_b", "eval_set", "metric", "barrier", "endpoint_barrier",
-                               "midpoint_barrier", "area"]
+                               "midpoint_barrier", "area", "distance"]
+    assert t.distance.isna().all()  # curves without a distance (stored before it existed)
 
 
 def test_refinement_brackets_the_highest_point_above_the_endpoint_chord():

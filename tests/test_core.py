@@ -1,5 +1,6 @@
 """The compute core against the plainest possible computation of the same numbers."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -44,6 +45,12 @@ def test_core_curve_equals_plain_hf(tmp_path, population):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert list(rows.alpha) == cfg.alphas and (rows.n_examples == 64).all()
     assert np.ptp(got[:, 0]) > 1e-3  # the models really differ, so the comparison means something
+    # The weight-space distance the paper logs per pair, from the two checkpoints directly.
+    from safetensors.numpy import load_file
+
+    wa, wb = (load_file(p / "model.safetensors") for p in population[:2])
+    want_d = np.sqrt(sum(np.sum((wb[k].astype(np.float64) - wa[k]) ** 2) for k in wa if wa[k].dtype.kind == "f"))
+    assert rows.distance.nunique() == 1 and rows.distance.iloc[0] == pytest.approx(want_d, rel=1e-5)
 
 
 def test_adaptive_alpha_adds_the_peak_midpoints_and_they_equal_plain_hf(tmp_path, population):

@@ -74,3 +74,15 @@ def test_per_example_files_are_rewritten_with_a_pair_that_did_not_finish(tmp_pat
     again = pd.read_parquet(store / "examples" / "curves" / "pair-00000-00002.parquet")
     pd.testing.assert_frame_equal(again, first)
     assert len(list((store / "curves").iterdir())) == 3
+
+
+def test_pairs_stored_before_distances_existed_read_as_null(tmp_path):
+    """A store resumed across the version that added `distance`: old pair files lack the column."""
+    store = Store(str(tmp_path / "s"))
+    store.open({"x": 1})
+    old = pair_table("a", "b", LAYOUT, {0.5: _metrics(1)}).drop(["distance"])
+    store.put_table(Store.pair_file(0, 1), old)
+    store.write_pair(0, 2, pair_table("a", "c", LAYOUT, {0.5: _metrics(2)}, distance=3.5))
+    t = store.curves().to_table().to_pandas()
+    assert t[t.model_b == "b"].distance.isna().all() and (t[t.model_b == "c"].distance == 3.5).all()
+    store.close()
