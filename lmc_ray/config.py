@@ -61,6 +61,9 @@ class EvalSetSpec:
     # Hub datasets only: a branch, tag or commit. datasets 4+ runs no loading scripts, so a script dataset (HANS) is
     # read from its parquet conversion, revision "refs/convert/parquet".
     revision: str | None = None
+    # Hub datasets only: files of the repository to read (as datasets.load_dataset's data_files), e.g. a parquet
+    # conversion's "plain_text/validation/*.parquet".
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
     format: str | None = None  # override of the file-extension guess
     role: str = "in_domain"  # or "diagnostic": how the cluster report uses the set
     columns: list[str] | None = None  # names for a header-less csv/tsv (e.g. CoLA's raw files)
@@ -137,7 +140,7 @@ class SweepConfig:
         }
 
 
-_LATER = {"filter": None, "shuffle_seed": None, "revision": None, "endpoints_only": False}
+_LATER = {"filter": None, "shuffle_seed": None, "revision": None, "data_files": None, "endpoints_only": False}
 
 
 def grid(n: int) -> list[float]:
@@ -348,7 +351,8 @@ def _read_yaml(path: str) -> dict:
 
 
 def merge(base: dict, overlay: dict, where: str) -> dict:
-    """Overlay keys replace base keys, except eval sets: an overlay entry updates the base entry of its name."""
+    """Overlay keys replace base keys, except eval sets: an overlay entry updates the base entry of its name
+    (`rename: NEW` then gives it another name: a stand-in set named for what it is)."""
     out = {**base, **{k: v for k, v in overlay.items() if k != "eval_sets"}}
     if "eval_sets" in overlay:
         sets = {e.get("name"): dict(e) for e in base.get("eval_sets") or [] if isinstance(e, dict)}
@@ -356,7 +360,9 @@ def merge(base: dict, overlay: dict, where: str) -> dict:
             if not isinstance(e, dict) or e.get("name") not in sets:
                 raise ConfigError(f"config: {where}: eval set {e.get('name') if isinstance(e, dict) else e!r} "
                                   f"is not in the base configuration (it has: {', '.join(map(str, sets))})")
-            sets[e["name"]].update(e)
+            sets[e["name"]].update({k: v for k, v in e.items() if k != "rename"})
+            if e.get("rename"):
+                sets[e["name"]]["name"] = e["rename"]
         out["eval_sets"] = list(sets.values())
     return out
 

@@ -89,7 +89,8 @@ def _from_hub(spec: EvalSetSpec):
     whole = spec.max_examples is None or not _first_rows(spec) or "[" in spec.split
     split = spec.split if whole else f"{spec.split}[:{spec.max_examples}]"
     try:
-        ds = datasets.load_dataset(spec.path, spec.subset_config, split=split, revision=spec.revision)
+        ds = datasets.load_dataset(spec.path, spec.subset_config, split=split, revision=spec.revision,
+                                   data_files=spec.data_files)
     except Exception as e:
         msg = first_line(e)
         raise ConfigError(f"eval set {spec.name!r}: not a local file and not loadable from the hub ({msg})") from None
