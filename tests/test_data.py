@@ -99,3 +99,19 @@ def test_empty_and_label_less_sets(tmp_path, tokenizer):
 def test_offline_hub_dataset_fails_in_one_line(tokenizer):
     with pytest.raises(ConfigError, match="eval set 'nli': not a local file and not loadable from the hub"):
         prepare(_spec("nyu-mll/glue", subset_config="mnli", split="validation_matched"), tokenizer, NLI_LABELS)
+
+
+def test_a_datasets_builder_with_data_files_filtered_and_shuffled_as_datasets_does(tmp_path):
+    """`path` names a datasets builder (here the parquet one, offline) and `data_files` what it reads; filter and
+    shuffle_seed then give the rows datasets' own filter + shuffle(seed) give."""
+    import datasets
+    import pandas as pd
+
+    whole = pd.read_csv(MNLI, sep="\t", quoting=3, dtype=str, keep_default_na=False, nrows=400)
+    whole.to_parquet(tmp_path / "part.parquet")
+    spec = _spec("parquet", data_files=str(tmp_path / "part.parquet"), split="train", max_examples=20,
+                 filter={"gold_label": ["neutral", "contradiction"]}, shuffle_seed=7)
+    got = read_table(spec)
+    ref = (datasets.Dataset.from_pandas(whole).filter(lambda e: e["gold_label"] in ("neutral", "contradiction"))
+           .shuffle(seed=7).select(range(20)))
+    assert list(got["index"]) == ref["index"] and len(set(got.gold_label)) == 2
