@@ -1,0 +1,51 @@
+"""lmc-ray: the loss landscape between finetuned models, at cluster scale.
+
+    import lmc_ray
+    store = lmc_ray.sweep("my.yaml")                 # or a dict, a SweepConfig, a shipped name ("mnli")
+    result = lmc_ray.analyse(store)                  # barriers, basins, per-cluster scores as DataFrames
+    result.barriers, result.clusters, result.per_cluster
+
+Runs on the Ray cluster the caller initialised, joins or starts one otherwise, or in this process
+(`executor="local"`). The command line is `lmc-ray` (lmc_ray/cli.py).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .analysis import Analysis
+    from .config import SweepConfig
+    from .store import Store
+
+__all__ = ["sweep", "analyse"]
+
+
+def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: bool = True) -> Store:
+    """Every pair's line into the store the config names; resumes what a previous run left. Returns the store."""
+    from . import config as C
+    from . import local, plan, ray_sweep
+    from .errors import ConfigError
+
+    if executor not in ("ray", "local"):
+        raise ConfigError(f"executor {executor!r}: use 'ray' or 'local'")
+    if isinstance(config, str):
+        config = C.load(C.parser("").parse_args(["--config", config]))
+    elif isinstance(config, dict):
+        config = C.from_dict(config)
+    else:
+        C.validate(config)
+    p = plan.prepare(config)
+    (ray_sweep if executor == "ray" else local).run(p, progress=progress)
+    return p.store
+
+
+def analyse(store: str | Store, **options) -> Analysis:
+    """Barriers, clusters and per-cluster generalization of a finished store (options as analysis.run takes them:
+    eval_set, metric, bootstrap, level, scores_file); also writes barriers.parquet and the other tables beside it."""
+    from . import analysis
+    from .store import Store
+
+    store = Store(store) if isinstance(store, str) else store
+    result = analysis.run(store, **options)
+    analysis.write(store, result)
+    return result

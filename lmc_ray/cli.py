@@ -1,17 +1,28 @@
-"""What every job script shares: logging set-up and the one-line error contract for bad input."""
+"""The command line: `lmc-ray sweep | cluster | finetune | demo | configs`, and the one-line error contract.
+
+`jobs/*.py` are aliases of these commands, so `ray submit cluster.yaml jobs/sweep.py -- --config mnli` keeps
+working from a checkout.
+"""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
-from .config import ConfigError
-from .errors import Interrupted, SweepError
+from .errors import ConfigError, Interrupted, SweepError
+
+log = logging.getLogger("lmc_ray")
 
 
 def main(fn, argv=None) -> None:
     """Run fn(argv); bad input becomes one line on stderr and exit code 2, a failed sweep exit code 1, Ctrl-C
     one line and 130."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not log.handlers:  # our logger only: the root logger would turn on every HTTP request of the hub client
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     try:
         fn(argv)
     except ConfigError as e:
@@ -26,3 +37,104 @@ def main(fn, argv=None) -> None:
     except KeyboardInterrupt:  # before the store was opened: nothing was written
         print("lmc-ray: interrupted before any result was stored", file=sys.stderr)
         sys.exit(130)
+
+
+def sweep(argv=None) -> None:
+    """Sweep every pair of models along the straight line between them; results stream into a Parquet store."""
+    from . import config, demo, plan, ray_sweep
+
+    parser = config.parser(sweep.__doc__.splitlines()[0])
+    parser.add_argument("--demo-models", type=int, default=demo.DemoConfig.n_models,
+                        help="without --config: how many models the demo finetunes")
+    args = parser.parse_args(argv)
+    if not args.config:
+        demo.run(demo.DemoConfig(n_models=args.demo_models))
+        return
+    cfg = config.load(args)
+    ray_sweep.run(plan.prepare(cfg))
+    print(f"store: {cfg.store}")
+
+
+def cluster(argv=None) -> None:
+    """Barriers, basins and generalization from a finished sweep store; writes STORE/report/index.html."""
+    from . import analysis, report
+    from .store import Store
+
+    p = argparse.ArgumentParser(description=cluster.__doc__.splitlines()[0])
+    p.add_argument("--store", required=True, help="the sweep's store (local path or s3://)")
+    p.add_argument("--eval-set", help="eval set whose barriers define the clusters (default: the first)")
+    p.add_argument("--metric", default="loss", help="loss or error")
+    p.add_argument("--bootstrap", type=int, help="resamples per barrier interval (default 1000 when the sweep kept "
+                                                 "per-example losses, else none; 0 = none)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    p.add_argument("--ood", metavar="KEY", help="per-model score that orders the paper-style figures, e.g. "
+                   "'hans_full/heuristic,label=lexical_overlap,non-entailment/accuracy' (default: the first "
+                   "diagnostic set's whole-set score, endpoints_only sets first)")
+    p.add_argument("--scores", metavar="FILE", help="per-model results from elsewhere (CSV/Parquet: a model column, "
+                                                     "then numeric columns), joined to the clusters")
+    args = p.parse_args(argv)
+    store = Store(args.store)
+    a = analysis.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
+    analysis.write(store, a)
+    index = report.write(store, a, args.ood)
+    print(analysis.text_summary(a))
+    print(f"report: {index}")
+
+
+def finetune(argv=None) -> None:
+    """Finetune N copies of one base model on Ray Tune (one trial per seed); resumable."""
+    import yaml
+
+    from . import finetune as ft
+    from . import ray_finetune
+    from .config import find
+
+    p = argparse.ArgumentParser(description=finetune.__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="YAML (or a shipped one, e.g. finetune_cola_minilm): base, train, "
+                                                   "eval_sets, labels, output, seeds, ...")
+    p.add_argument("--experiment-dir", default="results/tune", help="where Ray Tune keeps its state (for resume)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    args = p.parse_args(argv)
+    path = find(args.config)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"finetune config: cannot read {args.config!r} ({type(e).__name__})") from None
+    cfg = ft.from_dict(raw)
+    for url in ray_finetune.run(cfg, args.experiment_dir, cpus_per_trial=args.cpus_per_trial):
+        print(url)
+
+
+def demo(argv=None) -> None:
+    """The whole pipeline offline on the built-in task: pretrain a start, finetune copies, sweep, cluster, report."""
+    from . import demo as d
+
+    p = argparse.ArgumentParser(description=demo.__doc__.splitlines()[0])
+    p.add_argument("--models", type=int, default=d.DemoConfig.n_models, help="how many copies to finetune")
+    p.add_argument("--workdir", default=d.DemoConfig.workdir, help="models, store and report go here")
+    args = p.parse_args(argv)
+    d.run(d.DemoConfig(n_models=args.models, workdir=args.workdir))
+
+
+def configs(argv=None) -> None:
+    """The configurations that ship with the package (give one to --config or --overlay by its name)."""
+    from .config import CONFIGS, shipped
+
+    argparse.ArgumentParser(description=configs.__doc__).parse_args(argv)
+    for name in shipped():
+        first = (CONFIGS / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+        print(f"{name:24} {first}")
+
+
+COMMANDS = {"sweep": sweep, "cluster": cluster, "finetune": finetune, "demo": demo, "configs": configs}
+
+
+def entry(argv=None) -> None:
+    """`lmc-ray COMMAND ...`"""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:9} {fn.__doc__.splitlines()[0]}" for name, fn in COMMANDS.items())
+        print(f"usage: lmc-ray COMMAND [options]   (lmc-ray COMMAND --help)\n\n{lines}",
+              file=sys.stderr if argv else sys.stdout)
+        sys.exit(2 if argv and argv[0] not in ("-h", "--help") else 0)
+    main(COMMANDS[argv[0]], argv[1:])

@@ -337,10 +337,29 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def _read_yaml(path: str) -> dict:
+CONFIGS = Path(__file__).parent / "configs"  # the paper's tasks, offline overlays, variants: shipped in the package
+
+
+def shipped() -> list[str]:
+    """The configurations that ship with the package, as `--config` / `--overlay` take them."""
+    return sorted(str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml"))
+
+
+def find(path: str) -> Path:
+    """A YAML file: `path` as given, else a shipped one — `mnli`, `offline/mnli`, or `configs/mnli.yaml` as a
+    checkout spells it — so the same command works from a checkout, a pip install or a cluster node."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config: no such file {str(p)!r}")
+    if p.is_file():
+        return p
+    name = path[len("configs/"):] if path.startswith("configs/") else path
+    for candidate in (CONFIGS / name, CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config: no such file {path!r} (nor a shipped configuration: {', '.join(shipped())})")
+
+
+def _read_yaml(path: str) -> dict:
+    p = find(path)
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
@@ -369,9 +388,10 @@ def merge(base: dict, overlay: dict, where: str) -> dict:
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", help="YAML file (see configs/); flags below override it")
+    p.add_argument("--config", help="YAML file, or a shipped configuration (mnli, qqp, cola; `lmc-ray configs` lists "
+                                    "them); flags below override it")
     p.add_argument("--overlay", action="append", default=[], metavar="FILE",
-                   help="YAML merged over --config (eval sets by name), e.g. configs/offline/mnli.yaml (repeatable)")
+                   help="YAML merged over --config (eval sets by name), e.g. offline/mnli (repeatable)")
     p.add_argument("--store", help="output store: a local path or s3://bucket/prefix")
     p.add_argument("--alphas", help="grid size (10) or a list such as [0, 0.5, 1]")
     p.add_argument("--refine", type=int, help="adaptive α: refinement rounds around the curve's peak (default 0)")
