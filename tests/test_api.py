@@ -1,0 +1,65 @@
+"""The Python API and the installed command: what a researcher uses from a notebook or a shell."""
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import lmc_ray
+from lmc_ray.store import Store
+
+from conftest import ROOT, sweep_config
+
+
+def test_sweep_and_analyse_from_python_equal_in_process_and_on_ray(ray_local, tmp_path, population):
+    """A dict config in this process, and a YAML path on the Ray instance the caller started: same store."""
+    local = lmc_ray.sweep(sweep_config(population[:3], tmp_path / "local"), executor="local", progress=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(sweep_config(population[:3], tmp_path / "ray")))
+    on_ray = lmc_ray.sweep(str(path), progress=False)
+    assert isinstance(local, Store) and isinstance(on_ray, Store)
+    a, b = (s.curves().to_table().to_pandas().sort_values(["model_a", "model_b", "alpha", "subset"]) for s in (local, on_ray))
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=False, atol=1e-6, rtol=0)
+    result = lmc_ray.analyse(str(tmp_path / "local"))
+    assert len(result.names) == 3 and set(result.barriers.metric) == {"loss", "error"}
+    assert (tmp_path / "local" / "barriers.parquet").is_file()
+    with pytest.raises(lmc_ray.errors.ConfigError, match="executor 'spark'"):
+        lmc_ray.sweep(str(path), executor="spark")
+
+
+@pytest.mark.slow
+def test_a_wheel_installed_outside_the_checkout_runs_the_commands(tmp_path, population):
+    """`pip install` of a wheel built from the repo into a fresh venv; run from a folder outside the checkout:
+    `lmc-ray configs`, a sweep from a YAML file, the cluster job, and `lmc-ray demo`. (The dependencies come
+    from this venv through a .pth line, so no multi-GB reinstall; the package itself only from the wheel.)"""
+    wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], check=True,
+                   timeout=600)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py, cmd = venv / "bin" / "python", venv / "bin" / "lmc-ray"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", *map(str, wheels.glob("*.whl"))], check=True,
+                   timeout=600)
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+
+    def run(*args, timeout=600):
+        out = subprocess.run([str(cmd), *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+        return out.stdout + out.stderr
+
+    where = subprocess.run([str(py), "-c", "import lmc_ray; print(lmc_ray.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True).stdout
+    assert where.startswith(site) and str(ROOT) not in where  # the wheel's copy, not the checkout
+    assert "mnli " in run("configs") and "offline/mnli" in run("configs")
+    (work / "sweep.yaml").write_text(yaml.safe_dump(sweep_config(population[:3], work / "store")))
+    assert "3 of 3 pairs to compute" in run("sweep", "--config", "sweep.yaml")
+    assert "report:" in run("cluster", "--store", "store")
+    out = run("demo", "--models", "2", "--workdir", "demo", timeout=900)
+    assert "cluster models" in out and (work / "demo" / "store" / "report" / "index.html").is_file()
