@@ -138,7 +138,8 @@ def _address() -> str | None:
 def dashboard() -> str:
     if not ray.is_initialized():
         return "(Ray not started: nothing to compute)"
-    return ray._private.worker.get_dashboard_url() or "(dashboard not running)"  # no public getter in 2.x
+    # ray.init on a connected process returns its context, whoever started it (the caller, `ray submit`, us).
+    return ray.init(ignore_reinit_error=True, logging_level=logging.WARNING).dashboard_url or "(dashboard not running)"
 
 
 def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, float]:

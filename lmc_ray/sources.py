@@ -140,42 +140,53 @@ def _hub_failure(ref: str, e: Exception) -> ConfigError:
     return ConfigError(f"model {ref!r}: not a local directory and not downloadable from the hub ({first_line(e)})")
 
 
+def _hub_cache(cache: Path) -> Path:
+    """Where hub files go: HF_HUB_CACHE when the user set it (shared with their other tools), else cache_dir/hub."""
+    return Path(os.environ["HF_HUB_CACHE"]).expanduser() if os.environ.get("HF_HUB_CACHE") else cache / "hub"
+
+
 def _inspect_hub(ref: str, cache: Path) -> Found:
     from huggingface_hub import HfApi, get_safetensors_metadata, hf_hub_download
 
+    hub = _hub_cache(cache)
     repo, _, revision = ref.partition("@")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        # No hub to ask: the snapshot already in the cache is the model, pinned to the commit it was taken at.
+        folder = _from_hub(ref, cache, None)
+        return Found(folder, f"hub:{folder.name}", None)
     try:
         info = HfApi().model_info(repo, revision=revision or None)
+        pin = f"hub:{info.sha}"
         names = [s.rfilename for s in info.siblings]
+        if not any(n.endswith(".safetensors") for n in names):  # no header to read: the driver needs the weights
+            return Found(_from_hub(ref, cache, pin), pin, None)
         small = [n for n in names if n.endswith((".json", ".txt", ".model")) and "/" not in n]
         if "config.json" not in small:
             raise ConfigError(f"model {ref!r}: no config.json in the repository")
         for f in small:  # same commit, same cache as the actors' snapshot_download: fetched once per node
-            hf_hub_download(repo, f, revision=info.sha, cache_dir=str(cache / "hub"))
-        folder = Path(hf_hub_download(repo, "config.json", revision=info.sha, cache_dir=str(cache / "hub"))).parent
-        if not any(n.endswith(".safetensors") for n in names):  # no header to read: the driver needs the weights
-            folder = _from_hub(ref, cache, f"hub:{info.sha}")
-            return Found(folder, f"hub:{info.sha}", None)
+            hf_hub_download(repo, f, revision=info.sha, cache_dir=str(hub))
+        folder = Path(hf_hub_download(repo, "config.json", revision=info.sha, cache_dir=str(hub))).parent
         meta = get_safetensors_metadata(repo, revision=info.sha)  # HTTP range reads of the headers only
     except ConfigError:
         raise
     except Exception as e:  # offline, missing repo, bad revision, a traversing file name: one line for the user
         raise _hub_failure(ref, e) from None
     shapes = {k: tuple(t.shape) for fm in meta.files_metadata.values() for k, t in fm.tensors.items()}
-    _within_cache(folder, cache, ref)
-    return Found(folder, f"hub:{info.sha}", shapes)
+    _within_cache(folder, hub, ref)
+    return Found(folder, pin, shapes)
 
 
 def _from_hub(ref: str, cache: Path, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
+    hub = _hub_cache(cache)
     repo, _, asked = ref.partition("@")
     try:
         path = Path(snapshot_download(repo, revision=revision[len("hub:"):] if revision else asked or None,
-                                      allow_patterns=_HUB_PATTERNS, cache_dir=str(cache / "hub")))
+                                      allow_patterns=_HUB_PATTERNS, cache_dir=str(hub)))
     except Exception as e:
         raise _hub_failure(ref, e) from None
-    _within_cache(path, cache, ref)
+    _within_cache(path, hub, ref)
     return path
 
 

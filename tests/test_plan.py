@@ -90,3 +90,35 @@ def test_models_that_cannot_be_had_are_named_together(tmp_path, population):
         plan.prepare(config.from_dict(cfg))
     assert str(e.value).startswith(f"2 of 4 models cannot be had: {tmp_path / 'm3'}, {tmp_path / 'm7'} (the first: ")
     assert not (tmp_path / "store").exists()
+
+
+def test_hub_models_from_the_cache_are_pinned_to_their_commit(tmp_path, population, monkeypatch):
+    """Hub references through huggingface_hub's own cache layout (HF_HUB_CACHE respected, offline): each model is
+    pinned to the commit its snapshot was taken at; when `main` moves to another commit, the resume is refused."""
+    import hashlib
+    import json
+
+    from lmc_ray import local
+
+    hf = tmp_path / "hf"
+
+    def publish(repo: str, src, tag: str) -> str:
+        sha = hashlib.sha1(f"{repo}{tag}".encode()).hexdigest()
+        folder = hf / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(src, folder / "snapshots" / sha)
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / "main").write_text(sha)
+        return sha
+
+    shas = [publish(f"lmcray/tiny{k}", population[k], "v1") for k in range(2)]
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = sweep_config(["lmcray/tiny0", "lmcray/tiny1"], tmp_path / "store", alphas=3)
+    p = plan.prepare(config.from_dict(cfg))
+    assert p.revisions == [f"hub:{s}" for s in shas]
+    local.run(p, progress=False)
+    assert json.loads((tmp_path / "store" / "run.json").read_text())["weights"] == dict(zip(cfg["models"], p.revisions))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))  # HF's cache used
+    publish("lmcray/tiny1", population[2], "v2")  # upstream moved on
+    with pytest.raises(ConfigError, match="model 'lmcray/tiny1' changed since the store was written"):
+        plan.prepare(config.from_dict(cfg))
