@@ -1,5 +1,5 @@
-"""Progress that reads well in a terminal (a tqdm bar) and in `ray job logs` or a CI log (a line now and
-then): tqdm redraws with carriage returns, which a log file shows as one endless line."""
+"""Progress that reads well in a terminal (a tqdm bar), in Jupyter (tqdm's widget) and in `ray job logs` or a
+CI log (a line now and then): tqdm redraws with carriage returns, which a log file shows as one endless line."""
 from __future__ import annotations
 
 import sys
@@ -9,9 +9,15 @@ from tqdm.auto import tqdm
 
 
 def bar(total: int, desc: str, unit: str = "it", disable: bool = False, every: float = 10.0):
-    if disable or sys.stderr.isatty():
+    if disable or sys.stderr.isatty() or _notebook():
         return tqdm(total=total, desc=desc, unit=unit, disable=disable)
     return Lines(total, desc, unit, every)
+
+
+def _notebook() -> bool:
+    """A Jupyter kernel, where tqdm.auto draws a widget (its stderr is no terminal, but no log file either)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _duration(seconds: float) -> str:
