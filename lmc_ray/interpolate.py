@@ -1,7 +1,8 @@
 """θ(α) = (1−α)·θ_A + α·θ_B, written in place into one resident working model.
 
-No state dict is built per α: each floating-point tensor of the working model is overwritten by a
-single lerp kernel, on whatever device the model lives on. Integer buffers are taken from A.
+No state dict is built per α: the floating-point tensors of the working model are overwritten in place by
+foreach kernels (a few launches for all ~200 tensors of a BERT, not one per tensor — what a GPU pays for),
+on whatever device the model lives on. Integer buffers are taken from A.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class WorkingModel:
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self._targets = dict(model.state_dict(keep_vars=True))
+        self._floats = [k for k, t in self._targets.items() if t.is_floating_point()]
+        self._others = [k for k, t in self._targets.items() if not t.is_floating_point()]
 
     def weights_of(self, state: Weights) -> Weights:
         """A model's full state on the working model's device, kept for the sweep (fp32 for exact mixing)."""
@@ -26,10 +29,14 @@ class WorkingModel:
 
     @torch.no_grad()
     def set(self, a: Weights, b: Weights | None = None, alpha: float = 0.0) -> None:
-        for k, t in self._targets.items():
-            if b is None or not t.is_floating_point() or alpha == 0.0:
-                t.copy_(a[k])
-            elif t.dtype == a[k].dtype:
-                torch.lerp(a[k], b[k], alpha, out=t)
-            else:  # low-precision working copy: mix in fp32, round once
-                t.copy_(torch.lerp(a[k], b[k], alpha))
+        for k in self._others:
+            self._targets[k].copy_(a[k])
+        targets = [self._targets[k] for k in self._floats]
+        ends = [a[k] for k in self._floats]
+        if b is None or alpha == 0.0:
+            torch._foreach_copy_(targets, ends)
+        elif targets[0].dtype == ends[0].dtype:  # lerp in place: t = a, then t += α(b − t) — torch.lerp's own kernel
+            torch._foreach_copy_(targets, ends)
+            torch._foreach_lerp_(targets, [b[k] for k in self._floats], alpha)
+        else:  # low-precision working copy: mix in fp32, round once
+            torch._foreach_copy_(targets, torch._foreach_lerp(ends, [b[k] for k in self._floats], alpha))
