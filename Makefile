@@ -36,6 +36,7 @@ bench-demo: $(STAMP)
 	$(PY) benchmarks/demo_budget.py
 	$(PY) benchmarks/adaptive_alpha.py
 	$(PY) benchmarks/barrier_ci.py
+	$(PY) benchmarks/dtype_error.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
