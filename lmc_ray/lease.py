@@ -28,11 +28,11 @@ _held: dict[str, Lease] = {}
 
 def acquire(fs, path: str, url: str, timeout: float, local: bool) -> Lease:
     """The lease of the store at `url` for this process; ConfigError naming the holder when another has it."""
-    lease = _held.get(url)
+    lease = _held.get(path)  # the lease file's full path: `run1` and `./run1/` are one store
     if lease is None or lease.released:
         lease = (LocalLease if local else S3Lease)(fs, path, url, timeout)
         lease.acquire()
-        _held[url] = lease
+        _held[path] = lease
         atexit.register(lease.release)
     return lease
 

@@ -56,8 +56,9 @@ class Store:
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = self.root.rstrip("/")
         self.local = isinstance(self.fs, LocalFileSystem)
+        # One spelling per store (`run1`, `./run1/`): the lease is per path.
+        self.root = os.path.abspath(self.root) if self.local else self.root.rstrip("/")
         self.lease: leases.Lease | None = None
 
     def path(self, *parts: str) -> str:

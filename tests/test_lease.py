@@ -68,7 +68,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_touches_nothing(tmp_pat
 
 
 def test_one_process_shares_its_lease(tmp_path):
-    first, second = Store(str(tmp_path / "s")), Store(str(tmp_path / "s"))
+    first, second = Store(str(tmp_path / "s")), Store(str(tmp_path / "." / "s") + "/")  # one store, two spellings
     first.open({"x": 1})
     second.open({"x": 1})
     assert first.lease is second.lease
