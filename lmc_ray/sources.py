@@ -25,7 +25,7 @@ from .errors import ConfigError, cause, first_line
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # Only what loading a classifier needs: skip optimizer states, other frameworks' weights, etc.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"]
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin", "flax_model.msgpack"]
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx")
 
 
@@ -56,7 +56,7 @@ def inspect(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict
     """The driver's view of a model: its small files, its pinned revision and (remote) its tensor shapes."""
     k, cache = kind(ref), Path(os.path.expanduser(cache_dir))
     if k in ("local", "pkg"):
-        path = _local(ref)
+        path = loadable(_local(ref), ref, cache)
         return Found(path, content_revision(path), None)
     if k == "hub":
         return _inspect_hub(ref, cache)
@@ -69,13 +69,13 @@ def resolve(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict
     is refused); raises ConfigError naming `ref` when it cannot be had."""
     k, cache = kind(ref), Path(os.path.expanduser(cache_dir))
     if k in ("local", "pkg"):
-        path = _local(ref)
+        path = loadable(_local(ref), ref, cache)
         if revision is not None and content_revision(path) != revision:
             raise _changed(ref)
         return path
     if k == "hub":
-        return _from_hub(ref, cache, revision)
-    return _from_s3(ref, cache, storage_options or {}, revision)
+        return loadable(_from_hub(ref, cache, revision), ref, cache)
+    return loadable(_from_s3(ref, cache, storage_options or {}, revision), ref, cache)
 
 
 def _changed(ref: str) -> ConfigError:
@@ -89,6 +89,37 @@ def _local(ref: str) -> Path:
     if not path.is_dir():
         raise ConfigError(f"model {ref!r}: no such directory")
     return path
+
+
+def loadable(path: Path, ref: str, cache: Path) -> Path:
+    """`path`, or for a checkpoint that holds only flax_model.msgpack (transformers 5 reads no Flax weights) a
+    converted copy in the cache: model.safetensors beside the same config and tokenizer files."""
+    flax = path / "flax_model.msgpack"
+    if checkpoint_files(path) or not flax.is_file():
+        return path
+    blob = flax.read_bytes()
+    target = cache / "flax" / hashlib.blake2b(blob, digest_size=12).hexdigest()
+    if target.is_dir():
+        return target
+    from safetensors.torch import save_file
+
+    from .flax_weights import state_dict
+
+    try:
+        weights = state_dict(blob)
+    except Exception as e:  # not flax.serialization's format, or damaged
+        raise ConfigError(f"model {ref!r}: cannot read flax_model.msgpack ({cause(e)})") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for f in path.iterdir():
+        if f.is_file() and not f.name.endswith(_WEIGHTS):
+            shutil.copy(f, tmp / f.name)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def content_revision(path: Path) -> str:
@@ -153,13 +184,13 @@ def _inspect_hub(ref: str, cache: Path) -> Found:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         # No hub to ask: the snapshot already in the cache is the model, pinned to the commit it was taken at.
         folder = _from_hub(ref, cache, None)
-        return Found(folder, f"hub:{folder.name}", None)
+        return Found(loadable(folder, ref, cache), f"hub:{folder.name}", None)
     try:
         info = HfApi().model_info(repo, revision=revision or None)
         pin = f"hub:{info.sha}"
         names = [s.rfilename for s in info.siblings]
         if not any(n.endswith(".safetensors") for n in names):  # no header to read: the driver needs the weights
-            return Found(_from_hub(ref, cache, pin), pin, None)
+            return Found(loadable(_from_hub(ref, cache, pin), ref, cache), pin, None)
         small = [n for n in names if n.endswith((".json", ".txt", ".model")) and "/" not in n]
         if "config.json" not in small:
             raise ConfigError(f"model {ref!r}: no config.json in the repository")
@@ -240,8 +271,9 @@ def _download(fs, root: str, paths: list[str], target: Path, ref: str) -> Path:
 def _inspect_s3(ref: str, cache: Path, storage_options: dict) -> Found:
     fs, root, listing, revision = _listing(ref, storage_options)
     tensors = [p for p in listing if p.endswith(".safetensors")]
-    if not tensors:  # pytorch_model.bin has no header to read apart: the driver needs the weights
-        return Found(_download(fs, root, list(listing), cache / "s3" / revision[3:], ref), revision, None)
+    if not tensors:  # pytorch_model.bin (or Flax msgpack) has no header to read apart: the driver needs the weights
+        return Found(loadable(_download(fs, root, list(listing), cache / "s3" / revision[3:], ref), ref, cache),
+                     revision, None)
     small = [p for p in listing if not p.endswith(_WEIGHTS)]
     folder = _download(fs, root, small, cache / "s3-meta" / revision[3:], ref)
     shapes = {}

@@ -157,3 +157,53 @@ def test_a_model_shipped_in_a_python_package():
     assert info.architecture == "BertModel" and info.shapes["embeddings.word_embeddings.weight"] == (30522, 384)
     with pytest.raises(ConfigError, match=r"model 'pkg://no_such_pkg/model': no installed package 'no_such_pkg'"):
         sources.resolve("pkg://no_such_pkg/model")
+
+
+def _flax_msgpack(model) -> bytes:
+    """What flax.serialization.to_bytes writes for this model's parameters, built here from its layout: nested
+    maps, each array an ext record (shape, dtype name, bytes); Flax names (kernel, embedding, scale) and a dense
+    kernel stored (in, out)."""
+    import msgpack
+
+    tree: dict = {}
+    for name, t in model.state_dict().items():
+        *path, leaf = name.split(".")
+        if not t.is_floating_point():
+            continue
+        arr = t.detach().numpy()
+        if leaf == "weight":
+            if "LayerNorm" in path:
+                leaf = "scale"
+            elif path[-1].endswith("embeddings"):
+                leaf = "embedding"
+            else:
+                leaf, arr = "kernel", arr.T
+        node = tree
+        for p in path:
+            node = node.setdefault(p, {})
+        node[leaf] = msgpack.ExtType(1, msgpack.packb((list(arr.shape), arr.dtype.name, arr.tobytes("C")),
+                                                      use_bin_type=True))
+    return msgpack.packb(tree, use_bin_type=True)
+
+
+def test_a_flax_only_checkpoint_is_converted_not_refused(tmp_path, population):
+    """The paper's CoLA models hold only flax_model.msgpack; transformers 5 reads no Flax weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    original = AutoModelForSequenceClassification.from_pretrained(population[0]).eval()
+    flax = tmp_path / "flax_only"
+    shutil.copytree(population[0], flax)
+    (flax / "model.safetensors").unlink()
+    (flax / "flax_model.msgpack").write_bytes(_flax_msgpack(original))
+    found = sources.inspect(str(flax), str(tmp_path / "cache"))
+    assert found.folder != flax and (found.folder / "model.safetensors").is_file()
+    info = M.read_info("flax_only", found.folder)
+    assert info.shapes == M.read_info("m0", population[0]).shapes
+    converted = M.load("flax_only", sources.resolve(str(flax), str(tmp_path / "cache"), revision=found.revision),
+                       info.labels)
+    ids = torch.randint(5, 200, (3, 12))
+    with torch.no_grad():
+        assert torch.allclose(converted(input_ids=ids).logits, original(input_ids=ids).logits, atol=1e-6)
+    (flax / "flax_model.msgpack").write_bytes(b"\x93not flax")
+    with pytest.raises(ConfigError, match="model '.*flax_only': cannot read flax_model.msgpack"):
+        sources.inspect(str(flax), str(tmp_path / "cache2"))
