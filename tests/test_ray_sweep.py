@@ -1,4 +1,5 @@
 """The sweep through a real local Ray instance, against the in-process core on the same work."""
+import contextlib
 import os
 import re
 import shutil
@@ -302,37 +303,35 @@ def test_a_thousand_pairs_keep_memory_flat_through_an_actor_restart(ray_local, t
     assert late - early < 150 * 2**20, (early, late)
 
 
-@pytest.mark.slow
-def test_gpu_actors_make_the_autoscaler_start_workers(tmp_path, population):
-    """Ray's fake autoscaling cluster: a head with no GPU, a worker type advertising one (fake) GPU, none running.
-    A sweep computing on CPUs but asking for GPUs (device cpu, gpus_per_actor 1) sizes its actors from the
-    autoscaler's limits, the autoscaler starts workers for them, and the store equals an in-process run."""
+@contextlib.contextmanager
+def _fake_gpu_cluster(tmp_path, max_workers: int):
+    """Ray's fake autoscaling cluster on this machine: a head with no GPU, a worker type advertising one (fake)
+    GPU, none running. Yields (env, address) for a job to run against it; its processes end with the block.
+    The wheel lacks fake_multi_node/example.yaml, the base config AutoscalingCluster reads: this is it, written
+    out; AutoscalingCluster.start() itself is not used, as it runs `ray stop --force` (every Ray on the machine)."""
     import signal
     import subprocess
     import sys
     import tempfile
-    import time
 
     import psutil
+    import ray
     import yaml
 
-    import ray
-
-    from conftest import ROOT, free_port
+    from conftest import free_port
 
     root = tempfile.mkdtemp(prefix="fk", dir="/tmp")  # short: Ray's socket paths live under it
     ip = ray._private.services.get_node_ip_address()
     port = free_port()
-    # The wheel lacks fake_multi_node/example.yaml, the base config AutoscalingCluster reads: this is it, written
-    # out; AutoscalingCluster.start() itself is not used, as it runs `ray stop --force` (every Ray on the machine).
     autoscaler = {
-        "cluster_name": "lmcray-fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+        "cluster_name": "lmcray-fake", "max_workers": max_workers, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
         "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True, "gcs_address": f"{ip}:{port}"},
         "auth": {"ssh_user": "ubuntu"}, "head_node_type": "ray.head.default",
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-            "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2}},
+            "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0,
+                           "max_workers": max_workers}},
         "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [],
         "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
         "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": []}
@@ -343,27 +342,13 @@ def test_gpu_actors_make_the_autoscaler_start_workers(tmp_path, population):
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_TMPDIR": root,
            "RAY_AUTH_MODE": "disabled", "HOME": str(home)}  # loopback only, torn down with the test
     env.pop("RAY_ADDRESS", None)
-    ray_bin = str(Path(sys.executable).parent / "ray")
     try:
-        subprocess.run([ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={root}/ray", "--num-cpus=1",
-                        "--num-gpus=0", "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
-                        f"--metrics-export-port={free_port()}", "--disable-usage-stats",
-                        f"--autoscaling-config={home / 'ray_bootstrap_config.yaml'}"], env=env, check=True,
-                       capture_output=True, timeout=120)
-        sweep = sweep_config(population[:3], tmp_path / "store", alphas=3)
-        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-        start = time.monotonic()
-        run = subprocess.run([sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(tmp_path / "sweep.yaml"),
-                              "--set", "device=cpu", "--set", "gpus_per_actor=1"],
-                             env={**env, "RAY_ADDRESS": f"{ip}:{port}"}, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
-        # Sized by what the autoscaler may start (2 workers of 1 GPU), not by what ran at the start (no GPU).
-        assert "2 actors for 3 models (1.00 GPU, 2.00 CPU each)" in run.stderr, run.stderr[-3000:]
-        status = subprocess.run([ray_bin, "status", "--address", f"{ip}:{port}"], env=env, capture_output=True,
-                                text=True, timeout=60).stdout
-        print(status)
-        assert re.search(r"^ *2 gpu_worker$", status, re.M) and "/2.0 GPU" in status, status  # started for the actors
-        print(f"fake GPU workers started and the sweep done in {time.monotonic() - start:.0f} s")
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+                        f"--temp-dir={root}/ray", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                        f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
+                        "--disable-usage-stats", f"--autoscaling-config={home / 'ray_bootstrap_config.yaml'}"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        yield env, f"{ip}:{port}", root
     finally:
         for proc in psutil.process_iter(["pid", "cmdline"]):
             if any(root in part for part in proc.info["cmdline"] or []):
@@ -372,7 +357,71 @@ def test_gpu_actors_make_the_autoscaler_start_workers(tmp_path, population):
                 except psutil.Error:
                     pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_gpu_actors_make_the_autoscaler_start_workers(tmp_path, population):
+    """A sweep computing on CPUs but asking for GPUs (device cpu, gpus_per_actor 1) sizes its actors from the
+    autoscaler's limits, the autoscaler starts workers for them, and the store equals an in-process run."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from conftest import ROOT
+
+    with _fake_gpu_cluster(tmp_path, max_workers=2) as (env, address, _):
+        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep_config(population[:3], tmp_path / "store", alphas=3)))
+        start = time.monotonic()
+        run = subprocess.run([sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(tmp_path / "sweep.yaml"),
+                              "--set", "device=cpu", "--set", "gpus_per_actor=1"],
+                             env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        # Sized by what the autoscaler may start (2 workers of 1 GPU), not by what ran at the start (no GPU).
+        assert "2 actors for 3 models (1.00 GPU, 2.00 CPU each)" in run.stderr, run.stderr[-3000:]
+        status = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "--address", address], env=env,
+                                capture_output=True, text=True, timeout=60).stdout
+        assert re.search(r"^ *2 gpu_worker$", status, re.M) and "/2.0 GPU" in status, status  # started for the actors
+        print(f"fake GPU workers started and the sweep done in {time.monotonic() - start:.0f} s")
     reference = config.from_dict(sweep_config(population[:3], tmp_path / "ref", alphas=3))
     local.run(plan.prepare(reference), progress=False)
     pd.testing.assert_frame_equal(_table(str(tmp_path / "store")), _table(str(tmp_path / "ref")), check_exact=False,
                                   atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_node_that_dies_with_its_actor_is_replaced(tmp_path, slow_population, slow_reference):
+    """Mid-sweep, a whole GPU worker (its raylet and every process under it) is SIGKILLed: Ray restarts the actor
+    on a node with a free GPU (the autoscaler may start one: room for 3 workers, 2 actors), the lost pairs are
+    retried, and the store equals an undisturbed run."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+    import yaml
+
+    from conftest import ROOT
+
+    with _fake_gpu_cluster(tmp_path, max_workers=3) as (env, address, root):
+        store = tmp_path / "store"
+        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(_slow_config([str(p) for p in slow_population], store)))
+        job = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(tmp_path / "sweep.yaml"),
+                                "--set", "device=cpu", "--set", "gpus_per_actor=1", "--set", "actors=2"],
+                               env={**env, "RAY_ADDRESS": address}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        try:
+            _wait_for_pairs(store, 2, timeout=300)
+            workers = [p for p in psutil.process_iter(["cmdline"]) if "raylet" in " ".join(p.info["cmdline"] or [])
+                       and root in " ".join(p.info["cmdline"] or []) and "GPU" in " ".join(p.info["cmdline"] or [])]
+            assert workers, "no fake GPU worker found"
+            for proc in [*workers[0].children(recursive=True), workers[0]]:
+                proc.send_signal(signal.SIGKILL)
+            _, err = job.communicate(timeout=600)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        assert job.returncode == 0, err[-3000:]
+        assert re.search(r"actor models:.* died \(1 of 3 restarts\)", err), err[-3000:]
+    pd.testing.assert_frame_equal(_table(str(store)), slow_reference, check_exact=False, atol=1e-6, rtol=0)
