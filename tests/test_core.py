@@ -11,7 +11,7 @@ from lmc_ray.data import read_table
 from conftest import NLI_LABELS, sweep_config
 
 
-def reference_curve(path_a, path_b, texts_a, texts_b, labels, alphas):
+def reference_logits(path_a, path_b, texts_a, texts_b, alphas) -> dict[float, torch.Tensor]:
     """Plain HF: build each interpolated state dict, load it, run one unpadded example at a time."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -19,18 +19,26 @@ def reference_curve(path_a, path_b, texts_a, texts_b, labels, alphas):
     a = AutoModelForSequenceClassification.from_pretrained(path_a).state_dict()
     b = AutoModelForSequenceClassification.from_pretrained(path_b).state_dict()
     model = AutoModelForSequenceClassification.from_pretrained(path_a).eval()
-    out = []
+    out = {}
     for alpha in alphas:
         model.load_state_dict({k: (1 - alpha) * a[k] + alpha * b[k] if a[k].is_floating_point() else a[k] for k in a})
-        losses, preds = [], []
         with torch.no_grad():
-            for p, h, y in zip(texts_a, texts_b, labels):
-                logits = model(**tok(p, h, return_tensors="pt")).logits[0]
-                losses.append(F.cross_entropy(logits[None], torch.tensor([y])).item())
-                preds.append(logits.argmax().item())
-        out.append((np.mean(losses), accuracy_score(labels, preds), f1_score(labels, preds, average="macro"),
-                    matthews_corrcoef(labels, preds)))
-    return np.array(out)
+            out[alpha] = torch.stack([model(**tok(p, h, return_tensors="pt")).logits[0] for p, h in zip(texts_a, texts_b)])
+    return out
+
+
+def reference_metrics(logits: torch.Tensor, labels) -> tuple[float, float, float, float]:
+    """Mean cross-entropy, then accuracy, F1 (macro; the positive class's for two classes) and MCC by scikit-learn."""
+    y = torch.tensor(labels)
+    preds = logits.argmax(-1).numpy()
+    average = "binary" if logits.shape[1] == 2 else "macro"
+    return (F.cross_entropy(logits, y).item(), accuracy_score(labels, preds),
+            f1_score(labels, preds, average=average, zero_division=0), matthews_corrcoef(labels, preds))
+
+
+def reference_curve(path_a, path_b, texts_a, texts_b, labels, alphas):
+    logits = reference_logits(path_a, path_b, texts_a, texts_b, alphas)
+    return np.array([reference_metrics(logits[al], labels) for al in alphas])
 
 
 def test_core_curve_equals_plain_hf(tmp_path, population):
@@ -71,3 +79,32 @@ def test_adaptive_alpha_adds_the_peak_midpoints_and_they_equal_plain_hf(tmp_path
     labels = [NLI_LABELS.index(v) for v in df.gold_label]
     want = reference_curve(population[0], population[1], df.premise, df.hypothesis, labels, sorted(loss))
     np.testing.assert_allclose(rows[["loss", "accuracy", "f1", "mcc"]].to_numpy(), want, atol=1e-5, rtol=0)
+
+
+def test_pooled_hans_scoring_per_subset_equals_an_example_by_example_reference(tmp_path, population):
+    """HANS scored as the paper does — non-entailment = max(neutral, contradiction), cross-entropy over the two
+    pooled logits — at both ends and inside the line, for every subset row, against plain HF pooled by hand and
+    metrics by scikit-learn."""
+    from test_ray_sweep import _two_sets
+
+    cfg = _two_sets(population[:2], tmp_path / "store", alphas=[0.0, 0.4, 1.0])
+    cfg.eval_sets[1].balance_by = "subcase"  # both labels, all three heuristics
+    p = plan.prepare(cfg)
+    local.run(p, progress=False)
+    rows = p.store.curves().to_table().to_pandas().query("eval_set == 'hans'")
+    spec = cfg.eval_sets[1]
+    df = read_table(spec)
+    logits = reference_logits(population[0], population[1], df.sentence1, df.sentence2, cfg.alphas)
+    ent, neu, con = (NLI_LABELS.index(n) for n in ("entailment", "neutral", "contradiction"))
+    labels = np.array([0 if g == "entailment" else 1 for g in df.gold_label])  # eval classes: entailment, non-ent.
+    subsets = {"all": np.ones(len(df), bool)}
+    for (h, g), idx in df.groupby(["heuristic", "gold_label"]).groups.items():
+        subsets[f"heuristic,gold_label={h},{g}"] = df.index.isin(idx)
+    assert set(rows.subset) == set(subsets) and len(set(labels)) == 2
+    for alpha in cfg.alphas:
+        pooled = torch.stack([logits[alpha][:, ent], logits[alpha][:, [neu, con]].amax(-1)], dim=-1)
+        for name, mask in subsets.items():
+            got = rows[(rows.alpha == alpha) & (rows.subset == name)][["loss", "accuracy", "f1", "mcc"]].to_numpy()[0]
+            want = reference_metrics(pooled[torch.from_numpy(mask)], labels[mask].tolist())
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{name} at α = {alpha}")
+            assert rows[(rows.alpha == alpha) & (rows.subset == name)].n_examples.item() == mask.sum()
