@@ -1,4 +1,4 @@
-"""The command line: `lmc-ray sweep | cluster | finetune | demo | configs`, and the one-line error contract.
+"""The command line: `lmc-ray sweep | cluster | finetune | export | demo | configs`, and the one-line error contract.
 
 `jobs/*.py` are aliases of these commands, so `ray submit cluster.yaml jobs/sweep.py -- --config mnli` keeps
 working from a checkout.
@@ -105,6 +105,21 @@ def finetune(argv=None) -> None:
         print(url)
 
 
+def export(argv=None) -> None:
+    """A point of a stored line as a model: θ(α) between two of the store's models, as an HF checkpoint."""
+    from .export import export as write
+    from .store import Store
+
+    p = argparse.ArgumentParser(description=export.__doc__.splitlines()[0])
+    p.add_argument("--store", required=True, help="the sweep's store (local path or s3://)")
+    p.add_argument("--pair", nargs=2, required=True, metavar=("A", "B"), help="the two models, by their store names")
+    p.add_argument("--alpha", type=float, required=True, help="the weight of B (0 = A, 1 = B)")
+    p.add_argument("--out", required=True, help="folder for the checkpoint (model + tokenizer)")
+    p.add_argument("--cache-dir", default="~/.cache/lmc_ray", help="where remote models are cached")
+    args = p.parse_args(argv)
+    print(f"exported: {write(Store(args.store), *args.pair, args.alpha, args.out, args.cache_dir)}")
+
+
 def demo(argv=None) -> None:
     """The whole pipeline offline on the built-in task: pretrain a start, finetune copies, sweep, cluster, report."""
     from . import demo as d
@@ -126,7 +141,8 @@ def configs(argv=None) -> None:
         print(f"{name:24} {first}")
 
 
-COMMANDS = {"sweep": sweep, "cluster": cluster, "finetune": finetune, "demo": demo, "configs": configs}
+COMMANDS = {"sweep": sweep, "cluster": cluster, "finetune": finetune, "export": export, "demo": demo,
+            "configs": configs}
 
 
 def entry(argv=None) -> None:

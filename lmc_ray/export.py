@@ -1,0 +1,46 @@
+"""A point of a stored line as a model: θ(α) = (1−α)·θ_A + α·θ_B written as an HF checkpoint with its tokenizer,
+for those who merge models. The two ends are the store's own: the weights it pinned, in its label order."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import models as M
+from . import sources
+from .errors import ConfigError
+from .interpolate import WorkingModel
+from .store import Store
+
+
+def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str = "~/.cache/lmc_ray",
+           storage_options: dict | None = None) -> Path:
+    """Write θ(α) between models `a` and `b` (names in the store) to `out`; returns the folder."""
+    try:
+        run = json.loads(store.fs.cat_file(store.path("run.json")))
+    except FileNotFoundError:
+        raise ConfigError(f"store {store.url!r}: no run.json (not an lmc-ray store)") from None
+    fp, pins = run["fingerprint"], run.get("weights", {})
+    specs = {m["name"]: m for m in fp["models"]}
+    for name in (a, b):
+        if name not in specs:
+            raise ConfigError(f"model {name!r} is not in the store (it has: {', '.join(list(specs)[:10])}, ...)")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha {alpha} is outside [0, 1]")
+    paths = [sources.resolve(specs[n]["ref"], cache_dir, storage_options, pins.get(n)) for n in (a, b)]
+    infos = [M.read_info(n, p, specs[n].get("labels")) for n, p in zip((a, b), paths)]
+    labels = M.preflight(infos)
+    ends = [M.load(n, p, labels, declared=specs[n].get("labels")) for n, p in zip((a, b), paths)]
+    working = WorkingModel(ends[0])
+    wa, wb = (working.weights_of(m.state_dict()) for m in ends)
+    working.set(wa, wb, alpha)  # in place, into A's model: the same lerp as the sweep's
+    folder = Path(out).expanduser()
+    ends[0].save_pretrained(folder)
+    tokenizer = fp.get("tokenizer")
+    source = sources.resolve(tokenizer, cache_dir, storage_options) if tokenizer else paths[0]
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(folder)
+    (folder / "lmc_ray_export.json").write_text(json.dumps(
+        {"store": store.url, "model_a": a, "model_b": b, "alpha": alpha, "weights": [pins.get(a), pins.get(b)]},
+        indent=2))
+    return folder
