@@ -38,6 +38,10 @@ class Analysis:
         return sel.loc[self.names].to_numpy()
 
 
+class BarriersOnly(Exception):
+    """The store's sweep chose its pairs: barriers.parquet is written; basins need every pair. One line, said."""
+
+
 def _read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
     try:
         run = json.loads(store.fs.cat_file(store.path("run.json")))
@@ -118,6 +122,11 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
     `scores_file`: per-model results from elsewhere, joined to the clusters like the store's own (see scores)."""
     names, fp, curves, ends = _read(store)
     n_pairs = curves.groupby(["model_a", "model_b"]).ngroups
+    if fp.get("pairs", "all") != "all":
+        store.put_table("barriers.parquet", pa.Table.from_pandas(B.table(curves), preserve_index=False))
+        raise BarriersOnly(f"store {store.url!r} swept chosen pairs ({fp['pairs']}): barriers of its {n_pairs} stored "
+                           f"pairs are in barriers.parquet; basins, correlations and the report need every pair of the "
+                           f"{len(names)} models, so they are not computed")
     want = len(names) * (len(names) - 1) // 2
     if n_pairs < want:
         raise ConfigError(f"store {store.url!r}: {n_pairs} of {want} pairs stored; finish the sweep first (rerun it)")

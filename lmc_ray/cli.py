@@ -74,7 +74,11 @@ def cluster(argv=None) -> None:
                                                      "then numeric columns), joined to the clusters")
     args = p.parse_args(argv)
     store = Store(args.store)
-    a = analysis.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
+    try:
+        a = analysis.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
+    except analysis.BarriersOnly as e:
+        print(e)
+        return
     analysis.write(store, a)
     index = report.write(store, a, args.ood)
     print(analysis.text_summary(a))

@@ -91,6 +91,9 @@ class SweepConfig:
     eval_sets: list[EvalSetSpec]
     store: str
     alphas: list[float] = field(default_factory=lambda: grid(10))
+    # Which pairs get a line: "all" (the paper's N(N−1)/2), {anchors: [model names]} (every model against each
+    # anchor), or {file: PATH} (two model names a line). The cluster job needs "all" for basins.
+    pairs: str | dict[str, Any] = "all"
     # Adaptive α: after the grid, `refine` rounds each evaluate the two midpoints either side of the curve's
     # highest point above its endpoint chord (first eval set's loss). 0 = the paper's fixed grid.
     refine: int = 0
@@ -133,6 +136,7 @@ class SweepConfig:
             # Only when used, so stores written before adaptive α existed stay resumable.
             **({"refine": self.refine} if self.refine else {}),
             **({"per_example": True} if self.per_example else {}),
+            **({"pairs": self.pairs} if self.pairs != "all" else {}),
             "dtype": self.dtype,
             "max_length": self.max_length,
             "tokenizer": self.tokenizer,
@@ -283,6 +287,13 @@ def validate(cfg: SweepConfig) -> None:
             seen[key] = m
     if len(cfg.models) < 2:
         raise ConfigError("config: a sweep needs at least 2 models")
+    if cfg.pairs != "all":
+        if not isinstance(cfg.pairs, dict) or len(cfg.pairs) != 1 or not {"anchors", "file"} & set(cfg.pairs):
+            raise ConfigError(f"config: pairs must be 'all', {{anchors: [names]}} or {{file: PATH}}, got {cfg.pairs!r}")
+        anchors = cfg.pairs.get("anchors", [])
+        unknown = [a for a in anchors if a not in [m.name for m in cfg.models]] if isinstance(anchors, list) else [anchors]
+        if unknown or ("anchors" in cfg.pairs and not anchors):
+            raise ConfigError(f"config: pairs anchors: {unknown[0] if unknown else None!r} is not a model name")
     alphas = [float(a) for a in cfg.alphas]
     if len(alphas) < 2:
         raise ConfigError(f"config: alphas {cfg.alphas!r}: a line needs at least 2 points for a barrier")

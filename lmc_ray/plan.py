@@ -31,7 +31,8 @@ class Plan:
     labels: list[str]  # canonical label order
     datas: list[EvalData]
     store: Store
-    pending: list[tuple[int, int]]  # pairs not yet in the store
+    pairs: list[tuple[int, int]]  # the pairs that get a line (config `pairs`)
+    pending: list[tuple[int, int]]  # those not yet in the store
 
     @property
     def names(self) -> list[str]:
@@ -57,8 +58,7 @@ class Plan:
         try:
             yield
         except KeyboardInterrupt:
-            n = len(self.names)
-            raise Interrupted(f"interrupted: {len(self.store.done_pairs())} of {n * (n - 1) // 2} pairs are stored in "
+            raise Interrupted(f"interrupted: {len(self.store.done_pairs())} of {len(self.pairs)} pairs are stored in "
                               f"{self.cfg.store}; rerun the same command to resume") from None
         finally:
             self.store.close()
@@ -140,9 +140,10 @@ def prepare(cfg: SweepConfig) -> Plan:
         raise ConfigError(f"tokenizer {source!r}: cannot load ({type(e).__name__})") from None
     datas = [prepare_data(e, tokenizer, labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
     revisions = [f.revision for f in found]
+    pairs = schedule.chosen_pairs([m.name for m in cfg.models], cfg.pairs)
     store.open(cfg.fingerprint(), {m.name: r for m, r in zip(cfg.models, revisions)}, cfg.lease_timeout)
     done = store.done_pairs()
-    pending = [p for p in schedule.all_pairs(len(found)) if p not in done]
+    pending = [p for p in pairs if p not in done]
     if done:
         log.info("store %s: %d pairs already stored, %d to compute", cfg.store, len(done), len(pending))
-    return Plan(cfg, revisions, labels, datas, store, pending)
+    return Plan(cfg, revisions, labels, datas, store, pairs, pending)

@@ -288,7 +288,7 @@ def run(plan: Plan, progress: bool = True) -> None:
 def _run(plan: Plan, progress: bool) -> None:
     cfg, n = plan.cfg, len(plan.names)
     if not plan.pending and not plan.missing_endpoints():
-        log.info("store %s is complete: %d pairs, nothing to compute", cfg.store, n * (n - 1) // 2)
+        log.info("store %s is complete: %d pairs, nothing to compute", cfg.store, len(plan.pairs))
         return
     dashboard = init()
     n_actors, gpu_share, cpu_share = layout(cfg, n)
@@ -304,7 +304,7 @@ def _run(plan: Plan, progress: bool) -> None:
     ]
     log.info("Ray dashboard: %s", dashboard)
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
-             gpu_share, cpu_share, len(plan.pending), n * (n - 1) // 2)
+             gpu_share, cpu_share, len(plan.pending), len(plan.pairs))
     pool = _Pool(actors, names, cfg.max_retries, f"{gpu_share:.2f} GPU, {cpu_share:.2f} CPU", cfg.resource_timeout)
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).

@@ -7,7 +7,11 @@ partner's weights travel to the actor once, not once per pair.
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from pathlib import Path
+
+from .errors import ConfigError
 
 
 def assign_models(n_models: int, n_actors: int) -> list[list[int]]:
@@ -54,4 +58,36 @@ def plan(n_models: int, residents: list[list[int]], pending: set[tuple[int, int]
 
 def all_pairs(n: int) -> list[tuple[int, int]]:
     return [(a, b) for a in range(n) for b in range(a + 1, n)]
+
+
+def chosen_pairs(names: list[str], spec) -> list[tuple[int, int]]:
+    """The pairs that get a line (a < b, by model index): every one ("all", the paper's), every model against
+    each anchor ({anchors: [names]}), or those a file lists, two model names a line ({file: PATH})."""
+    if spec == "all":
+        return all_pairs(len(names))
+    index = {n: i for i, n in enumerate(names)}
+    if "anchors" in spec:
+        anchors = [index[a] for a in spec["anchors"]]
+        return sorted({(min(a, i), max(a, i)) for a in anchors for i in range(len(names)) if i != a})
+    path = Path(spec["file"]).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config: pairs file {spec['file']!r} does not exist")
+    out = set()
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        two = [w for w in re.split(r"[,\t ]+", line.strip()) if w]
+        where = f"config: pairs file {spec['file']!r} line {k}"
+        if len(two) != 2:
+            raise ConfigError(f"{where}: expected two model names, got {line.strip()!r}")
+        unknown = [w for w in two if w not in index]
+        if unknown:
+            raise ConfigError(f"{where}: no model named {unknown[0]!r}")
+        if two[0] == two[1]:
+            raise ConfigError(f"{where}: a model paired with itself")
+        a, b = index[two[0]], index[two[1]]
+        out.add((min(a, b), max(a, b)))
+    if not out:
+        raise ConfigError(f"config: pairs file {spec['file']!r} lists no pair")
+    return sorted(out)
 

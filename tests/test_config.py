@@ -67,6 +67,8 @@ def test_explicit_alphas_are_sorted():
      "eval set 's': the first eval set is on the lines"),
     ({"gpus_per_actor": "many"}, "gpus_per_actor must be 'auto' or a non-negative number, got 'many'"),
     ({"resource_timeout": 0}, "resource_timeout must be positive, got 0"),
+    ({"pairs": "some"}, "pairs must be 'all', {anchors: [names]} or {file: PATH}, got 'some'"),
+    ({"pairs": {"anchors": ["a/m9"]}}, "pairs anchors: 'a/m9' is not a model name"),
 ])
 def test_bad_config_names_the_culprit(over, culprit):
     with pytest.raises(ConfigError, match=None) as e:

@@ -144,6 +144,30 @@ def test_actors_that_never_get_their_gpus_stop_in_one_line(ray_local, tmp_path, 
     assert ray_sweep.layout(config.from_dict(sweep_config(population[:2], tmp_path / "s2")), 2)[1] == 0.0
 
 
+def test_anchor_pairs_only_and_what_the_cluster_job_says(ray_local, tmp_path, population):
+    """pairs: {anchors: [...]} sweeps every model against the anchor only (3 of 6 pairs), equal to the same pairs
+    of a full sweep; the cluster job writes their barriers and says in one line what it cannot compute."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cfg = config.from_dict(sweep_config(population, tmp_path / "store", pairs={"anchors": [str(population[1])]}))
+    p = plan.prepare(cfg)
+    assert p.pending == [(0, 1), (1, 2), (1, 3)]
+    ray_sweep.run(p, progress=False)
+    full = config.from_dict(sweep_config(population, tmp_path / "full"))
+    local.run(plan.prepare(full), progress=False)
+    got, want = _table(str(tmp_path / "store")), _table(str(tmp_path / "full"))
+    want = want[want.model_a.eq(str(population[1])) | want.model_b.eq(str(population[1]))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=0)
+    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "cluster.py"), "--store", str(tmp_path / "store")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "barriers of its 3 stored pairs are in barriers.parquet" in run.stdout
+    assert len(pd.read_parquet(tmp_path / "store" / "barriers.parquet").groupby(["model_a", "model_b"])) == 3
+
+
 # -- faults -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slow_population(tmp_path_factory, mnli_texts):

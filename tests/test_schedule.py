@@ -27,3 +27,20 @@ def test_plan_covers_every_pending_pair_once_grouped_by_partner(n, actors):
         assert len(runs) == len(set(runs))  # each partner fetched once per actor
     sizes = [len(q) for q in queues]
     assert max(sizes) - min(sizes) <= max(2, n // actors)
+
+
+def test_chosen_pairs_all_anchors_and_a_file(tmp_path):
+    import pytest
+
+    from lmc_ray.errors import ConfigError
+
+    names = ["m0", "m1", "m2", "m3"]
+    assert schedule.chosen_pairs(names, "all") == schedule.all_pairs(4)
+    assert schedule.chosen_pairs(names, {"anchors": ["m2"]}) == [(0, 2), (1, 2), (2, 3)]
+    assert schedule.chosen_pairs(names, {"anchors": ["m0", "m3"]}) == [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)]
+    f = tmp_path / "pairs.txt"
+    f.write_text("# some pairs\nm3,m1\nm0 m2\n\nm1\tm3\n")
+    assert schedule.chosen_pairs(names, {"file": str(f)}) == [(0, 2), (1, 3)]
+    f.write_text("m0,m9\n")
+    with pytest.raises(ConfigError, match="line 1: no model named 'm9'"):
+        schedule.chosen_pairs(names, {"file": str(f)})
