@@ -89,3 +89,13 @@ def test_a_stale_ray_address_is_found_in_seconds(tmp_path, population):
         assert len(os.listdir(tmp_path / "store" / "curves")) == 3
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_failed_sweep_exits_1_with_one_line(tmp_path, population):
+    """The CLI contract on the process: actors that can never start (a GPU asked of a cluster without one)."""
+    run = subprocess.run(SWEEP + [_config(tmp_path, population[:2], device="cpu", gpus_per_actor=1,
+                                          resource_timeout=3)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-2000:]
+    (line,) = _ours(run.stderr)
+    assert line.startswith("lmc-ray: sweep failed: 1 of 1 actors never started in ") and "each needs 1.00 GPU" in line
+    assert line.endswith("(rerun the same command to resume)") and "Traceback" not in run.stderr
