@@ -67,6 +67,7 @@ class ModelActor:
             self.refused = e
         self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing", tag_keys=("actor",))
         self.busy.set_default_tags({"actor": name})
+        self.busy_seconds = 0.0  # since this incarnation started
 
     def pid(self) -> int:
         if self.refused:
@@ -79,6 +80,10 @@ class ModelActor:
             return fn(*args)
         finally:
             self.busy.inc(time.monotonic() - start)
+            self.busy_seconds += time.monotonic() - start
+
+    def busy_time(self) -> float:
+        return self.busy_seconds
 
     def endpoint(self, i: int):
         return i, self._timed(self.res.endpoint, i)
@@ -363,6 +368,10 @@ def _run(plan: Plan, progress: bool) -> None:
         if queues[k]:
             submit(k)
     bar.close()
+    if len(actors) > 1:  # is the work spread evenly? (an actor restarted mid-sweep counts from its restart)
+        busy = ray.get([a.busy_time.remote() for a in actors])
+        log.info("actors busy %.1f to %.1f s (spread %.0f%% of the mean)", min(busy), max(busy),
+                 100 * (max(busy) - min(busy)) / max(1e-9, sum(busy) / len(busy)))
     for actor in actors:
         ray.kill(actor)
 

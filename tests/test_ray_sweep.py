@@ -40,9 +40,13 @@ def reference(tmp_path_factory, population):
     return _table(store)
 
 
-def test_ray_sweep_is_complete_and_equals_the_core(ray_local, tmp_path, population, reference):
+def test_ray_sweep_is_complete_and_equals_the_core(ray_local, tmp_path, population, reference, caplog):
+    import logging
+
     cfg = _two_sets(population, tmp_path / "store", actors=2)
-    ray_sweep.run(plan.prepare(cfg), progress=False)
+    with caplog.at_level(logging.INFO, logger="lmc_ray"):
+        ray_sweep.run(plan.prepare(cfg), progress=False)
+    assert re.search(r"actors busy [\d.]+ to [\d.]+ s \(spread \d+% of the mean\)", caplog.text), caplog.text
     got = _table(cfg.store)
     n, n_alpha = len(population), 5
     subsets = 1 + 3 + 1 + 1  # nli: all + 3 labels; hans: all + the one heuristic,label pair in its first 48 rows

@@ -26,7 +26,15 @@ def test_plan_covers_every_pending_pair_once_grouped_by_partner(n, actors):
         runs = [k for k, _ in groupby(foreign)]
         assert len(runs) == len(set(runs))  # each partner fetched once per actor
     sizes = [len(q) for q in queues]
-    assert max(sizes) - min(sizes) <= max(2, n // actors)
+    assert max(sizes) - min(sizes) <= 2
+
+
+def test_queues_stay_balanced_when_n_is_not_a_multiple_of_the_actors():
+    for n in range(3, 61):
+        for actors in range(1, 9):
+            queues = schedule.plan(n, schedule.assign_models(n, actors), set(schedule.all_pairs(n)))
+            sizes = [len(q) for q in queues]
+            assert max(sizes) - min(sizes) <= 2, (n, actors, sizes)
 
 
 def test_chosen_pairs_all_anchors_and_a_file(tmp_path):
