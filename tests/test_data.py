@@ -75,6 +75,8 @@ def test_hans_pools_non_entailment(tokenizer):
     ({"label": "gold"}, "eval set 'nli': no column 'gold'"),
     ({"path": "/nowhere/dev.tsv"}, "eval set 'nli': no such file '/nowhere/dev.tsv'"),
     ({"label_map": {"entailment": "entailment"}}, "label value 'contradiction' is not in label_map"),
+    ({"label_map": {"entailment": "yes", "neutral": "neutral", "contradiction": "contradiction"}},
+     "eval set 'nli': label 'yes' is not a model label (models have: entailment, neutral, contradiction)"),
 ])
 def test_bad_eval_sets_name_the_culprit(tokenizer, over, culprit):
     over = dict(over)

@@ -122,3 +122,19 @@ def test_hub_models_from_the_cache_are_pinned_to_their_commit(tmp_path, populati
     publish("lmcray/tiny1", population[2], "v2")  # upstream moved on
     with pytest.raises(ConfigError, match="model 'lmcray/tiny1' changed since the store was written"):
         plan.prepare(config.from_dict(cfg))
+
+
+def test_the_tokenizer_from_another_reference(tmp_path, population, mnli_texts):
+    """`tokenizer: REF` tokenizes the eval sets with REF's tokenizer, not the first model's."""
+    from transformers import AutoTokenizer
+
+    from lmc_ray.data import read_table
+    from lmc_ray.synthetic import build_tokenizer
+
+    build_tokenizer(mnli_texts, 800).save_pretrained(tmp_path / "tok800")  # another vocabulary than the models'
+    p = plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "store", tokenizer=str(tmp_path / "tok800"))))
+    df = read_table(p.cfg.eval_sets[0])
+    for name, same in ((tmp_path / "tok800", True), (population[0], False)):
+        tok = AutoTokenizer.from_pretrained(name)
+        ids = [tok(a, b)["input_ids"] for a, b in zip(df.premise, df.hypothesis)]
+        assert all(list(x) == y for x, y in zip(p.datas[0].input_ids, ids)) == same, name
