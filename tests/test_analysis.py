@@ -225,3 +225,13 @@ def test_scores_from_elsewhere_join_by_name_or_by_run_number(store, tmp_path):
     assert set(a.per_cluster.metric) >= {"scores/ood"} and "scores/ood" in set(a.correlations.metric)
     with pytest.raises(ConfigError, match="no row of column 'model' names a model of the store"):
         analysis.scores(str(own), ["zzz"])
+
+
+def test_clustering_on_the_error_barrier(store):
+    """--metric error: the matrix is the paper's barrier of 1 − accuracy, read from barriers.parquet's error rows."""
+    a = analysis.run(Store(str(store)), metric="error")
+    rows = a.barriers.query("metric == 'error' and eval_set == @a.eval_set")
+    idx = {n: i for i, n in enumerate(a.names)}
+    for r in rows.itertuples():
+        assert a.matrix[idx[r.model_a], idx[r.model_b]] == a.matrix[idx[r.model_b], idx[r.model_a]] == r.barrier
+    assert a.metric == "error" and not np.allclose(a.matrix, analysis.run(Store(str(store))).matrix)

@@ -45,3 +45,14 @@ def test_spectral_score_correlates_with_a_metric_that_follows_the_blocks():
     metric = truth * 0.5 + np.random.default_rng(1).normal(0, 0.05, len(truth))
     r, p = C.correlation(C.spectral_score(b, C.knn_delta(b)), metric)
     assert abs(r) > 0.9 and p < 1e-3
+
+
+def test_nan_barriers_count_as_the_largest_when_clustering():
+    """Lines whose losses overflowed have NaN barriers; between two basins they must keep the basins apart."""
+    b, truth = block_matrix([5, 7])
+    b[truth[:, None] != truth[None, :]] = np.nan  # every between-basin barrier unknown
+    assert adjusted_rand_score(truth, C.paper(b)) == 1.0
+    long, _ = C.analyse(b, [f"m{i}" for i in range(len(truth))])
+    assert adjusted_rand_score(truth, long[long.method == "average_linkage"].cluster.to_numpy()) == 1.0
+    zeros = np.nan_to_num(b, nan=0.0)  # were they read as 0, the basins would merge
+    assert adjusted_rand_score(truth, C.paper(zeros)) < 1.0
