@@ -108,3 +108,19 @@ def test_pooled_hans_scoring_per_subset_equals_an_example_by_example_reference(t
             want = reference_metrics(pooled[torch.from_numpy(mask)], labels[mask].tolist())
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{name} at α = {alpha}")
             assert rows[(rows.alpha == alpha) & (rows.subset == name)].n_examples.item() == mask.sum()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 2e-3), ("float16", 5e-4)])
+def test_reduced_precision_curves_stay_within_a_stated_tolerance_of_float32(tmp_path, population, dtype, tolerance):
+    """The same lines in bf16 / fp16 (the mix in fp32, rounded once): losses within `tolerance` nats of fp32 at
+    every α and subset, accuracies within one example of 64 — and not identical, so the dtype took effect.
+    (On the demo's finetuned models benchmarks/dtype_error.py measures the same: docs/performance.md.)"""
+    curves = {}
+    for dt in ("float32", dtype):
+        p = plan.prepare(config.from_dict(sweep_config(population[:3], tmp_path / dt, alphas=5, dtype=dt)))
+        local.run(p, progress=False)
+        curves[dt] = p.store.curves().to_table().to_pandas().sort_values(["model_a", "model_b", "alpha", "subset"])
+    d_loss = (curves[dtype].loss.to_numpy() - curves["float32"].loss.to_numpy())
+    d_acc = (curves[dtype].accuracy.to_numpy() - curves["float32"].accuracy.to_numpy())
+    assert np.abs(d_loss).max() < tolerance and np.abs(d_acc).max() <= 1 / 64 + 1e-12
+    assert np.abs(d_loss).max() > 0
