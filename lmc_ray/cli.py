@@ -1,4 +1,4 @@
-"""The command line: `lmc-ray sweep | cluster | finetune | export | demo | configs`, and the one-line error contract.
+"""The command line: `lmc-ray sweep | analyse | finetune | export | demo | configs`, and the one-line error contract.
 
 `jobs/*.py` are aliases of these commands, so `ray submit cluster.yaml jobs/sweep.py -- --config mnli` keeps
 working from a checkout.
@@ -55,12 +55,12 @@ def sweep(argv=None) -> None:
     print(f"store: {cfg.store}")
 
 
-def cluster(argv=None) -> None:
+def analyse(argv=None) -> None:
     """Barriers, basins and generalization from a finished sweep store; writes STORE/report/index.html."""
     from . import analysis, report
     from .store import Store
 
-    p = argparse.ArgumentParser(description=cluster.__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=analyse.__doc__.splitlines()[0])
     p.add_argument("--store", required=True, help="the sweep's store (local path or s3://)")
     p.add_argument("--eval-set", help="eval set whose barriers define the clusters (default: the first)")
     p.add_argument("--metric", default="loss", help="loss or error")
@@ -145,13 +145,17 @@ def configs(argv=None) -> None:
         print(f"{name:24} {first}")
 
 
-COMMANDS = {"sweep": sweep, "cluster": cluster, "finetune": finetune, "export": export, "demo": demo,
+# "cluster" is the Ray cluster everywhere else; the basins job keeps that name only as an alias of `analyse`.
+COMMANDS = {"sweep": sweep, "analyse": analyse, "finetune": finetune, "export": export, "demo": demo,
             "configs": configs}
+ALIASES = {"cluster": "analyse"}
 
 
 def entry(argv=None) -> None:
     """`lmc-ray COMMAND ...`"""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ALIASES:
+        argv = [ALIASES[argv[0]], *argv[1:]]
     if not argv or argv[0] not in COMMANDS:
         lines = "\n".join(f"  {name:9} {fn.__doc__.splitlines()[0]}" for name, fn in COMMANDS.items())
         print(f"usage: lmc-ray COMMAND [options]   (lmc-ray COMMAND --help)\n\n{lines}",

@@ -187,7 +187,7 @@ def test_bootstrap_intervals_from_the_kept_per_example_values(tmp_path, populati
     at0 = curves.xs(0.0, level="alpha").reset_index().groupby(["model_a", "eval_set"]).loss.first()
     np.testing.assert_allclose(ends.groupby(["model", "eval_set"]).loss.mean().loc[at0.index], at0, rtol=1e-6)
 
-    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "cluster.py"), "--store", str(path), "--bootstrap", "300"],
+    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "analyse.py"), "--store", str(path), "--bootstrap", "300"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "95% bootstrap intervals (300 resamples of the examples)" in run.stdout
@@ -203,7 +203,7 @@ def test_bootstrap_intervals_from_the_kept_per_example_values(tmp_path, populati
     assert 'src="intervals.png"' in (path / "report" / "index.html").read_text()
 
     # A store that kept no per-example values: one line, before any work.
-    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "cluster.py"), "--store", str(store), "--bootstrap", "100"],
+    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "analyse.py"), "--store", str(store), "--bootstrap", "100"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "per_example: true" in run.stderr
 

@@ -60,6 +60,6 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_commands(tmp_path, popu
     assert "mnli " in run("configs") and "offline/mnli" in run("configs")
     (work / "sweep.yaml").write_text(yaml.safe_dump(sweep_config(population[:3], work / "store")))
     assert "3 of 3 pairs to compute" in run("sweep", "--config", "sweep.yaml")
-    assert "report:" in run("cluster", "--store", "store")
+    assert "report:" in run("analyse", "--store", "store")
     out = run("demo", "--models", "2", "--workdir", "demo", timeout=900)
     assert "cluster models" in out and (work / "demo" / "store" / "report" / "index.html").is_file()

@@ -165,7 +165,7 @@ def test_anchor_pairs_only_and_what_the_cluster_job_says(ray_local, tmp_path, po
     got, want = _table(str(tmp_path / "store")), _table(str(tmp_path / "full"))
     want = want[want.model_a.eq(str(population[1])) | want.model_b.eq(str(population[1]))].reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=0)
-    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "cluster.py"), "--store", str(tmp_path / "store")],
+    run = subprocess.run([sys.executable, str(ROOT / "jobs" / "analyse.py"), "--store", str(tmp_path / "store")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "barriers of its 3 stored pairs are in barriers.parquet" in run.stdout

@@ -95,7 +95,7 @@ def test_offline_variant_runs_end_to_end(task, tmp_path, monkeypatch, mnli_texts
         sub = curves[(curves.eval_set == "hans") & curves.subset.str.startswith("subcase=")]
         assert sub.subset.str.startswith("subcase=ln_").all() and sub.subset.nunique() > 1
 
-    _job("cluster").cluster(["--store", str(store)])
+    _job("analyse").analyse(["--store", str(store)])
     per_model = pd.read_parquet(store / "clusters.parquet")
     assert set(per_model.model) == {f"m{i}" for i in range(4)}
     html = (store / "report" / "index.html").read_text()
