@@ -109,16 +109,33 @@ def loadable(path: Path, ref: str, cache: Path) -> Path:
         weights = state_dict(blob)
     except Exception as e:  # not flax.serialization's format, or damaged
         raise ConfigError(f"model {ref!r}: cannot read flax_model.msgpack ({cause(e)})") from None
+
+    def fill(tmp: Path) -> None:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for f in path.iterdir():
+            if f.is_file() and not f.name.endswith(_WEIGHTS):
+                shutil.copy(f, tmp / f.name)
+
+    return _cached(target, ref, fill)
+
+
+def _cached(target: Path, ref: str, fill) -> Path:
+    """`target`, written by fill(folder) into a temporary folder renamed into place: whole or not at all."""
+    if target.is_dir():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    for f in path.iterdir():
-        if f.is_file() and not f.name.endswith(_WEIGHTS):
-            shutil.copy(f, tmp / f.name)
     try:
+        fill(tmp)
         os.replace(tmp, target)
-    except OSError:  # another process converted it first
+    except ConfigError:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target.is_dir():  # another process won the race
+            return target
+        raise ConfigError(f"model {ref!r}: cannot fill the cache ({cause(e)})") from None
     return target
 
 
@@ -247,25 +264,13 @@ def _listing(ref: str, storage_options: dict):
 
 def _download(fs, root: str, paths: list[str], target: Path, ref: str) -> Path:
     """Fetch `paths` (under `root`) into `target`, whole or not at all."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
-    try:
+    def fill(tmp: Path) -> None:
         for path in paths:
             dest = inside(tmp, path[len(root) + 1:] if path.startswith(root + "/") else path, ref)
             dest.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(dest))
-        os.replace(tmp, target)
-    except ConfigError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if target.is_dir():  # another process won the race
-            return target
-        raise ConfigError(f"model {ref!r}: download failed ({cause(e)})") from None
-    return target
+
+    return _cached(target, ref, fill)
 
 
 def _inspect_s3(ref: str, cache: Path, storage_options: dict) -> Found:
