@@ -69,25 +69,25 @@ def main():
     def naive():
         plain.load_state_dict({k: (1 - alpha) * sa[k] + alpha * sb[k] if sa[k].is_floating_point() else sa[k]
                                for k in sa})
-        return file_order(plain)
+        return file_order()
 
-    file_order = Evaluator(data, "cpu", batch_tokens=10**9, max_batch_size=512)  # one batch: the longest pads all
+    file_order = Evaluator(data, plain, "cpu", batch_tokens=10**9, max_batch_size=512)  # one batch: the longest pads all
 
-    def in_place(model, evaluator):
-        wm = WorkingModel(model)
+    def in_place(evaluator):
+        wm = WorkingModel(evaluator.model)
         wa, wb = wm.weights_of(sa), wm.weights_of(sb)
 
         def step():
             wm.set(wa, wb, alpha)
-            return evaluator(wm.model)
+            return evaluator()
         return step
 
     steps = {
         "naive": naive,
-        "lerp": in_place(plain, file_order),
-        "sorted": in_place(plain, Evaluator(data, "cpu", 8192, 256)),
-        "2048": in_place(plain, Evaluator(data, "cpu", 2048, 256)),
-        "trim": in_place(trimmed, Evaluator(data, "cpu", 2048, 256)),
+        "lerp": in_place(file_order),
+        "sorted": in_place(Evaluator(data, plain, "cpu", 8192, 256)),
+        "2048": in_place(Evaluator(data, plain, "cpu", 2048, 256)),
+        "trim": in_place(Evaluator(data, trimmed, "cpu", 2048, 256)),
     }
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU; 2 BERTs ({args.layers} layers, hidden "
           f"{args.hidden}); {len(data)} MNLI examples, {data.n_tokens} non-padding tokens; {args.rounds} rounds")

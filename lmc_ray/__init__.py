@@ -34,7 +34,7 @@ def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: boo
         config = C.from_dict(config)
     else:
         C.validate(config)
-    p = plan.prepare(config)
+    p = plan.prepare(config, ray_sweep.on_gpus if executor == "ray" else plan.here_on_gpus)
     (ray_sweep if executor == "ray" else local).run(p, progress=progress)
     return p.store
 

@@ -51,7 +51,7 @@ def sweep(argv=None) -> None:
         demo.run(demo.DemoConfig(n_models=args.demo_models))
         return
     cfg = config.load(args)
-    ray_sweep.run(plan.prepare(cfg))
+    ray_sweep.run(plan.prepare(cfg, ray_sweep.on_gpus))
     print(f"store: {cfg.store}")
 
 

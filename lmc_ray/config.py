@@ -100,11 +100,16 @@ class SweepConfig:
     # Keep every example's loss and correctness at every α (STORE/examples/), so the cluster job can put a
     # bootstrap confidence interval on each barrier (say, when max_examples subsamples the eval sets).
     per_example: bool = False
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # auto: bfloat16 where the sweep runs on GPUs, float32 on CPUs (core.GPU_DTYPE says why); made concrete before
+    # the store is opened, so a store records the precision its values were computed in.
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
     # Padded tokens per batch (dynamic padding, length-sorted); auto: core.BATCH_TOKENS for the device.
     batch_tokens: int | str = "auto"
     max_batch_size: int = 256
+    # Padding-free evaluation (lmc_ray/packed.py): auto = on GPUs for BERT-family encoders; true fails on others.
+    # Changes no value beyond float rounding, so stores resume across it.
+    packing: str | bool = "auto"
     max_length: int = 512  # truncation only; never padded to
     # Number of actors; "auto" = as many as the population and the cluster's largest size allow (what the
     # autoscaler may add counts, not only what runs now): one per gpus_per_actor GPUs, or per cpus_per_actor cores.
@@ -330,8 +335,10 @@ def validate(cfg: SweepConfig) -> None:
             raise ConfigError(f"config: {where}: metric {bad[0] if bad else None!r} is not one of {', '.join(METRICS)}")
         if e.role not in ("in_domain", "diagnostic"):
             raise ConfigError(f"config: {where}: role must be 'in_domain' or 'diagnostic', got {e.role!r}")
-    if cfg.dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"config: dtype {cfg.dtype!r} is not one of float32, bfloat16, float16")
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"config: dtype {cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
+    if cfg.packing not in ("auto", True, False):
+        raise ConfigError(f"config: packing must be auto, true or false, got {cfg.packing!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"config: device {cfg.device!r} is not one of auto, cpu, cuda")
     if cfg.actors != "auto" and not (isinstance(cfg.actors, int) and cfg.actors >= 1):
@@ -410,7 +417,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--per-example", action="store_true", default=None,
                    help="keep per-example losses, for bootstrap intervals on each barrier")
     p.add_argument("--actors", help="number of actors, or auto")
-    p.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any top-level key, value in YAML syntax (repeatable)")

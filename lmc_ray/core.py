@@ -3,20 +3,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from . import packed
 from .barriers import refine_points
 from .data import EvalData
+from .errors import ConfigError
 from .evaluate import Evaluator, Examples, Metrics
 from .interpolate import Weights, WorkingModel
 from .metrics import LOSS
 from .trim import first_token_only
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Padded tokens per batch when the config says auto. On a CPU small batches are faster (less padding, and
+# What `dtype: auto` means on GPUs. bf16 moved no barrier by more than 5e-3 against fp32 on the paper's 10-point
+# lines of real finetuned models, and fp16 no less (benchmarks/dtype_error.py, docs/performance.md); bf16 has
+# fp32's range, so no loss overflows. CPUs keep fp32: bf16 is not faster there.
+GPU_DTYPE = "bfloat16"
+# Tokens per batch when the config says auto. On a CPU small padded batches are faster (less padding, and
 # activations stay in cache): 2048 ran 1.7x faster than 8192 on the 2-core benchmark machine
-# (benchmarks/techniques.py). A GPU wants enough rows per kernel to fill it; benchmarks/gpu.py tries several.
+# (benchmarks/techniques.py). A GPU wants enough rows per kernel to fill it; packed, a 512-example set is one
+# stream of ~16k real tokens (benchmarks/gpu.py tries several).
 BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+PACKED_TOKENS = 32768
 
 
 @dataclass
@@ -33,51 +42,89 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def concrete_dtype(dtype: str, gpus: bool) -> str:
+    return (GPU_DTYPE if gpus else "float32") if dtype == "auto" else dtype
+
+
+def use_packing(packing: str | bool, model: torch.nn.Module, device: torch.device) -> bool:
+    """auto: on GPUs, for the architectures packed.py knows. On a CPU FlexAttention runs a dense reference path
+    that is slower than padding (benchmarks/gpu.py at toy size shows it)."""
+    if packing == "auto":
+        return device.type == "cuda" and packed.supported(model)
+    if packing and not packed.supported(model):
+        raise ConfigError(f"config: packing needs a BERT-family encoder ({', '.join(sorted(packed.PACKABLE))}); "
+                          f"the models are {model.config.model_type!r}")
+    return bool(packing)
+
+
 class Core:
     """Owns the device-side state of one process: the working model and the batched eval sets."""
 
     def __init__(self, template: torch.nn.Module, datas: list[EvalData], device="cpu", dtype="float32",
-                 batch_tokens: int | str = "auto", max_batch_size: int = 256, line: list[bool] | None = None):
+                 batch_tokens: int | str = "auto", max_batch_size: int = 256, line: list[bool] | None = None,
+                 packing: str | bool = "auto", graphs: bool = True):
         self.device = pick_device(device) if isinstance(device, str) else device
-        if batch_tokens == "auto":
-            batch_tokens = BATCH_TOKENS.get(self.device.type, 8192)
-        model = template.to(self.device, DTYPES[dtype]).eval()
+        self.dtype = concrete_dtype(dtype, self.device.type == "cuda")
+        model = template.to(self.device, DTYPES[self.dtype]).eval()
         first_token_only(model)
+        self.packing = use_packing(packing, model, self.device)
+        if batch_tokens == "auto":
+            batch_tokens = PACKED_TOKENS if self.packing else BATCH_TOKENS.get(self.device.type, 8192)
         self.working = WorkingModel(model)
-        self.evaluators = [Evaluator(d, self.device, batch_tokens, max_batch_size) for d in datas]
+        self.evaluators = [Evaluator(d, model, self.device, batch_tokens, max_batch_size, self.packing, graphs)
+                           for d in datas]
         self.line = line or [True] * len(datas)  # which sets are evaluated along the lines (not endpoints_only)
-        self._last = self.evaluators
 
     def resident(self, state: Weights) -> Weights:
         return self.working.weights_of(state)
 
-    def evaluate(self, a: Weights, b: Weights | None = None, alpha: float = 0.0, line_only: bool = False) -> list[Metrics]:
-        self.working.set(a, b, alpha)
-        self._last = [ev for ev, on in zip(self.evaluators, self.line) if on or not line_only]
-        return [ev(self.working.model) for ev in self._last]
+    def _point(self, evaluators: list[Evaluator], keep_examples: bool) -> list[torch.Tensor]:
+        """The current working model on `evaluators`, left on the device: each set's summary (and per-example
+        values); copies, since a replayed CUDA graph writes its output in the same place every time."""
+        out = [ev.summary().clone() for ev in evaluators]
+        return out + [ev.per_example() for ev in evaluators] if keep_examples else out
 
-    def examples(self) -> list[Examples]:
-        """Per-example loss and correctness of the latest evaluate, one array per eval set it evaluated."""
-        return [ev.examples for ev in self._last]
+    @staticmethod
+    def _host(points: dict[float, list[torch.Tensor]], evaluators: list[Evaluator], keep_examples: bool):
+        """Every point's device tensors to the host in one copy, as (metrics, per-example values) per α."""
+        keys = list(points)
+        tensors = [t for al in keys for t in points[al]]
+        flat = torch.cat([t.double().flatten() for t in tensors]).cpu().numpy()
+        parts = np.split(flat, np.cumsum([t.numel() for t in tensors])[:-1])
+        metrics, examples, n = {}, {}, len(evaluators)
+        for k, al in enumerate(keys):
+            mine = parts[k * len(points[al]): (k + 1) * len(points[al])]
+            metrics[al] = [ev.metrics(p.reshape(-1, 1 + len(ev.data.classes) ** 2)) for ev, p in zip(evaluators, mine)]
+            if keep_examples:
+                examples[al] = [p.reshape(2, -1).astype(np.float32) for p in mine[n:]]
+        return metrics, examples if keep_examples else None
+
+    def endpoint(self, a: Weights, keep_examples: bool = False) -> tuple[list[Metrics], list[Examples] | None]:
+        """Model a alone on every eval set: metrics, and per-example values when asked."""
+        self.working.set(a)
+        metrics, examples = self._host({0.0: self._point(self.evaluators, keep_examples)}, self.evaluators,
+                                       keep_examples)
+        return metrics[0.0], examples[0.0] if keep_examples else None
 
     def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int, end_losses: tuple[float, float],
               keep_examples: bool = False) -> Line:
         """The interior of the line; endpoints are each model alone and are evaluated once per model.
         `refine` rounds add α around the peak (barriers.refine_points), judged by the first eval set's loss.
         With keep_examples, also each α's per-example values (for bootstrap intervals on the barrier)."""
-        out, examples = {}, {} if keep_examples else None
+        evaluators = [ev for ev, on in zip(self.evaluators, self.line) if on]
+        points = {}
+        distance = torch.stack([(b[k] - v).float().pow(2).sum() for k, v in a.items() if v.is_floating_point()])
 
         def point(al):
-            out[al] = self.evaluate(a, b, al, line_only=True)
-            if keep_examples:
-                examples[al] = self.examples()
+            self.working.set(a, b, al)
+            points[al] = self._point(evaluators, keep_examples)
 
         for al in alphas:
             if 0.0 < al < 1.0:
                 point(al)
-        for _ in range(refine):
-            losses = {al: float(m[0][0, LOSS]) for al, m in out.items()}
+        for _ in range(refine):  # one host copy per round: the next α depend on the losses so far
+            losses = {al: float(m[0][0, LOSS]) for al, m in self._host(points, evaluators, False)[0].items()}
             for al in refine_points(losses, end_losses):
                 point(al)
-        distance = torch.stack([(b[k] - v).float().pow(2).sum() for k, v in a.items() if v.is_floating_point()])
-        return Line(out, examples, float(distance.sum().sqrt()))
+        interior, examples = self._host(points, evaluators, keep_examples)
+        return Line(interior, examples, float(distance.sum().sqrt()))

@@ -58,7 +58,7 @@ def run(d: DemoConfig = DemoConfig()) -> dict[str, float]:
     times["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    p = plan.prepare(sweep)
+    p = plan.prepare(sweep, ray_sweep.on_gpus)
     ray_sweep.run(p)
     times["sweep"] = time.perf_counter() - t
 

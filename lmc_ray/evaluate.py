@@ -1,12 +1,24 @@
-"""Mean cross-entropy, accuracy, F1 and MCC of a model on an evaluation set, overall and per subset."""
+"""Mean cross-entropy, accuracy, F1 and MCC of a model on an evaluation set, overall and per subset.
+
+The device does the counting: each evaluation leaves one small tensor per set (per subset, the loss sum and the
+confusion matrix) on the device, and the caller copies many of them to the host at once (core.py: one copy per
+pair, all α), instead of several synchronising copies per α. On a GPU the whole pass over a set can be recorded
+once as a CUDA graph and replayed (its batches never change, and the working model's weights are overwritten in
+place), so a replay costs one launch instead of thousands.
+"""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import metrics
+from . import metrics, packed
 from .data import EvalData
+from .errors import first_line
+
+log = logging.getLogger("lmc_ray")
 
 # One row per subset, columns metrics.COLUMNS.
 Metrics = np.ndarray
@@ -15,35 +27,82 @@ Examples = np.ndarray
 
 
 class Evaluator:
-    """An evaluation set with its batches already on the device, reused for every model and α."""
+    """An evaluation set with its batches already on the device, evaluated on one model whose weights change."""
 
-    def __init__(self, data: EvalData, device, batch_tokens: int, max_batch_size: int):
-        self.data = data
-        self.batches = data.batches(batch_tokens, max_batch_size, device)
+    def __init__(self, data: EvalData, model: torch.nn.Module, device, batch_tokens: int, max_batch_size: int,
+                 packing: bool = False, graphs: bool = False):
+        device = torch.device(device)
+        self.data, self.model = data, model
+        if packing:
+            self.forward = packed.PackedForward(model, device)
+            self.batches = packed.batches(data, batch_tokens, device, packed.position_offset(model))
+        else:
+            self.forward = lambda batch: model(**{k: v for k, v in batch.items() if k != "index"}).logits
+            self.batches = data.batches(batch_tokens, max_batch_size, device)
         self.labels = torch.tensor(data.labels, device=device)
         self.membership = torch.tensor(data.membership, device=device, dtype=torch.float64)
+        self.counts = data.membership.sum(1).astype(np.float64)
         self.classes = [torch.tensor(c, device=device) for c in data.classes] if data.pooled() else None
-        self.examples: Examples | None = None  # the latest call's, for bootstrap intervals
-
+        self.losses = torch.zeros(len(data), dtype=torch.float64, device=device)
+        self.predicted = torch.zeros(len(data), dtype=torch.long, device=device)
+        self.summary = Replay(self._summary) if graphs and device.type == "cuda" else self._summary
 
     @torch.inference_mode()
-    def __call__(self, model: torch.nn.Module) -> Metrics:
-        n = len(self.data)
-        losses = torch.empty(n, dtype=torch.float64, device=self.labels.device)
-        predicted = torch.empty(n, dtype=torch.long, device=self.labels.device)
+    def _summary(self) -> torch.Tensor:
+        """(subsets, 1 + k²) on the device: the loss sum, then the (true, predicted) counts. No host sync."""
         for batch in self.batches:
             idx = batch["index"]
-            logits = model(**{k: v for k, v in batch.items() if k != "index"}).logits.float()
+            logits = self.forward(batch).float()
             if self.classes is not None:  # e.g. HANS: non-entailment = max(neutral, contradiction)
                 logits = torch.stack([logits[:, c].amax(-1) for c in self.classes], dim=-1)
-            y = self.labels[idx]
-            losses[idx] = F.cross_entropy(logits, y, reduction="none").double()
-            predicted[idx] = logits.argmax(-1)
-        counts = self.membership.sum(1)
+            self.losses[idx] = F.cross_entropy(logits, self.labels[idx], reduction="none").double()
+            self.predicted[idx] = logits.argmax(-1)
         k = len(self.data.classes)
-        pairs = F.one_hot(self.labels * k + predicted, k * k).double()  # (true, predicted) per example
-        conf = (self.membership @ pairs).view(-1, k, k).cpu().numpy()
+        pairs = F.one_hot(self.labels * k + self.predicted, k * k).double()
+        return torch.cat([self.membership @ self.losses[:, None], self.membership @ pairs], 1)
+
+    def per_example(self) -> torch.Tensor:
+        """(2, n) on the device, after a summary: each example's loss and whether it was predicted right."""
+        return torch.stack([self.losses, (self.predicted == self.labels).double()]).float()
+
+    def metrics(self, summary: np.ndarray) -> Metrics:
+        k = len(self.data.classes)
+        conf = summary[:, 1:].reshape(-1, k, k)
         acc = np.trace(conf, axis1=1, axis2=2) / conf.sum((1, 2))
-        loss = (self.membership @ losses / counts).cpu().numpy()
-        self.examples = torch.stack([losses, (predicted == self.labels).double()]).float().cpu().numpy()
-        return np.stack([counts.cpu().numpy(), loss, acc, metrics.f1(conf), metrics.mcc(conf)], 1)
+        return np.stack([self.counts, summary[:, 0] / self.counts, acc, metrics.f1(conf), metrics.mcc(conf)], 1)
+
+    def __call__(self) -> Metrics:
+        """The model's metrics now (one host copy)."""
+        return self.metrics(self.summary().cpu().numpy())
+
+
+class Replay:
+    """fn() recorded once as a CUDA graph, then replayed; its output tensor is the same each time (copy it
+    before the next replay). If recording fails (an operation that synchronises with the host), fn runs as is."""
+
+    def __init__(self, fn):
+        self.fn, self.graph, self.out = fn, None, None
+
+    def __call__(self) -> torch.Tensor:
+        if self.graph is None:
+            try:
+                self._record()
+            except RuntimeError as e:
+                log.warning("CUDA graph recording failed, evaluating without it: %s", first_line(e))
+                torch.cuda.synchronize()
+                self.graph = False
+        if self.graph is False:
+            return self.fn()
+        self.graph.replay()
+        return self.out
+
+    def _record(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the recording: lazy initialisation, kernel selection
+            self.fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.out = self.fn()
+        self.graph = graph

@@ -72,7 +72,7 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base), num_labels=len(cfg.labels), id2label=dict(enumerate(cfg.labels)),
         label2id={lab: i for i, lab in enumerate(cfg.labels)})
-    evaluators = [Evaluator(d, "cpu", 8192, 256) for d in evals]
+    evaluators = [Evaluator(d, model, "cpu", 8192, 256) for d in evals]
     n = len(train_data)
     steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -101,7 +101,7 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
             model.eval()
             metrics = {"step": step, "train_loss": loss.item()}
             for spec, d, ev in zip(cfg.eval_sets, evals, evaluators):
-                m = ev(model)
+                m = ev()
                 metrics[f"{d.name}/loss"] = float(m[0, LOSS])
                 for k, sub in enumerate(d.subsets):
                     prefix = d.name if k == 0 else f"{d.name}/{sub}"

@@ -23,6 +23,7 @@ class ModelInfo:
     architecture: str
     labels: list[str]  # id2label in the checkpoint's own order
     shapes: dict[str, tuple[int, ...]]
+    model_type: str | None = None
 
 
 _GENERIC = re.compile(r"^LABEL_\d+$")
@@ -54,7 +55,7 @@ def read_info(name: str, path: Path, declared: list[str] | None = None,
     id2label = cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(cfg.get("num_labels", 2))}
     labels = own_labels(name, id2label, declared)
     if shapes is not None:
-        return ModelInfo(name, path, archs[0], labels, shapes)
+        return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"))
     files = checkpoint_files(path)
     if not files:
         raise ConfigError(f"model {name!r}: no *.safetensors or pytorch_model*.bin in {path}")
@@ -64,7 +65,7 @@ def read_info(name: str, path: Path, declared: list[str] | None = None,
             shapes.update(_header_shapes(f))
         except Exception as e:  # the formats raise many types for a damaged file
             raise ConfigError(f"model {name!r}: cannot read checkpoint {f.name} ({cause(e)})") from None
-    return ModelInfo(name, path, archs[0], labels, shapes)
+    return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"))
 
 
 def _header_shapes(f: Path) -> dict[str, tuple[int, ...]]:

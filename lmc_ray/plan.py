@@ -5,8 +5,10 @@ actor starts. Both executors (in-process and Ray) run a Plan and record results 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import contextmanager
+from typing import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +17,11 @@ import numpy as np
 from . import models as M
 from . import schedule, sources
 from .config import SweepConfig
-from .core import Line
+from .core import Line, concrete_dtype, pick_device
 from .errors import ConfigError, Interrupted
 from .data import EvalData, prepare as prepare_data
 from .metrics import LOSS
+from .packed import PACKABLE
 from .store import Layout, Store, endpoint_examples, endpoint_table, metrics_from_endpoint, pair_examples, pair_table
 
 log = logging.getLogger("lmc_ray")
@@ -124,12 +127,22 @@ def _inspect_all(cfg: SweepConfig) -> list[sources.Found]:
     return found
 
 
-def prepare(cfg: SweepConfig) -> Plan:
-    """Everything checked, from headers only: no model's weights are downloaded here (the actors fetch their own)."""
+def here_on_gpus(cfg: SweepConfig) -> bool:
+    """Whether this process would compute on a GPU (the in-process executor; ray_sweep asks the cluster)."""
+    return pick_device(cfg.device).type == "cuda"
+
+
+def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_gpus) -> Plan:
+    """Everything checked, from headers only: no model's weights are downloaded here (the actors fetch their own).
+    `on_gpus` says where the sweep will run, which makes `dtype: auto` concrete; it is asked last, after every
+    check, since asking a Ray cluster starts Ray."""
     store = Store(cfg.store, cfg.storage_options)
     found = _inspect_all(cfg)
     infos = [M.read_info(m.name, f.folder, m.labels, f.shapes) for m, f in zip(cfg.models, found)]
     labels = M.preflight(infos)
+    if cfg.packing is True and infos[0].model_type not in PACKABLE:
+        raise ConfigError(f"config: packing needs a BERT-family encoder ({', '.join(sorted(PACKABLE))}); the models "
+                          f"are {infos[0].model_type!r} (set packing: auto)")
     source = cfg.tokenizer or cfg.models[0].ref
     try:
         tokenizer = load_tokenizer(sources.inspect(source, cfg.cache_dir, cfg.storage_options).folder if cfg.tokenizer
@@ -141,6 +154,8 @@ def prepare(cfg: SweepConfig) -> Plan:
     datas = [prepare_data(e, tokenizer, labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
     revisions = [f.revision for f in found]
     pairs = schedule.chosen_pairs([m.name for m in cfg.models], cfg.pairs)
+    if cfg.dtype == "auto":
+        cfg = dataclasses.replace(cfg, dtype=concrete_dtype(cfg.dtype, on_gpus(cfg)))
     store.open(cfg.fingerprint(), {m.name: r for m, r in zip(cfg.models, revisions)}, cfg.lease_timeout)
     done = store.done_pairs()
     pending = [p for p in pairs if p not in done]

@@ -174,6 +174,12 @@ def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, float]:
     return n, float(gpus), min(float(cfg.cpus_per_actor), max(1.0, cap["CPU"]) / n)
 
 
+def on_gpus(cfg: SweepConfig) -> bool:
+    """Whether the sweep's actors will ask for GPUs on the cluster this job joins (starting Ray if need be)."""
+    init()
+    return layout(cfg, len(cfg.models))[1] > 0
+
+
 def _most() -> dict[str, float]:
     """The most CPUs and GPUs the cluster can reach: from the limits its autoscaler publishes (autoscaler v2), or
     on a head that `ray up` started, from the autoscaler's config it left there (~/ray_bootstrap_config.yaml,

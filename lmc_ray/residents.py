@@ -31,7 +31,7 @@ class Residents:
             M.check_finite(spec.name, state)
             if self.core is None:
                 self.core = Core(model, datas, cfg.device, cfg.dtype, cfg.batch_tokens, cfg.max_batch_size,
-                                 [not e.endpoints_only for e in cfg.eval_sets])
+                                 [not e.endpoints_only for e in cfg.eval_sets], cfg.packing)
             self.weights[i] = self.core.resident(model.state_dict())
             del model, state
         self._partner: tuple[int, Weights] | None = None
@@ -39,8 +39,7 @@ class Residents:
 
     def endpoint(self, i: int) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """Model i alone: metrics per eval set, and per-example values when the sweep keeps them."""
-        metrics = self.core.evaluate(self.weights[i])
-        return metrics, self.core.examples() if self.keep_examples else None
+        return self.core.endpoint(self.weights[i], self.keep_examples)
 
     def export(self, i: int) -> dict[str, np.ndarray]:
         """CPU numpy copy of a model's weights, for other processes (Ray stores numpy without pickling)."""

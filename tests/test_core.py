@@ -41,8 +41,11 @@ def reference_curve(path_a, path_b, texts_a, texts_b, labels, alphas):
     return np.array([reference_metrics(logits[al], labels) for al in alphas])
 
 
-def test_core_curve_equals_plain_hf(tmp_path, population):
-    cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store", alphas=[0.0, 0.3, 0.5, 1.0]))
+@pytest.mark.parametrize("packing", [False, True])
+def test_core_curve_equals_plain_hf(tmp_path, population, packing):
+    """Padded batches and packed streams (lmc_ray/packed.py) alike."""
+    cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store", alphas=[0.0, 0.3, 0.5, 1.0],
+                                        packing=packing))
     p = plan.prepare(cfg)
     local.run(p, progress=False)
     rows = p.store.curves().to_table().to_pandas().sort_values("alpha")
@@ -81,7 +84,8 @@ def test_adaptive_alpha_adds_the_peak_midpoints_and_they_equal_plain_hf(tmp_path
     np.testing.assert_allclose(rows[["loss", "accuracy", "f1", "mcc"]].to_numpy(), want, atol=1e-5, rtol=0)
 
 
-def test_pooled_hans_scoring_per_subset_equals_an_example_by_example_reference(tmp_path, population):
+@pytest.mark.parametrize("packing", [False, True])
+def test_pooled_hans_scoring_per_subset_equals_an_example_by_example_reference(tmp_path, population, packing):
     """HANS scored as the paper does — non-entailment = max(neutral, contradiction), cross-entropy over the two
     pooled logits — at both ends and inside the line, for every subset row, against plain HF pooled by hand and
     metrics by scikit-learn."""
@@ -89,6 +93,7 @@ def test_pooled_hans_scoring_per_subset_equals_an_example_by_example_reference(t
 
     cfg = _two_sets(population[:2], tmp_path / "store", alphas=[0.0, 0.4, 1.0])
     cfg.eval_sets[1].balance_by = "subcase"  # both labels, all three heuristics
+    cfg.packing = packing
     p = plan.prepare(cfg)
     local.run(p, progress=False)
     rows = p.store.curves().to_table().to_pandas().query("eval_set == 'hans'")
@@ -124,3 +129,24 @@ def test_reduced_precision_curves_stay_within_a_stated_tolerance_of_float32(tmp_
     d_acc = (curves[dtype].accuracy.to_numpy() - curves["float32"].accuracy.to_numpy())
     assert np.abs(d_loss).max() < tolerance and np.abs(d_acc).max() <= 1 / 64 + 1e-12
     assert np.abs(d_loss).max() > 0
+
+
+def test_dtype_auto_is_float32_on_cpus_bfloat16_on_gpus_and_the_store_records_which(tmp_path, population):
+    """auto is made concrete before the store opens: a CPU run's store is float32 (and resumes with an explicit
+    float32, as stores from before auto do); a run on GPUs records bfloat16 and refuses to mix with float32."""
+    import json
+
+    def never(cfg):
+        raise AssertionError("a concrete dtype needs no question about GPUs")
+
+    cpu = plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "cpu")))
+    assert cpu.cfg.dtype == "float32"
+    assert json.loads((tmp_path / "cpu" / "run.json").read_text())["fingerprint"]["dtype"] == "float32"
+    cpu.store.close()
+    plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "cpu", dtype="float32")), never).store.close()
+    gpu = plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "gpu")), lambda cfg: True)
+    assert gpu.cfg.dtype == "bfloat16"
+    assert json.loads((tmp_path / "gpu" / "run.json").read_text())["fingerprint"]["dtype"] == "bfloat16"
+    gpu.store.close()
+    with pytest.raises(Exception, match="dtype"):
+        plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "gpu", dtype="float32")), never)
