@@ -1,4 +1,4 @@
-"""The compute core on one GPU (no Ray): BERT-base-sized classifiers, MNLI + HANS, against the paper's procedure.
+"""The compute core on one GPU (no Ray), one row per technique, against the paper's procedure, in one run.
 
     python benchmarks/gpu.py [--data-dir ../shared/data] [--layers 12 --hidden 768 --heads 12]
 
@@ -6,15 +6,16 @@ Models: N BERT classifiers built from a config (random weights plus a seeded per
 be downloaded there), with a WordPiece vocabulary built from the MNLI text. Data: the first 512 MNLI
 dev_matched examples and 512 HANS examples balanced over its 30 subcases, as configs/mnli.yaml reads them.
 It prints, measured in this one run:
-  ceiling   an 8192³ bf16 matmul (torch.matmul), TFLOP/s
-  core      lmc-ray's core (bf16, fused attention, length-sorted token-budget batches, weights resident on
-            the GPU, in-place lerp): seconds per α per eval set, non-padding tokens/s, the encoder's useful
-            TFLOP/s and its fraction of the ceiling; then a whole N-model sweep through local.run
-  paper     the paper's procedure for one pair on the same GPU (checkpoints reloaded, state dict rebuilt on
-            the CPU per α, every input padded to 512, batch 512, fp32), seconds per pair
-  projected the paper's full MNLI sweep (100 models: 4,950 pairs × 10 α × 512 examples, plus HANS) with the
-            core and with the paper's procedure
-Sized to finish in a few minutes on an H100; on a CPU run it with --layers 2 --hidden 64 --examples 64.
+  ceiling    an 8192³ bf16 matmul (torch.matmul), TFLOP/s
+  paper      the paper's procedure for one pair on the same GPU (checkpoints reloaded, state dict rebuilt on
+             the CPU per α, every input padded to 512, batch 512, fp32)
+  techniques one row each: the core's whole line for one pair (lerp in place, both eval sets, metrics counted
+             on the device, one host copy), as ms per α; the fraction of processed tokens that are real;
+             the encoder's useful TFLOP/s and its fraction of the ceiling; the projected full MNLI sweep
+             (4,950 pairs × 8 interior α + 100 endpoints); and the largest loss difference from the fp32 row
+  sweep      a whole N-model sweep through local.run with the config's defaults (dtype, packing: auto)
+Sized to finish in a few minutes on an H100; on a CPU (toy size, tests/test_benchmarks.py) run it with
+--layers 2 --hidden 64 --heads 2 --examples 32: rows that need CUDA say so.
 """
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from lmc_ray import config, local, plan
 from lmc_ray.core import Core
-from lmc_ray.interpolate import WorkingModel
+from lmc_ray.metrics import LOSS
+from lmc_ray.models import quiet
 from lmc_ray.synthetic import make_population
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +94,32 @@ def paper_pair(paths, texts: list[tuple[list, list]], labels: list[list], device
     return time.perf_counter() - t
 
 
+# (row, dtype, packing, CUDA graphs): each adds one thing to the row before it; the last is what auto picks on a GPU.
+TECHNIQUES = [
+    ("fp32, padded batches (the old default)", "float32", False, False),
+    ("bf16, padded batches", "bfloat16", False, False),
+    ("bf16, padded + CUDA graphs", "bfloat16", False, True),
+    ("bf16, packed (FlexAttention)", "bfloat16", True, False),
+    ("bf16, packed + CUDA graphs (auto)", "bfloat16", True, True),
+]
+FULL_PAIRS, FULL_MODELS = 4950, 100
+FULL_POINTS = FULL_PAIRS * 8 + FULL_MODELS  # every pair's interior α, and each model alone once
+
+
+def technique(paths, datas, device, dtype, packing, graphs, batch_tokens, repeat):
+    """(seconds per α, the interior losses per set, processed tokens per α) for one pair's line."""
+    from transformers import AutoModelForSequenceClassification
+
+    template = AutoModelForSequenceClassification.from_pretrained(paths[0])
+    core = Core(template, datas, device, dtype, batch_tokens, 512, packing=packing, graphs=graphs)
+    wa, wb = (core.resident(AutoModelForSequenceClassification.from_pretrained(x).state_dict()) for x in paths[:2])
+    line = lambda: core.curve(wa, wb, config.grid(10), 0, (0.0, 0.0))  # noqa: E731
+    seconds = timed(line, device, repeat) / 8
+    losses = np.array([[m[0, LOSS] for m in ms] for _, ms in sorted(line().interior.items())])
+    processed = sum(b["input_ids"].numel() for ev in core.evaluators for b in ev.batches)
+    return seconds, losses, processed
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
@@ -99,10 +128,12 @@ def main():
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--examples", type=int, default=512)
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--batch-tokens", default="8192,16384,32768,65536", help="padded-token budgets to try")
+    p.add_argument("--batch-tokens", default="auto", help="tokens per batch (padded) or stream (packed)")
+    p.add_argument("--repeat", type=int, default=5, help="timed lines per technique")
     args = p.parse_args()
+    batch_tokens = args.batch_tokens if args.batch_tokens == "auto" else int(args.batch_tokens)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    quiet()
     data = Path(args.data_dir)
     mnli_path, hans_path = data / "mnli" / "dev_matched.tsv", data / "hans" / "heuristics_evaluation_set.regenerated.tsv"
     mnli = pd.read_csv(mnli_path, sep="\t", quoting=3, nrows=3000)
@@ -121,38 +152,16 @@ def main():
              "label_map": {"entailment": "entailment", "non-entailment": ["neutral", "contradiction"]},
              "balance_by": "subcase", "max_examples": args.examples}]
     cfg = config.from_dict({"models": [str(x) for x in paths], "store": str(work / "store"), "alphas": 10,
-                            "eval_sets": sets, "dtype": args.dtype, "device": device.type,
-                            "max_batch_size": 512, "cache_dir": str(work / "c")})
+                            "eval_sets": sets, "device": device.type, "cache_dir": str(work / "c")})
     pl = plan.prepare(cfg)
-    from transformers import AutoModelForSequenceClassification
+    pl.store.close()
+    from transformers import AutoConfig
 
-    model = AutoModelForSequenceClassification.from_pretrained(paths[0])
-    cfg_m = model.config
-    best, lerps = {}, []  # eval set -> (seconds per α, batch_tokens); seconds to lerp all weights
-    for budget in [int(b) for b in args.batch_tokens.split(",")]:
-        core = Core(model, pl.datas, device, args.dtype, budget, 512)
-        wa, wb = (core.resident(AutoModelForSequenceClassification.from_pretrained(x).state_dict()) for x in paths[:2])
-        lerp = timed(lambda: core.working.set(wa, wb, 0.37), device, 5)
-        lerps.append(lerp)
-        for ev, d in zip(core.evaluators, pl.datas):
-            alone = timed(lambda: ev(core.working.model), device, 5)
-            lengths = [len(x) for x in d.input_ids]
-            flops = encoder_flops(lengths, cfg_m.num_hidden_layers, cfg_m.hidden_size, cfg_m.intermediate_size)
-            padded = sum(b["input_ids"].numel() for b in ev.batches)
-            best[d.name] = min(best.get(d.name, (float("inf"), 0)), (alone, budget))
-            print(f"core {d.name}, batch_tokens {budget}: {len(d)} examples, {sum(lengths)} tokens "
-                  f"({sum(lengths) / padded:.0%} of the padded batches, {len(ev.batches)} batches): {alone * 1e3:.1f} ms "
-                  f"per α + lerp {lerp * 1e3:.1f} ms; {sum(lengths) / alone:,.0f} non-padding tokens/s; "
-                  f"{flops / alone / 1e12:.2f} TFLOP/s useful = {flops / alone / 1e12 / top:.0%} of the ceiling")
-        del core, wa, wb
-    per_alpha = sum(t for t, _ in best.values()) + min(lerps)  # every eval set, one lerp
-    cfg.batch_tokens = min(best.values())[1]
-    t = time.perf_counter()
-    local.run(pl, progress=False)
-    sync(device)
-    sweep = time.perf_counter() - t
-    n_pairs = args.models * (args.models - 1) // 2
-    print(f"core sweep: {args.models} models, {n_pairs} pairs × 10 α × 2 sets in {sweep:.1f} s (load included)")
+    arch = AutoConfig.from_pretrained(paths[0])
+    lengths = [len(x) for d in pl.datas for x in d.input_ids]
+    flops = encoder_flops(lengths, arch.num_hidden_layers, arch.hidden_size, arch.intermediate_size)
+    print(f"eval sets: {', '.join(f'{d.name} {len(d)} examples' for d in pl.datas)}; {sum(lengths):,} real tokens, "
+          f"{flops / 1e12:.2f} TFLOP of useful encoder work per α")
 
     raw = [config.eval_set(s, i) for i, s in enumerate(sets)]
     from lmc_ray.data import read_table
@@ -160,13 +169,32 @@ def main():
     frames = [read_table(s) for s in raw]
     paper_texts = [(list(f[s.text[0]]), list(f[s.text[1]])) for f, s in zip(frames, raw)]
     paper_labels = [list(f[s.label]) for f, s in zip(frames, raw)]
-    paper = paper_pair([str(x) for x in paths[:2]], paper_texts, paper_labels, device, config.grid(10))
-    print(f"paper's procedure: {paper:.1f} s for one pair (10 α × 2 sets, pad 512, batch 512, fp32, reloads)")
+    paper = paper_pair([str(x) for x in paths[:2]], paper_texts, paper_labels, device, config.grid(10)) / 10
+    print(f"\n{'technique':<40} | ms per α | real tokens | useful TFLOP/s | of ceiling | full sweep | max |Δ loss| vs fp32")
+    print(f"{'paper (fp32, pad 512, batch 512, reloads)':<40} | {paper * 1e3:8.1f} | "
+          f"{sum(lengths) / (512 * len(lengths)):11.0%} | {flops / paper / 1e12:14.2f} | {flops / paper / 1e12 / top:10.1%} | "
+          f"{FULL_PAIRS * 10 * paper / 3600:8.1f} h |")
+    reference, best = None, None
+    for name, dtype, packing, graphs in TECHNIQUES:
+        if graphs and device.type != "cuda":
+            print(f"{name:<40} | skipped: CUDA graphs need a GPU")
+            continue
+        seconds, losses, processed = technique(paths, pl.datas, device, dtype, packing, graphs, batch_tokens,
+                                               args.repeat)
+        reference = losses if reference is None else reference
+        best = min(best or (seconds, name), (seconds, name))
+        print(f"{name:<40} | {seconds * 1e3:8.1f} | {sum(lengths) / processed:11.0%} | {flops / seconds / 1e12:14.2f} | "
+              f"{flops / seconds / 1e12 / top:10.1%} | {FULL_POINTS * seconds / 60:6.1f} min | "
+              f"{np.abs(losses - reference).max():.1e}")
+    print(f"fastest: {best[1]}, {paper / best[0]:.0f}x the paper's procedure; projected full MNLI sweep "
+          f"{FULL_POINTS * best[0] / 60:.1f} min on this device (target: 12)")
 
-    full_pairs, full_models = 4950, 100
-    core_full = (full_pairs * 8 + full_models) * per_alpha
-    print(f"projected paper's full MNLI sweep (100 models, 4,950 pairs, MNLI + HANS): core {core_full / 60:.1f} min "
-          f"on this device; paper's procedure {full_pairs * paper / 3600:.1f} h ({full_pairs * paper / core_full:.0f}x)")
+    t = time.perf_counter()
+    local.run(plan.prepare(cfg), progress=False)
+    sync(device)
+    n_pairs = args.models * (args.models - 1) // 2
+    print(f"sweep: {args.models} models, {n_pairs} pairs × 10 α × 2 sets through local.run, defaults "
+          f"(dtype, packing: auto) in {time.perf_counter() - t:.1f} s, loading included")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,0 +1,28 @@
+"""The GPU benchmark runs end to end at toy size on a CPU, so it is ready when a GPU is there."""
+import re
+import subprocess
+import sys
+
+from conftest import DATA, ROOT
+
+
+def test_gpu_benchmark_prints_a_row_per_technique_at_toy_size():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--data-dir", str(DATA), "--layers", "2",
+                          "--hidden", "64", "--heads", "2", "--examples", "32", "--repeat", "1", "--models", "3"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"(.+?)\s+\|\s+([\d.]+) \|\s+(\d+)% \|\s+([\d.]+) \|\s+([\d.]+)% \|\s+([\d.]+) (min|h) \|\s*(\S*)", line)
+        if m:
+            rows[m.group(1)] = m.groups()[1:]
+    assert set(rows) == {"paper (fp32, pad 512, batch 512, reloads)", "fp32, padded batches (the old default)",
+                         "bf16, padded batches", "bf16, packed (FlexAttention)"}, out.stdout
+    assert rows["bf16, packed (FlexAttention)"][1] == "100"  # no padding at all
+    assert int(rows["bf16, padded batches"][1]) > int(rows["paper (fp32, pad 512, batch 512, reloads)"][1])
+    assert float(rows["fp32, padded batches (the old default)"][6]) == 0  # the reference row itself
+    for name in ("bf16, padded batches", "bf16, packed (FlexAttention)"):
+        assert 0 < float(rows[name][6]) < 1e-2  # bf16 moved the losses, a little
+    assert out.stdout.count("skipped: CUDA graphs need a GPU") == 2
+    assert re.search(r"fastest: .+, \d+x the paper's procedure; projected full MNLI sweep [\d.]+ min", out.stdout)
+    assert re.search(r"sweep: 3 models, 3 pairs .* in [\d.]+ s", out.stdout)
