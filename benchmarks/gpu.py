@@ -154,7 +154,6 @@ def main():
     cfg = config.from_dict({"models": [str(x) for x in paths], "store": str(work / "store"), "alphas": 10,
                             "eval_sets": sets, "device": device.type, "cache_dir": str(work / "c")})
     pl = plan.prepare(cfg)
-    pl.store.close()
     from transformers import AutoConfig
 
     arch = AutoConfig.from_pretrained(paths[0])

@@ -25,6 +25,7 @@ import torch
 
 from lmc_ray import config, plan, ray_sweep
 from lmc_ray.memory import PeakRSS
+from lmc_ray.store import Store
 from lmc_ray.synthetic import make_population
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def main():
             ray_sweep.run(pl, progress=False)
             wall = time.perf_counter() - t
         pairs = n * (n - 1) // 2
-        assert len(pl.store.done_pairs()) == pairs
+        assert len(Store(pl.cfg.store).done_pairs()) == pairs
         rows.append({"N": n, "pairs": pairs, "wall_s": wall, "pairs_per_s": pairs / wall,
                      "peak_GiB": mem.peak_pss / 2**30})
         r = rows[-1]

@@ -25,6 +25,7 @@ def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: boo
     from . import config as C
     from . import local, plan, ray_sweep
     from .errors import ConfigError
+    from .store import Store
 
     if executor not in ("ray", "local"):
         raise ConfigError(f"executor {executor!r}: use 'ray' or 'local'")
@@ -36,7 +37,7 @@ def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: boo
         C.validate(config)
     p = plan.prepare(config, ray_sweep.on_gpus if executor == "ray" else plan.here_on_gpus)
     (ray_sweep if executor == "ray" else local).run(p, progress=progress)
-    return p.store
+    return Store(p.cfg.store, p.cfg.storage_options)
 
 
 def analyse(store: str | Store, **options) -> Analysis:

@@ -18,8 +18,9 @@ import yaml
 from . import schedule
 from .config import ConfigError, SweepConfig
 from .errors import SweepError, first_line
-from .plan import Plan
+from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan
 from .progress import bar as progress_bar, track
+from .recorder import Recorder
 from .residents import Residents
 
 log = logging.getLogger("lmc_ray")
@@ -85,15 +86,15 @@ class ModelActor:
     def busy_time(self) -> float:
         return self.busy_seconds
 
-    def endpoint(self, i: int):
-        return i, self._timed(self.res.endpoint, i)
+    def endpoint(self, e: Endpoint) -> EndpointResult:
+        return self._timed(self.res.endpoint, e)
 
     def weights(self, i: int):
         return self.res.export(i)
 
-    def pair(self, a: int, b: int, end_losses: tuple[float, float], partner: list):
+    def pair(self, pair: Pair, end_losses: tuple[float, float], partner: list) -> PairResult:
         # The partner's ref arrives wrapped in a list so Ray does not fetch it unless it is needed.
-        return a, b, self._timed(self.res.curve, a, b, end_losses, lambda: ray.get(partner[0]))
+        return self._timed(self.res.pair, pair, end_losses, lambda: ray.get(partner[0]))
 
 
 def init() -> str:
@@ -291,16 +292,45 @@ class _Pool:
                              f"giving up on its models. Last error: {first_line(error)}")
 
 
+class _Partners:
+    """Weights of models an actor does not hold, shipped through the object store: each published once (by the
+    actor holding it), published afresh if a task lost it, and dropped once no queued pair needs it, so the
+    object store holds a few models' weights at a time, not all N."""
+
+    def __init__(self, actors, actor_of: dict[int, int], queues: list[deque]):
+        self.actors, self.actor_of = actors, actor_of
+        self.uses = Counter(self.of(k, p) for k, q in enumerate(queues) for p in q)
+        self.published = {}
+
+    def of(self, k: int, pair: Pair) -> int | None:
+        """The model of `pair` that actor k lacks (None when it holds both)."""
+        return next((m for m in (pair.b, pair.a) if self.actor_of[m] != k), None)
+
+    def ref(self, m: int | None, fresh: bool = False) -> list:
+        """[ref to m's weights], or [] for None; `fresh` republishes them (a retry: they may be what was lost)."""
+        if m is None:
+            return []
+        if fresh or m not in self.published:
+            self.published[m] = self.actors[self.actor_of[m]].weights.remote(m)
+        return [self.published[m]]
+
+    def done(self, k: int, pair: Pair) -> None:
+        m = self.of(k, pair)
+        self.uses[m] -= 1
+        if m is not None and not self.uses[m]:
+            self.published.pop(m, None)
+
+
 def run(plan: Plan, progress: bool = True) -> None:
-    with plan.writing():
-        _run(plan, progress)
+    with Recorder(plan) as rec:
+        if rec.complete:
+            log.info("store %s is complete: %d pairs, nothing to compute", plan.cfg.store, len(plan.pairs))
+            return
+        _run(plan, rec, progress)
 
 
-def _run(plan: Plan, progress: bool) -> None:
+def _run(plan: Plan, rec: Recorder, progress: bool) -> None:
     cfg, n = plan.cfg, len(plan.names)
-    if not plan.pending and not plan.missing_endpoints():
-        log.info("store %s is complete: %d pairs, nothing to compute", cfg.store, len(plan.pairs))
-        return
     dashboard = init()
     n_actors, gpu_share, cpu_share = layout(cfg, n)
     threads = max(1, int(cpu_share))
@@ -315,62 +345,41 @@ def _run(plan: Plan, progress: bool) -> None:
     ]
     log.info("Ray dashboard: %s", dashboard)
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
-             gpu_share, cpu_share, len(plan.pending), len(plan.pairs))
+             gpu_share, cpu_share, len(rec.pairs), len(plan.pairs))
     pool = _Pool(actors, names, cfg.max_retries, f"{gpu_share:.2f} GPU, {cpu_share:.2f} CPU", cfg.resource_timeout)
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).
-    missing = plan.missing_endpoints()
-    for i in missing:
-        pool.submit(actor_of[i], f"endpoint:{plan.names[i]}",
-                    lambda actor, _, i=i: actor.endpoint.options(name=f"endpoint:{plan.names[i]}").remote(i))
-    ends = plan.gather_endpoints(track((pool.next()[1] for _ in missing), len(missing), "endpoints", "model",
-                                       not progress))
+    for e in rec.endpoints:
+        what = f"endpoint:{plan.names[e.model]}"
+        pool.submit(actor_of[e.model], what, lambda actor, _, e=e, what=what: actor.endpoint.options(name=what).remote(e))
+    for _, result in track((pool.next() for _ in rec.endpoints), len(rec.endpoints), "endpoints", "model",
+                           not progress):
+        rec.endpoint(result)
 
-    # Pairs: each actor works through its own queue; weights of a model it lacks are published once
-    # (and again if the actor holding them died before they were fetched), and dropped from the object
-    # store once no queued pair needs them, so it holds a few models' weights at a time, not all N.
-    queues = [deque(q) for q in schedule.plan(n, residents, set(plan.pending))]
-    published = {}
-
-    def partner_of(k: int, a: int, b: int) -> int | None:
-        return next((m for m in (b, a) if actor_of[m] != k), None)
-
-    uses = Counter(partner_of(k, a, b) for k, q in enumerate(queues) for a, b in q)
-
-    def weights(m: int) -> list:
-        if m not in published:
-            published[m] = actors[actor_of[m]].weights.remote(m)
-        return [published[m]]
+    # Pairs: each actor works through its own queue, a few tasks in flight.
+    queues = [deque(q) for q in schedule.queues(n, residents, set(rec.pairs))]
+    partners = _Partners(actors, actor_of, queues)
 
     def submit(k: int) -> None:
-        a, b = queues[k].popleft()
-        partner = partner_of(k, a, b)
-        name = f"pair:{plan.names[a]}|{plan.names[b]}"
-
-        def make(actor, attempt: int):
-            if attempt and partner is not None:
-                published.pop(partner, None)  # they may be what was lost: publish them afresh
-            wrapped = weights(partner) if partner is not None else []
-            return actor.pair.options(name=name).remote(a, b, plan.end_losses(ends, a, b), wrapped)
-
-        pool.submit(k, name, make)
+        pair = queues[k].popleft()
+        what = f"pair:{plan.names[pair.a]}|{plan.names[pair.b]}"
+        make = (lambda actor, attempt: actor.pair.options(name=what)
+                .remote(pair, rec.end_losses(pair), partners.ref(partners.of(k, pair), fresh=attempt > 0)))
+        pool.submit(k, what, make)
 
     for k in range(len(actors)):
         for _ in range(cfg.max_in_flight):
             if queues[k]:
                 submit(k)
-    bar = progress_bar(len(plan.pending), "pairs", "pair", not progress)
-    metrics = _Metrics(cfg.store, len(plan.pending))
+    bar = progress_bar(len(rec.pairs), "pairs", "pair", not progress)
+    metrics = _Metrics(cfg.store, len(rec.pairs))
     per_alpha = sum(len(plan.datas[k]) for k in plan.on_line)
     while len(pool):
-        k, (a, b, line) = pool.next()
-        plan.record_pair(a, b, line, ends)
-        partner = partner_of(k, a, b)
-        uses[partner] -= 1
-        if partner is not None and not uses[partner]:
-            published.pop(partner, None)
+        k, result = pool.next()
+        rec.pair(result)
+        partners.done(k, result.pair)
         bar.update(1)
-        metrics.pair(per_alpha * len(line.interior))
+        metrics.pair(per_alpha * len(result.line.interior))
         if queues[k]:
             submit(k)
     bar.close()

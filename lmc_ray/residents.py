@@ -16,6 +16,7 @@ from .config import SweepConfig
 from .core import Core
 from .data import EvalData
 from .interpolate import Weights
+from .plan import Endpoint, EndpointResult, Pair, PairResult
 
 
 class Residents:
@@ -37,9 +38,9 @@ class Residents:
         self._partner: tuple[int, Weights] | None = None
         self.alphas, self.refine, self.keep_examples = cfg.alphas, cfg.refine, cfg.per_example
 
-    def endpoint(self, i: int) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        """Model i alone: metrics per eval set, and per-example values when the sweep keeps them."""
-        return self.core.endpoint(self.weights[i], self.keep_examples)
+    def endpoint(self, e: Endpoint) -> EndpointResult:
+        """A resident model alone: metrics per eval set, and per-example values when the sweep keeps them."""
+        return EndpointResult(e.model, *self.core.endpoint(self.weights[e.model], self.keep_examples))
 
     def export(self, i: int) -> dict[str, np.ndarray]:
         """CPU numpy copy of a model's weights, for other processes (Ray stores numpy without pickling)."""
@@ -57,7 +58,8 @@ class Residents:
             self._partner = (i, self.core.resident(fetched))
         return self._partner[1]
 
-    def curve(self, a: int, b: int, end_losses: tuple[float, float], fetch=None):
-        wa = self.get(a, fetch)
-        wb = self.get(b, fetch)
-        return self.core.curve(wa, wb, self.alphas, self.refine, end_losses, self.keep_examples)
+    def pair(self, pair: Pair, end_losses: tuple[float, float], fetch=None) -> PairResult:
+        """The pair's line; `fetch()` brings the weights of whichever of its models is not resident here."""
+        wa = self.get(pair.a, fetch)
+        wb = self.get(pair.b, fetch)
+        return PairResult(pair, self.core.curve(wa, wb, self.alphas, self.refine, end_losses, self.keep_examples))

@@ -37,8 +37,9 @@ def owner(i: int, j: int, n: int) -> int:
     return j
 
 
-def plan(n_models: int, residents: list[list[int]], pending: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """Per actor, its pending pairs (a < b), ordered so pairs sharing a foreign partner are adjacent."""
+def queues(n_models: int, residents: list[list[int]], pending: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Per actor, its pending pairs (a < b; the items given), ordered so pairs sharing a foreign partner are
+    adjacent."""
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
     work: list[dict[int, list[tuple[int, int]]]] = [defaultdict(list) for _ in residents]
     pairs = sorted(pending)
@@ -55,9 +56,10 @@ def plan(n_models: int, residents: list[list[int]], pending: set[tuple[int, int]
                 load[k] -= 1
                 load[alt] += 1
                 moved = True
-    for (a, b), k in zip(pairs, where):
+    for pair, k in zip(pairs, where):
+        a, b = pair
         partner = b if actor_of[b] != k else (a if actor_of[a] != k else -1)
-        work[k][partner].append((a, b))
+        work[k][partner].append(pair)
     return [[p for partner in sorted(w) for p in w[partner]] for w in work]
 
 

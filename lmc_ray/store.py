@@ -1,6 +1,6 @@
 """The Parquet store: one file per finished pair, written atomically, local or s3://.
 
-Layout:
+Files:
     STORE/run.json                          the configuration that produced the data, and what identifies
                                             each model's weights (a changed checkpoint is refused on resume)
     STORE/_lease.json                       held by the one sweep writing the store (lmc_ray/lease.py)
@@ -49,7 +49,7 @@ _PAIR = re.compile(r"pair-(\d+)-(\d+)\.parquet$")
 _MODEL = re.compile(r"model-(\d+)\.parquet$")
 
 # (eval set name, its subset names) in the order Metrics rows come in.
-Layout = list[tuple[str, list[str]]]
+SetSubsets = list[tuple[str, list[str]]]
 
 
 class Store:
@@ -187,9 +187,9 @@ class Store:
         return ds.dataset(self.path("curves"), filesystem=self.fs, format="parquet", schema=CURVE_SCHEMA)
 
 
-def _metric_columns(layout: Layout, metrics: list[np.ndarray]) -> dict[str, list]:
+def _metric_columns(subsets: SetSubsets, metrics: list[np.ndarray]) -> dict[str, list]:
     cols = {"eval_set": [], "subset": [], **{c: [] for c in COLUMNS}}
-    for (s, subs), m in zip(layout, metrics):
+    for (s, subs), m in zip(subsets, metrics):
         for k, sub in enumerate(subs):
             cols["eval_set"].append(s)
             cols["subset"].append(sub)
@@ -214,21 +214,21 @@ def _pair_rows(model_a: str, model_b: str, by_alpha: dict, columns, schema: pa.S
     return pa.concat_tables(parts)
 
 
-def endpoint_table(model: str, layout: Layout, metrics: list[np.ndarray]) -> pa.Table:
-    return _model_rows(model, _metric_columns(layout, metrics), ENDPOINT_SCHEMA)
+def endpoint_table(model: str, subsets: SetSubsets, metrics: list[np.ndarray]) -> pa.Table:
+    return _model_rows(model, _metric_columns(subsets, metrics), ENDPOINT_SCHEMA)
 
 
-def metrics_from_endpoint(table: pa.Table, layout: Layout) -> list[np.ndarray]:
-    """Inverse of endpoint_table, in layout order."""
+def metrics_from_endpoint(table: pa.Table, subsets: SetSubsets) -> list[np.ndarray]:
+    """Inverse of endpoint_table, in the order of `subsets`."""
     d = table.to_pydict()
     at = {key: row for key, row in zip(zip(d["eval_set"], d["subset"]), zip(*(d[c] for c in COLUMNS)))}
-    return [np.array([at[(s, sub)] for sub in subs], dtype=np.float64) for s, subs in layout]
+    return [np.array([at[(s, sub)] for sub in subs], dtype=np.float64) for s, subs in subsets]
 
 
-def pair_table(model_a: str, model_b: str, layout: Layout, by_alpha: dict[float, list[np.ndarray]],
+def pair_table(model_a: str, model_b: str, subsets: SetSubsets, by_alpha: dict[float, list[np.ndarray]],
                distance: float | None = None) -> pa.Table:
     def columns(m):
-        cols = _metric_columns(layout, m)
+        cols = _metric_columns(subsets, m)
         return {**cols, "distance": [distance] * len(cols["eval_set"])}
 
     return _pair_rows(model_a, model_b, by_alpha, columns, CURVE_SCHEMA)

@@ -31,6 +31,18 @@ def test_sweep_and_analyse_from_python_equal_in_process_and_on_ray(ray_local, tm
         lmc_ray.sweep(str(path), executor="spark")
 
 
+def test_the_readme_python_example_runs_as_a_doctest(tmp_path, population):
+    import doctest
+
+    from conftest import MNLI
+
+    globs = {"models": [str(p) for p in population], "mnli": str(MNLI), "store_dir": str(tmp_path / "store")}
+    result = doctest.testfile(str(ROOT / "README.md"), module_relative=False, globs=globs, report=True,
+                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 10 and result.failed == 0, result
+    assert (tmp_path / "store" / "barriers.parquet").is_file()
+
+
 @pytest.mark.slow
 def test_a_wheel_installed_outside_the_checkout_runs_the_commands(tmp_path, population):
     """`pip install` of a wheel built from the repo into a fresh venv; run from a folder outside the checkout:

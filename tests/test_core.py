@@ -7,6 +7,9 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from lmc_ray import config, local, plan
 from lmc_ray.data import read_table
+from lmc_ray.errors import ConfigError
+from lmc_ray.recorder import Recorder
+from lmc_ray.store import Store
 
 from conftest import NLI_LABELS, sweep_config
 
@@ -48,7 +51,7 @@ def test_core_curve_equals_plain_hf(tmp_path, population, packing):
                                         packing=packing))
     p = plan.prepare(cfg)
     local.run(p, progress=False)
-    rows = p.store.curves().to_table().to_pandas().sort_values("alpha")
+    rows = Store(p.cfg.store).curves().to_table().to_pandas().sort_values("alpha")
     df = read_table(cfg.eval_sets[0])
     labels = [NLI_LABELS.index(v) for v in df.gold_label]
     want = reference_curve(population[0], population[1], df.premise, df.hypothesis, labels, cfg.alphas)
@@ -70,7 +73,7 @@ def test_adaptive_alpha_adds_the_peak_midpoints_and_they_equal_plain_hf(tmp_path
     cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store", alphas=5, refine=2))
     p = plan.prepare(cfg)
     local.run(p, progress=False)
-    rows = p.store.curves().to_table().to_pandas().query("subset == 'all'").sort_values("alpha")
+    rows = Store(p.cfg.store).curves().to_table().to_pandas().query("subset == 'all'").sort_values("alpha")
     loss = dict(zip(rows.alpha, rows.loss))
     # Replay the rule on the stored losses: round 1 from the grid, round 2 from grid + round 1.
     seen = {a: loss[a] for a in cfg.alphas if 0 < a < 1}
@@ -96,7 +99,7 @@ def test_pooled_hans_scoring_per_subset_equals_an_example_by_example_reference(t
     cfg.packing = packing
     p = plan.prepare(cfg)
     local.run(p, progress=False)
-    rows = p.store.curves().to_table().to_pandas().query("eval_set == 'hans'")
+    rows = Store(p.cfg.store).curves().to_table().to_pandas().query("eval_set == 'hans'")
     spec = cfg.eval_sets[1]
     df = read_table(spec)
     logits = reference_logits(population[0], population[1], df.sentence1, df.sentence2, cfg.alphas)
@@ -124,7 +127,7 @@ def test_reduced_precision_curves_stay_within_a_stated_tolerance_of_float32(tmp_
     for dt in ("float32", dtype):
         p = plan.prepare(config.from_dict(sweep_config(population[:3], tmp_path / dt, alphas=5, dtype=dt)))
         local.run(p, progress=False)
-        curves[dt] = p.store.curves().to_table().to_pandas().sort_values(["model_a", "model_b", "alpha", "subset"])
+        curves[dt] = Store(p.cfg.store).curves().to_table().to_pandas().sort_values(["model_a", "model_b", "alpha", "subset"])
     d_loss = (curves[dtype].loss.to_numpy() - curves["float32"].loss.to_numpy())
     d_acc = (curves[dtype].accuracy.to_numpy() - curves["float32"].accuracy.to_numpy())
     assert np.abs(d_loss).max() < tolerance and np.abs(d_acc).max() <= 1 / 64 + 1e-12
@@ -139,14 +142,13 @@ def test_dtype_auto_is_float32_on_cpus_bfloat16_on_gpus_and_the_store_records_wh
     def never(cfg):
         raise AssertionError("a concrete dtype needs no question about GPUs")
 
-    cpu = plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "cpu")))
-    assert cpu.cfg.dtype == "float32"
-    assert json.loads((tmp_path / "cpu" / "run.json").read_text())["fingerprint"]["dtype"] == "float32"
-    cpu.store.close()
-    plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "cpu", dtype="float32")), never).store.close()
-    gpu = plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "gpu")), lambda cfg: True)
-    assert gpu.cfg.dtype == "bfloat16"
-    assert json.loads((tmp_path / "gpu" / "run.json").read_text())["fingerprint"]["dtype"] == "bfloat16"
-    gpu.store.close()
-    with pytest.raises(Exception, match="dtype"):
-        plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "gpu", dtype="float32")), never)
+    def opened(name, on_gpus=plan.here_on_gpus, **over):
+        p = plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / name, **over)), on_gpus)
+        with Recorder(p):
+            return p.cfg.dtype, json.loads((tmp_path / name / "run.json").read_text())["fingerprint"]["dtype"]
+
+    assert opened("cpu") == ("float32", "float32")
+    assert opened("cpu", never, dtype="float32") == ("float32", "float32")
+    assert opened("gpu", lambda cfg: True) == ("bfloat16", "bfloat16")
+    with pytest.raises(ConfigError, match="dtype"):
+        opened("gpu", never, dtype="float32")

@@ -8,8 +8,16 @@ import yaml
 
 from lmc_ray import config, plan
 from lmc_ray.config import ConfigError
+from lmc_ray.recorder import Recorder
 
 from conftest import ROOT, sweep_config
+
+
+def _opened(raw: dict) -> plan.Plan:
+    """Planned, then its store opened by a Recorder (identity checked, lease taken) and closed again."""
+    p = plan.prepare(config.from_dict(raw))
+    with Recorder(p):
+        return p
 
 
 def _bad_inputs(tmp_path, population):
@@ -49,9 +57,9 @@ def test_each_bad_input_fails_before_anything_is_written(tmp_path, population):
 
 
 def test_store_of_another_configuration_is_refused(tmp_path, population):
-    plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "store")))
+    _opened(sweep_config(population[:2], tmp_path / "store"))
     with pytest.raises(ConfigError, match="holds a run with a different configuration"):
-        plan.prepare(config.from_dict(sweep_config(population[:3], tmp_path / "store")))
+        _opened(sweep_config(population[:3], tmp_path / "store"))
 
 
 def test_the_job_exits_2_with_one_line(tmp_path, population):
@@ -73,13 +81,13 @@ def test_a_checkpoint_changed_in_place_is_refused_on_resume(tmp_path, population
     for src, dst in zip(population, models):
         shutil.copytree(src, dst)
     cfg = sweep_config(models, tmp_path / "store")
-    plan.prepare(config.from_dict(cfg))
+    _opened(cfg)
     recorded = json.loads((tmp_path / "store" / "run.json").read_text())["weights"]
     assert set(recorded) == {str(m) for m in models} and len(set(recorded.values())) == 2
-    plan.prepare(config.from_dict(cfg))  # unchanged: resumes
+    _opened(cfg)  # unchanged: resumes
     shutil.copy(population[2] / "model.safetensors", models[1] / "model.safetensors")  # same shapes, new values
     with pytest.raises(ConfigError) as e:
-        plan.prepare(config.from_dict(cfg))
+        _opened(cfg)
     assert f"model '{models[1]}' changed since the store was written" in str(e.value) and "\n" not in str(e.value)
     assert json.loads((tmp_path / "store" / "run.json").read_text())["weights"] == recorded
 
@@ -121,7 +129,7 @@ def test_hub_models_from_the_cache_are_pinned_to_their_commit(tmp_path, populati
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))  # HF's cache used
     publish("lmcray/tiny1", population[2], "v2")  # upstream moved on
     with pytest.raises(ConfigError, match="model 'lmcray/tiny1' changed since the store was written"):
-        plan.prepare(config.from_dict(cfg))
+        _opened(cfg)
 
 
 def test_the_tokenizer_from_another_reference(tmp_path, population, mnli_texts):

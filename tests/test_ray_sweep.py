@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from lmc_ray import config, local, plan, ray_sweep
+from lmc_ray.recorder import Recorder
+from lmc_ray.store import Store
 
 from conftest import DATA, sweep_config
 from test_models import permuted_copy
@@ -91,7 +93,8 @@ def test_resume_computes_only_missing_pairs(ray_local, tmp_path, population, ref
     (store / "endpoints" / "model-00002.parquet").unlink()
     before = {f.name: f.stat().st_mtime_ns for f in curves.iterdir()}
     p = plan.prepare(_two_sets(population, store, actors=2))
-    assert p.pending == [(0, 3), (1, 2)] and p.missing_endpoints() == [2]
+    with Recorder(p) as rec:
+        assert rec.pairs == [(0, 3), (1, 2)] and rec.endpoints == [(2,)]
     ray_sweep.run(p, progress=False)
     after = {f.name: f.stat().st_mtime_ns for f in curves.iterdir()}
     assert sorted(set(after) - set(before)) == ["pair-00000-00003.parquet", "pair-00001-00002.parquet"]
@@ -158,7 +161,7 @@ def test_anchor_pairs_only_and_what_the_cluster_job_says(ray_local, tmp_path, po
 
     cfg = config.from_dict(sweep_config(population, tmp_path / "store", pairs={"anchors": [str(population[1])]}))
     p = plan.prepare(cfg)
-    assert p.pending == [(0, 1), (1, 2), (1, 3)]
+    assert p.pairs == [(0, 1), (1, 2), (1, 3)]
     ray_sweep.run(p, progress=False)
     full = config.from_dict(sweep_config(population, tmp_path / "full"))
     local.run(plan.prepare(full), progress=False)
@@ -322,7 +325,7 @@ def test_a_thousand_pairs_keep_memory_flat_through_an_actor_restart(ray_local, t
         _actor_processes()[0].send_signal(signal.SIGKILL)
         sweep.join(600)
     assert not errors, errors
-    assert len(p.store.done_pairs()) == 1035
+    assert len(Store(p.cfg.store).done_pairs()) == 1035
     rss = pd.DataFrame(mem.samples, columns=["t", "rss", "pairs"])
     early = rss[rss.pairs.between(150, 400)].rss.median()
     late = rss[rss.pairs.between(800, 1030)].rss.median()

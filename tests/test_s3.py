@@ -6,6 +6,7 @@ import pyarrow.dataset as ds
 import s3fs
 
 from lmc_ray import config, plan, ray_sweep, sources
+from lmc_ray.recorder import Recorder
 
 from conftest import sweep_config
 
@@ -46,7 +47,8 @@ def test_sweep_with_s3_models_and_s3_store(ray_local, s3_endpoint, tmp_path, pop
     before = {k: fs.info(k)["LastModified"] for k in fs.ls("results/run1/curves")}
     p = plan.prepare(config.from_dict(sweep_config(models, "s3://results/run1", actors=2,
                                                    cache_dir=str(tmp_path / "cache"))))
-    assert p.pending == [(0, 2)]
+    with Recorder(p) as rec:
+        assert rec.pairs == [(0, 2)] and not rec.endpoints
     ray_sweep.run(p, progress=False)
     fs.invalidate_cache()
     after = {k: fs.info(k)["LastModified"] for k in fs.ls("results/run1/curves")}
@@ -187,6 +189,8 @@ def test_the_driver_reads_headers_only_and_pins_each_s3_model(s3_endpoint, tmp_p
         raw = sweep_config([f"s3://pinned/m{k}" for k in range(3)], tmp_path / "store",
                            cache_dir=str(tmp_path / "cache"), storage_options={"endpoint_url": proxy.url})
         p = plan.prepare(config.from_dict(raw))
+        with Recorder(p):  # the store opened and each model pinned, nothing computed
+            pass
         moved = proxy.sent
     finally:
         proxy.close()
@@ -195,13 +199,12 @@ def test_the_driver_reads_headers_only_and_pins_each_s3_model(s3_endpoint, tmp_p
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # no checkpoint reached the driver's disk
     pinned = json.loads((tmp_path / "store" / "run.json").read_text())["weights"]
     assert list(pinned.values()) == p.revisions and all(r.startswith("s3:") for r in p.revisions)
-    p.store.close()
 
     # Overwritten in the bucket between two runs: refused on resume, naming the model.
     fs.put_file(str(pop[0] / "model.safetensors"), "pinned/m2/model.safetensors")
     fs.invalidate_cache()
     with pytest.raises(config.ConfigError, match="model 's3://pinned/m2' changed since the store was written"):
-        plan.prepare(config.from_dict(raw | {"storage_options": {}}))
+        Recorder(plan.prepare(config.from_dict(raw | {"storage_options": {}})))
     # Overwritten after the sweep pinned it, before an actor loads it: the actor refuses the other weights.
     with pytest.raises(config.ConfigError, match="model 's3://pinned/m2': its weights changed after the sweep pinned"):
         sources.resolve("s3://pinned/m2", str(tmp_path / "cache"), revision=p.revisions[2])

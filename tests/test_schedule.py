@@ -18,7 +18,7 @@ def test_plan_covers_every_pending_pair_once_grouped_by_partner(n, actors):
     residents = schedule.assign_models(n, actors)
     assert sorted(m for r in residents for m in r) == list(range(n))
     pending = set(schedule.all_pairs(n)) - {(0, 1)}
-    queues = schedule.plan(n, residents, pending)
+    queues = schedule.queues(n, residents, pending)
     flat = [p for q in queues for p in q]
     assert sorted(flat) == sorted(pending)
     for q, mine in zip(queues, residents):
@@ -32,7 +32,7 @@ def test_plan_covers_every_pending_pair_once_grouped_by_partner(n, actors):
 def test_queues_stay_balanced_when_n_is_not_a_multiple_of_the_actors():
     for n in range(3, 61):
         for actors in range(1, 9):
-            queues = schedule.plan(n, schedule.assign_models(n, actors), set(schedule.all_pairs(n)))
+            queues = schedule.queues(n, schedule.assign_models(n, actors), set(schedule.all_pairs(n)))
             sizes = [len(q) for q in queues]
             assert max(sizes) - min(sizes) <= 2, (n, actors, sizes)
 

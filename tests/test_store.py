@@ -60,6 +60,7 @@ def test_per_example_files_are_rewritten_with_a_pair_that_did_not_finish(tmp_pat
     import pandas as pd
 
     from lmc_ray import config, local, plan
+    from lmc_ray.recorder import Recorder
     from conftest import sweep_config
 
     cfg = config.from_dict(sweep_config(population[:3], tmp_path / "store", per_example=True))
@@ -69,7 +70,8 @@ def test_per_example_files_are_rewritten_with_a_pair_that_did_not_finish(tmp_pat
     (store / "curves" / "pair-00000-00002.parquet").unlink()
     (store / "examples" / "curves" / "pair-00000-00002.parquet").write_bytes(b"half a file")
     p = plan.prepare(cfg)
-    assert p.pending == [(0, 2)]
+    with Recorder(p) as rec:
+        assert rec.pairs == [(0, 2)]
     local.run(p, progress=False)
     again = pd.read_parquet(store / "examples" / "curves" / "pair-00000-00002.parquet")
     pd.testing.assert_frame_equal(again, first)
