@@ -21,9 +21,13 @@ __all__ = ["sweep", "analyse"]
 
 
 def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: bool = True) -> Store:
-    """Every pair's line into the store the config names; resumes what a previous run left. Returns the store."""
+    """Every pair's line into the store the config names; resumes what a previous run left. Returns the store.
+
+    In a dict config a model may be an object, {"name": ..., "model": a transformers model[, "tokenizer": ...]},
+    and an eval set may carry {"dataset": a datasets.Dataset} instead of a path: both are written once into the
+    cache (lmc_ray/inmemory.py)."""
     from . import config as C
-    from . import local, plan, ray_sweep
+    from . import inmemory, local, plan, ray_sweep
     from .errors import ConfigError
     from .store import Store
 
@@ -32,7 +36,7 @@ def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: boo
     if isinstance(config, str):
         config = C.load(C.parser("").parse_args(["--config", config]))
     elif isinstance(config, dict):
-        config = C.from_dict(config)
+        config = C.from_dict(inmemory.materialize(config))
     else:
         C.validate(config)
     p = plan.prepare(config, ray_sweep.on_gpus if executor == "ray" else plan.here_on_gpus)

@@ -1,7 +1,6 @@
 """From a finished store to the paper's findings: barriers, basins, and how each basin generalizes."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -43,17 +42,9 @@ class BarriersOnly(Exception):
 
 
 def _read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
-    try:
-        run = json.loads(store.fs.cat_file(store.path("run.json")))
-    except FileNotFoundError:
-        raise ConfigError(f"store {store.url!r}: no run.json (not an lmc-ray store, or nothing written yet)") from None
-    fp = run["fingerprint"]
+    fp = store.meta()["fingerprint"]
     names = [m["name"] for m in fp["models"]]
-    curves = store.curves().to_table().to_pandas()
-    import pyarrow.dataset as ds
-
-    ends = ds.dataset(store.path("endpoints"), filesystem=store.fs, format="parquet").to_table().to_pandas()
-    return names, fp, curves, ends
+    return names, fp, store.curves().to_table().to_pandas(), store.endpoints().to_table().to_pandas()
 
 
 def intervals(store: Store, fp: dict, n_boot: int, level: float = 0.95, seed: int = 0) -> pd.DataFrame:

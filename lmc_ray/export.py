@@ -15,10 +15,7 @@ from .store import Store
 def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str = "~/.cache/lmc_ray",
            storage_options: dict | None = None) -> Path:
     """Write θ(α) between models `a` and `b` (names in the store) to `out`; returns the folder."""
-    try:
-        run = json.loads(store.fs.cat_file(store.path("run.json")))
-    except FileNotFoundError:
-        raise ConfigError(f"store {store.url!r}: no run.json (not an lmc-ray store)") from None
+    run = store.meta()
     fp, pins = run["fingerprint"], run.get("weights", {})
     specs = {m["name"]: m for m in fp["models"]}
     for name in (a, b):

@@ -90,7 +90,10 @@ class LocalLease(Lease):
         if self.released:
             return
         self.released = True
-        os.unlink(self.path)  # while still locked, so a newcomer locks a fresh file
+        try:
+            os.unlink(self.path)  # while still locked, so a newcomer locks a fresh file
+        except FileNotFoundError:  # the store was deleted under us (a benchmark's temporary folder): nothing to free
+            pass
         os.close(self.fd)
 
 

@@ -116,10 +116,10 @@ def loadable(path: Path, ref: str, cache: Path) -> Path:
             if f.is_file() and not f.name.endswith(_WEIGHTS):
                 shutil.copy(f, tmp / f.name)
 
-    return _cached(target, ref, fill)
+    return fill_once(target, ref, fill)
 
 
-def _cached(target: Path, ref: str, fill) -> Path:
+def fill_once(target: Path, ref: str, fill) -> Path:
     """`target`, written by fill(folder) into a temporary folder renamed into place: whole or not at all."""
     if target.is_dir():
         return target
@@ -270,7 +270,7 @@ def _download(fs, root: str, paths: list[str], target: Path, ref: str) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(dest))
 
-    return _cached(target, ref, fill)
+    return fill_once(target, ref, fill)
 
 
 def _inspect_s3(ref: str, cache: Path, storage_options: dict) -> Found:

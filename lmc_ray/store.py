@@ -181,10 +181,25 @@ class Store:
         return {i for (i,) in self._indices("endpoints", _MODEL)}
 
     def curves(self):
-        """All stored curves as one pyarrow dataset (temporary files are never matched)."""
+        """All stored curves as one pyarrow dataset (temporary files are never matched): `.to_table().to_pandas()`,
+        or filtered and projected first (`.to_table(filter=..., columns=...)`), or handed to duckdb."""
+        return self._dataset("curves", CURVE_SCHEMA)
+
+    def endpoints(self):
+        """Each model alone (α = 0 of its lines, and the endpoints_only sets), as one pyarrow dataset."""
+        return self._dataset("endpoints", ENDPOINT_SCHEMA)
+
+    def _dataset(self, sub: str, schema: pa.Schema):
         import pyarrow.dataset as ds
 
-        return ds.dataset(self.path("curves"), filesystem=self.fs, format="parquet", schema=CURVE_SCHEMA)
+        return ds.dataset(self.path(sub), filesystem=self.fs, format="parquet", schema=schema)
+
+    def meta(self) -> dict:
+        """run.json: the settings that decide the values (fingerprint) and each model's pinned weights."""
+        try:
+            return json.loads(self.fs.cat_file(self.path("run.json")))
+        except FileNotFoundError:
+            raise ConfigError(f"store {self.url!r}: no run.json (not an lmc-ray store, or nothing written yet)") from None
 
 
 def _metric_columns(subsets: SetSubsets, metrics: list[np.ndarray]) -> dict[str, list]:

@@ -43,6 +43,35 @@ def test_the_readme_python_example_runs_as_a_doctest(tmp_path, population):
     assert (tmp_path / "store" / "barriers.parquet").is_file()
 
 
+def test_models_and_eval_sets_given_as_python_objects(tmp_path, population):
+    """In-memory transformers models (with a tokenizer) and a datasets.Dataset eval set give the same curves as
+    the same models and rows from files; a second call finds the cached files and resumes; a bad object is one line."""
+    import datasets
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from conftest import MNLI
+
+    files = lmc_ray.sweep(sweep_config(population[:3], tmp_path / "files"), executor="local", progress=False)
+    rows = pd.read_csv(MNLI, sep="\t", quoting=3, nrows=64)[["premise", "hypothesis", "gold_label"]]
+    objects = [{"name": str(p), "model": AutoModelForSequenceClassification.from_pretrained(p),
+                "tokenizer": AutoTokenizer.from_pretrained(p)} for p in population[:3]]
+    raw = sweep_config([], tmp_path / "objects")
+    raw["models"] = objects
+    raw["eval_sets"] = [{"name": "nli", "dataset": datasets.Dataset.from_pandas(rows), "text": ["premise", "hypothesis"],
+                         "label": "gold_label"}]
+    mem = lmc_ray.sweep(raw, executor="local", progress=False)
+    a, b = (s.curves().to_table().to_pandas().sort_values(["model_a", "model_b", "alpha", "subset"]).reset_index(drop=True)
+            for s in (files, mem))
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, rtol=0)
+    cached = sorted(p.name for p in (tmp_path / "cache" / "in-memory").iterdir())
+    assert len(cached) == 4 and sum(n.startswith("model-") for n in cached) == 3
+    lmc_ray.sweep(raw, executor="local", progress=False)  # the same objects: the same files, the store resumes
+    assert sorted(p.name for p in (tmp_path / "cache" / "in-memory").iterdir()) == cached
+    raw["models"] = [{"name": "x", "model": object()}] + objects[1:]
+    with pytest.raises(lmc_ray.errors.ConfigError, match="model 'x': an in-memory model must be a transformers model"):
+        lmc_ray.sweep(raw, executor="local")
+
+
 @pytest.mark.slow
 def test_a_wheel_installed_outside_the_checkout_runs_the_commands(tmp_path, population):
     """`pip install` of a wheel built from the repo into a fresh venv; run from a folder outside the checkout:
