@@ -161,4 +161,5 @@ def entry(argv=None) -> None:
         print(f"usage: lmc-ray COMMAND [options]   (lmc-ray COMMAND --help)\n\n{lines}",
               file=sys.stderr if argv else sys.stdout)
         sys.exit(2 if argv and argv[0] not in ("-h", "--help") else 0)
+    sys.argv[0] = f"lmc-ray {argv[0]}"  # what argparse names in usage lines and errors: `lmc-ray sweep`, not `lmc-ray`
     main(COMMANDS[argv[0]], argv[1:])

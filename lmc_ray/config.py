@@ -351,6 +351,29 @@ def validate(cfg: SweepConfig) -> None:
             raise ConfigError(f"config: {key} must be a positive integer{' or auto' if auto else ''}, got {value!r}")
 
 
+def _assign(raw: dict, key: str, value) -> None:
+    """--set KEY=VALUE, where KEY may reach into the config: `storage_options.endpoint_url`, or an eval set by
+    name or position, `eval_sets.hans.max_examples` / `eval_sets.1.max_examples`."""
+    *parents, last = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        where = ".".join(parents[:depth + 1])
+        if isinstance(node, list):
+            named = [e for e in node if isinstance(e, dict) and e.get("name") == part]
+            if not named and part.isdigit() and int(part) < len(node):
+                named = [node[int(part)]]
+            if not named:
+                raise ConfigError(f"--set {key}: no {where!r} (a list: give an entry's name or position)")
+            node = named[0]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parents[:depth])!r} is {node!r}, not a mapping or list")
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: {'.'.join(parents)!r} is not a mapping")
+    node[last] = value
+
+
 def _parse_value(text: str):
     return yaml.safe_load(text)
 
@@ -420,7 +443,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any top-level key, value in YAML syntax (repeatable)")
+                   help="override any key, value in YAML syntax (repeatable); nested keys with dots: "
+                        "storage_options.endpoint_url=..., eval_sets.hans.max_examples=100 (a set by name or position)")
     return p
 
 
@@ -438,7 +462,7 @@ def load(args: argparse.Namespace, default: dict | None = None) -> SweepConfig:
         key, sep, value = kv.partition("=")
         if not sep:
             raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
-        raw[key.strip()] = _parse_value(value)
+        _assign(raw, key.strip(), _parse_value(value))
     for key in ("store", "dtype", "device"):
         if getattr(args, key, None) is not None:
             raw[key] = getattr(args, key)

@@ -26,6 +26,13 @@ def _ours(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("lmc-ray:")]
 
 
+def test_each_command_names_itself_in_its_help():
+    for command in ("sweep", "analyse", "export"):
+        code = f"from lmc_ray.cli import entry; entry([{command!r}, '--help'])"  # as the console script calls it
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and run.stdout.startswith(f"usage: lmc-ray {command} "), run.stdout[:200]
+
+
 def test_nan_weights_found_in_an_actor_are_one_line_without_its_traceback(tmp_path, population):
     bad = tmp_path / "nan_model"
     shutil.copytree(population[1], bad)

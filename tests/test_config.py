@@ -102,6 +102,29 @@ def test_flags_override_the_file(tmp_path):
     assert "per_example" not in config.load(config.parser("t").parse_args(["--config", str(path)])).fingerprint()
 
 
+def test_set_reaches_nested_keys(tmp_path):
+    """--set with dots: into a mapping (created if absent), into an eval set by name or by position; a path that
+    leads nowhere is one line."""
+    import yaml
+
+    raw = _raw()
+    raw["eval_sets"].append(dict(raw["eval_sets"][0], name="second"))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    def load(*sets):
+        return config.load(config.parser("t").parse_args(["--config", str(path), *[a for s in sets for a in ("--set", s)]]))
+
+    cfg = load("storage_options.endpoint_url=http://127.0.0.1:9000", "eval_sets.second.max_examples=5",
+               "eval_sets.0.max_examples=3")
+    assert cfg.storage_options == {"endpoint_url": "http://127.0.0.1:9000"}
+    assert [e.max_examples for e in cfg.eval_sets] == [3, 5]
+    with pytest.raises(ConfigError, match=r"^--set eval_sets.third.max_examples: no 'eval_sets.third'"):
+        load("eval_sets.third.max_examples=1")
+    with pytest.raises(ConfigError, match=r"^--set store.x: 'store' is not a mapping$"):
+        load("store.x=1")
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         config.load(config.parser("t").parse_args(["--config", str(tmp_path / "nope.yaml")]))
