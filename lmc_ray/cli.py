@@ -137,9 +137,15 @@ def demo(argv=None) -> None:
 
 def configs(argv=None) -> None:
     """The configurations that ship with the package (give one to --config or --overlay by its name)."""
-    from .config import CONFIGS, shipped
+    import json
 
-    argparse.ArgumentParser(description=configs.__doc__).parse_args(argv)
+    from .config import CONFIGS, schema, shipped
+
+    p = argparse.ArgumentParser(description=configs.__doc__)
+    p.add_argument("--schema", action="store_true", help="print the JSON schema of a sweep YAML (for editors) instead")
+    if p.parse_args(argv).schema:
+        print(json.dumps(schema(), indent=1))
+        return
     for name in shipped():
         first = (CONFIGS / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
         print(f"{name:24} {first}")

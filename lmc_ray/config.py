@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -65,7 +65,7 @@ class EvalSetSpec:
     # conversion's "plain_text/validation/*.parquet".
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
     format: str | None = None  # override of the file-extension guess
-    role: str = "in_domain"  # or "diagnostic": how the cluster report uses the set
+    role: Literal["in_domain", "diagnostic"] = "in_domain"  # how the cluster report uses the set
     columns: list[str] | None = None  # names for a header-less csv/tsv (e.g. CoLA's raw files)
     # Take the first max_examples rows round-robin over this field's values, so a file sorted by
     # subcase (HANS: 1,000 rows of each of 30) still gives every subcase its share of the 512.
@@ -102,14 +102,14 @@ class SweepConfig:
     per_example: bool = False
     # auto: bfloat16 where the sweep runs on GPUs, float32 on CPUs (core.GPU_DTYPE says why); made concrete before
     # the store is opened, so a store records the precision its values were computed in.
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     # Padded tokens per batch (dynamic padding, length-sorted); auto: core.BATCH_TOKENS for the device.
     batch_tokens: int | str = "auto"
     max_batch_size: int = 256
     # Padding-free evaluation (lmc_ray/packed.py): auto = on GPUs for BERT-family encoders; true fails on others.
     # Changes no value beyond float rounding, so stores resume across it.
-    packing: str | bool = "auto"
+    packing: Literal["auto"] | bool = "auto"
     max_length: int = 512  # truncation only; never padded to
     # Number of actors; "auto" = as many as the population and the cluster's largest size allow (what the
     # autoscaler may add counts, not only what runs now): one per gpus_per_actor GPUs, or per cpus_per_actor cores.
@@ -202,6 +202,8 @@ def _conforms(value, hint) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
     if origin in (Union, types.UnionType):
         return any(_conforms(value, a) for a in args)
     if origin is list:
@@ -217,6 +219,8 @@ def _conforms(value, hint) -> bool:
 
 def _describe(hint) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
     if origin is list:
@@ -333,14 +337,6 @@ def validate(cfg: SweepConfig) -> None:
         bad = [m for m in e.metrics if m not in METRICS]
         if bad or not e.metrics:
             raise ConfigError(f"config: {where}: metric {bad[0] if bad else None!r} is not one of {', '.join(METRICS)}")
-        if e.role not in ("in_domain", "diagnostic"):
-            raise ConfigError(f"config: {where}: role must be 'in_domain' or 'diagnostic', got {e.role!r}")
-    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"config: dtype {cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
-    if cfg.packing not in ("auto", True, False):
-        raise ConfigError(f"config: packing must be auto, true or false, got {cfg.packing!r}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"config: device {cfg.device!r} is not one of auto, cpu, cuda")
     if cfg.actors != "auto" and not (isinstance(cfg.actors, int) and cfg.actors >= 1):
         raise ConfigError(f"config: actors must be 'auto' or a positive integer, got {cfg.actors!r}")
     for key in ("batch_tokens", "max_batch_size", "max_length", "cpus_per_actor", "max_in_flight"):
@@ -376,6 +372,23 @@ def _assign(raw: dict, key: str, value) -> None:
 
 def _parse_value(text: str):
     return yaml.safe_load(text)
+
+
+def schema() -> dict:
+    """JSON schema of the sweep YAML, for editors (yaml-language-server, VS Code), from the same type annotations
+    check_types enforces; the shipped copy is configs/sweep.schema.json (tests/test_config.py keeps it current)."""
+    from pydantic import TypeAdapter
+
+    s = TypeAdapter(SweepConfig).json_schema()
+    # The YAML's shorthands, which from_dict expands: a model as its ref, an eval set's text as one field name,
+    # alphas as a grid size; and, as the loader does, no key it does not know.
+    strings = {"type": "array", "items": {"type": "string"}}
+    s["properties"]["models"]["items"] = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/ModelSpec"}]}
+    s["$defs"]["EvalSetSpec"]["properties"]["text"] = {"anyOf": [{"type": "string"}, strings]}
+    s["properties"]["alphas"] = {"anyOf": [{"type": "integer", "minimum": 2}, s["properties"]["alphas"]]}
+    for node in (s, *s["$defs"].values()):
+        node["additionalProperties"] = False
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **s, "title": "lmc-ray sweep configuration"}
 
 
 CONFIGS = Path(__file__).parent / "configs"  # the paper's tasks, offline overlays, variants: shipped in the package

@@ -268,6 +268,7 @@ class _Pool:
             except _LostInput as e:
                 if attempt >= self.max_retries:
                     raise SweepError(f"{what} lost its input {attempt + 1} times: {e}") from None
+                log.warning("%s lost its input (%s); publishing it again and retrying", what, e)
             self.submit(k, what, make, attempt + 1)
 
     def _recover(self, k: int, error: Exception) -> None:
@@ -329,24 +330,32 @@ def run(plan: Plan, progress: bool = True) -> None:
         _run(plan, rec, progress)
 
 
-def _run(plan: Plan, rec: Recorder, progress: bool) -> None:
+def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
+    """The actors, each holding its block of models, behind a retry pool that waits until they run; and which
+    models each holds."""
     cfg, n = plan.cfg, len(plan.names)
     dashboard = init()
     n_actors, gpu_share, cpu_share = layout(cfg, n)
-    threads = max(1, int(cpu_share))
     residents = schedule.assign_models(n, n_actors)
-    actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
     data_refs = [ray.put(d) for d in plan.datas]
     names = [_name(plan, ms) for ms in residents]
     actors = [
         ModelActor.options(name=name, num_cpus=cpu_share, num_gpus=gpu_share, max_restarts=cfg.max_retries)
-        .remote(cfg, ms, plan.labels, data_refs, plan.revisions, threads, name)
+        .remote(cfg, ms, plan.labels, data_refs, plan.revisions, max(1, int(cpu_share)), name)
         for name, ms in zip(names, residents)
     ]
     log.info("Ray dashboard: %s", dashboard)
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
-             gpu_share, cpu_share, len(rec.pairs), len(plan.pairs))
-    pool = _Pool(actors, names, cfg.max_retries, f"{gpu_share:.2f} GPU, {cpu_share:.2f} CPU", cfg.resource_timeout)
+             gpu_share, cpu_share, to_compute, len(plan.pairs))
+    need = f"{gpu_share:.2f} GPU, {cpu_share:.2f} CPU"
+    return _Pool(actors, names, cfg.max_retries, need, cfg.resource_timeout), residents
+
+
+def _run(plan: Plan, rec: Recorder, progress: bool) -> None:
+    cfg, n = plan.cfg, len(plan.names)
+    pool, residents = _start(plan, len(rec.pairs))
+    actors = pool.actors
+    actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).
     for e in rec.endpoints:

@@ -37,7 +37,10 @@ def test_explicit_alphas_are_sorted():
     ({"models": ["a/m0"]}, "at least 2 models"),
     ({"models": ["a/m0", "a/m0"]}, "'a/m0' appears twice"),
     ({"bogus": 1}, "unknown key 'bogus'"),
-    ({"dtype": "int8"}, "dtype 'int8'"),
+    ({"dtype": "int8"}, "dtype must be 'auto' or 'float32' or 'bfloat16' or 'float16', got 'int8'"),
+    ({"device": "tpu"}, "device must be 'auto' or 'cpu' or 'cuda', got 'tpu'"),
+    ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "role": "ood"}]},
+     "eval set 's': role must be 'in_domain' or 'diagnostic', got 'ood'"),
     ({"refine": -1}, "refine must be a non-negative integer, got -1"),
     ({"refine": 1, "alphas": [0, 1]}, "refine needs alphas with both endpoints and at least one interior point"),
     ({"batch_tokens": "many"}, "batch_tokens must be a positive integer or auto, got 'many'"),
@@ -128,3 +131,27 @@ def test_set_reaches_nested_keys(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         config.load(config.parser("t").parse_args(["--config", str(tmp_path / "nope.yaml")]))
+
+
+def test_the_shipped_json_schema_is_current_and_checks_what_the_loader_checks():
+    """configs/sweep.schema.json is what config.schema() generates now; the shipped sweep configs pass it, and a
+    typo'd key or a value outside its choices fails it, as they fail the loader."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    from lmc_ray.config import CONFIGS, schema
+
+    shipped = json.loads((CONFIGS / "sweep.schema.json").read_text())
+    assert shipped == schema(), "regenerate: lmc-ray configs --schema > lmc_ray/configs/sweep.schema.json"
+    check = jsonschema.Draft202012Validator(shipped)
+    for name in ("mnli", "qqp", "cola", "example"):
+        raw = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+        assert not list(check.iter_errors(raw)), name
+        config.from_dict(raw)  # the loader agrees
+    raw = yaml.safe_load((CONFIGS / "mnli.yaml").read_text())
+    for bad in ({"dtyp": "float32"}, {"dtype": "int8"}, {"packing": "yes"}):
+        assert list(check.iter_errors(raw | bad)), bad
+        with pytest.raises(ConfigError):
+            config.from_dict(raw | bad)

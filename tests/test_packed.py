@@ -109,7 +109,7 @@ def test_packing_auto_is_off_on_a_cpu_and_true_refuses_other_architectures(tmp_p
     with pytest.raises(ConfigError, match=r"^config: packing needs a BERT-family encoder .* 'distilbert'"):
         plan.prepare(cfg)
     assert not (tmp_path / "store").exists()
-    with pytest.raises(ConfigError, match="packing must be auto, true or false, got 'yes'"):
+    with pytest.raises(ConfigError, match="packing must be 'auto' or true or false, got 'yes'"):
         config.from_dict(sweep_config(population[:2], tmp_path / "s", packing="yes"))
 
 
