@@ -109,7 +109,8 @@ class S3Lease(Lease):
                 raise
             self._take_over_if_stale()
         self.stop = threading.Event()
-        threading.Thread(target=self._beat, name="lmc-ray-lease", daemon=True).start()
+        self.beat = threading.Thread(target=self._beat, name="lmc-ray-lease", daemon=True)
+        self.beat.start()
 
     def _take_over_if_stale(self) -> None:
         self.fs.invalidate_cache(self.path)
@@ -142,6 +143,8 @@ class S3Lease(Lease):
             return
         self.released = True
         self.stop.set()
+        # A heartbeat PUT in flight would change the ETag after we read it, and the conditional delete would fail.
+        self.beat.join(self.timeout)
         if not self.lost:
             bucket, _, key = self.path.partition("/")
             try:
