@@ -176,7 +176,10 @@ def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, float]:
 
 
 def on_gpus(cfg: SweepConfig) -> bool:
-    """Whether the sweep's actors will ask for GPUs on the cluster this job joins (starting Ray if need be)."""
+    """Whether the sweep's actors will compute on GPUs: device cuda, or auto and the layout asks the cluster this
+    job joins (starting Ray if need be) for GPUs. device: cpu computes on CPUs whatever the actors reserve."""
+    if cfg.device != "auto":
+        return cfg.device == "cuda"
     init()
     return layout(cfg, len(cfg.models))[1] > 0
 
@@ -330,9 +333,10 @@ def run(plan: Plan, progress: bool = True) -> None:
         _run(plan, rec, progress)
 
 
-def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
-    """The actors, each holding its block of models, behind a retry pool that waits until they run; and which
-    models each holds."""
+def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]], list]:
+    """The actors, each holding its block of models, behind a retry pool that waits until they run; which models
+    each holds; and the refs of the eval data they were given, which the caller must keep for the whole sweep: an
+    actor still waiting for its node, or restarted, reads them then, and Ray frees an object nobody refers to."""
     cfg, n = plan.cfg, len(plan.names)
     dashboard = init()
     n_actors, gpu_share, cpu_share = layout(cfg, n)
@@ -348,12 +352,12 @@ def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
              gpu_share, cpu_share, to_compute, len(plan.pairs))
     need = f"{gpu_share:.2f} GPU, {cpu_share:.2f} CPU"
-    return _Pool(actors, names, cfg.max_retries, need, cfg.resource_timeout), residents
+    return _Pool(actors, names, cfg.max_retries, need, cfg.resource_timeout), residents, data_refs
 
 
 def _run(plan: Plan, rec: Recorder, progress: bool) -> None:
     cfg, n = plan.cfg, len(plan.names)
-    pool, residents = _start(plan, len(rec.pairs))
+    pool, residents, data_refs = _start(plan, len(rec.pairs))  # noqa: F841 (kept alive until the sweep ends)
     actors = pool.actors
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
 

@@ -152,3 +152,9 @@ def test_dtype_auto_is_float32_on_cpus_bfloat16_on_gpus_and_the_store_records_wh
     assert opened("gpu", lambda cfg: True) == ("bfloat16", "bfloat16")
     with pytest.raises(ConfigError, match="dtype"):
         opened("gpu", never, dtype="float32")
+    # The Ray executor's answer: a pinned device decides without asking the cluster (device: cpu computes on
+    # CPUs even where actors reserve GPUs, as the fake-GPU autoscaler test's do).
+    from lmc_ray import ray_sweep
+
+    for device, want in (("cpu", False), ("cuda", True)):
+        assert ray_sweep.on_gpus(config.from_dict(sweep_config(population[:2], tmp_path / "x", device=device))) is want
