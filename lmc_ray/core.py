@@ -9,7 +9,6 @@ import torch
 from . import packed
 from .barriers import refine_points
 from .data import EvalData
-from .errors import ConfigError
 from .evaluate import Evaluator, Examples, Metrics
 from .interpolate import Weights, WorkingModel
 from .metrics import LOSS
@@ -52,8 +51,7 @@ def use_packing(packing: str | bool, model: torch.nn.Module, device: torch.devic
     if packing == "auto":
         return device.type == "cuda" and packed.supported(model)
     if packing and not packed.supported(model):
-        raise ConfigError(f"config: packing needs a BERT-family encoder ({', '.join(sorted(packed.PACKABLE))}); "
-                          f"the models are {model.config.model_type!r}")
+        raise packed.refusal(model.config.model_type)
     return bool(packing)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .data import EvalData
+from .errors import ConfigError
 from .trim import FIRST_TOKEN_HEADS
 
 PACKABLE = FIRST_TOKEN_HEADS  # BERT's layer layout, a head that reads position 0
@@ -27,6 +28,12 @@ PACKABLE = FIRST_TOKEN_HEADS  # BERT's layer layout, a head that reads position 
 def supported(model: torch.nn.Module) -> bool:
     cfg = model.config
     return cfg.model_type in PACKABLE and not cfg.is_decoder and not getattr(cfg, "add_cross_attention", False)
+
+
+def refusal(model_type: str | None) -> ConfigError:
+    """`packing: true` on models it cannot pack: the plan says it before anything runs, the core if used directly."""
+    return ConfigError(f"config: packing needs a BERT-family encoder ({', '.join(sorted(PACKABLE))}); the models "
+                       f"are {model_type!r} (set packing: auto)")
 
 
 def _attention(device: torch.device):
@@ -102,6 +109,11 @@ class PackedForward:
         self.attend = _attention(device)
 
     def __call__(self, batch: dict) -> torch.Tensor:
+        with warnings.catch_warnings():  # the eager (CPU) path warns that it is unfused; it is meant to be
+            warnings.simplefilter("ignore", UserWarning)
+            return self._logits(batch)
+
+    def _logits(self, batch: dict) -> torch.Tensor:
         model, base = self.model, self.model.base_model
         h = base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"),
                             position_ids=batch["position_ids"])
@@ -116,10 +128,8 @@ class PackedForward:
             def heads(x):
                 return x.view(1, x.shape[1], -1, att.attention_head_size).transpose(1, 2)
 
-            with warnings.catch_warnings():  # the eager (CPU) path warns that it is unfused; it is meant to be
-                warnings.simplefilter("ignore", UserWarning)
-                out = self.attend(heads(att.query(q_in)), heads(att.key(h)), heads(att.value(h)),
-                                  block_mask=batch["last" if last else "mask"], scale=att.scaling)
+            out = self.attend(heads(att.query(q_in)), heads(att.key(h)), heads(att.value(h)),
+                              block_mask=batch["last" if last else "mask"], scale=att.scaling)
             out = out.transpose(1, 2).reshape(1, q_in.shape[1], -1)
             h = layer.feed_forward_chunk(layer.attention.output(out, q_in))
         first = h.transpose(0, 1)  # (examples, 1, hidden): what the heads read as position 0

@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .data import EvalData, prepare as prepare_data
 from .evaluate import Examples, Metrics
 from .metrics import LOSS
+from . import packed
 from .packed import PACKABLE
 
 
@@ -109,8 +110,7 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
     infos = [M.read_info(m.name, f.folder, m.labels, f.shapes) for m, f in zip(cfg.models, found)]
     labels = M.preflight(infos)
     if cfg.packing is True and infos[0].model_type not in PACKABLE:
-        raise ConfigError(f"config: packing needs a BERT-family encoder ({', '.join(sorted(PACKABLE))}); the models "
-                          f"are {infos[0].model_type!r} (set packing: auto)")
+        raise packed.refusal(infos[0].model_type)
     source = cfg.tokenizer or cfg.models[0].ref
     try:
         tokenizer = load_tokenizer(sources.inspect(source, cfg.cache_dir, cfg.storage_options).folder if cfg.tokenizer
