@@ -1,7 +1,9 @@
 """Typed sweep configuration: YAML file + flag overrides, validated in one place.
 
-Everything that can be checked without touching a model or a data file is checked here, so a typo
-fails in milliseconds with one line naming the culprit.
+The config classes are pydantic dataclasses: each field's type (with its literal choices and bounds) is checked
+when the object is built, the docstring under a field is its description (in the JSON schema and in --help), and
+a rejected value becomes one line naming the key, the value and what is allowed. Everything that can be checked
+without touching a model or a data file is checked here, so a typo fails in milliseconds.
 """
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
+import annotated_types
 import yaml
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 from .errors import ConfigError, first_line
 from .metrics import COLUMNS
@@ -24,14 +29,23 @@ from .metrics import COLUMNS
 STORE_FORMAT = 2  # bumped when stored columns change: an older store is refused, not mixed
 METRICS = COLUMNS[2:]  # the scores an eval set may report per model
 
+# strict: YAML's "10" stays a string and its `true` is no 1; forbid: a typo'd key is refused, not ignored.
+TYPED = ConfigDict(strict=True, extra="forbid", use_attribute_docstrings=True)
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveNumber = Annotated[float, Field(gt=0)]
+NonNegativeNumber = Annotated[float, Field(ge=0)]
 
-@dataclass
+
+@dataclass(config=TYPED)
 class ModelSpec:
-    ref: str  # local directory, hub id (org/name[@revision]) or s3://bucket/prefix
-    name: str = ""  # how the model is named in the store; defaults to ref
-    # The checkpoint's class names in id order, for checkpoints saved with generic LABEL_i names
-    # (label orders are matched by name, so they must be known).
-    labels: list[str] | None = None
+    ref: str
+    """Local directory, hub id (org/name[@revision]) or s3://bucket/prefix."""
+    name: str = ""
+    """How the model is named in the store; default: its ref."""
+    labels: Annotated[list[str], Field(min_length=2)] | None = None
+    """The checkpoint's class names in id order, for checkpoints saved with generic LABEL_i names (label orders are
+    matched by name, so they must be known)."""
 
     def __post_init__(self):
         self.ref = same_ref(self.ref)
@@ -44,91 +58,106 @@ def same_ref(ref: str) -> str:
     return f"{scheme}{sep}{rest.rstrip('/')}" if sep else os.path.normpath(ref)
 
 
-@dataclass
+@dataclass(config=TYPED)
 class EvalSetSpec:
     name: str
-    path: str  # local file (jsonl/csv/tsv/parquet) or a hub dataset id
-    text: list[str]  # one field for single-sentence tasks, two for pairs
+    path: str
+    """Local file (jsonl/csv/tsv/parquet) or a hub dataset id."""
+    text: list[str]
+    """The text field, or two for sentence pairs."""
     label: str
-    # Each entry is a field or a list of fields; accuracy is also reported per value (combination).
     subsets: list[str | list[str]] = field(default_factory=list)
-    # Raw label value -> model label name, or a list of names whose logits are pooled by max
-    # (how a 3-way NLI model is scored on 2-way HANS).
+    """Each entry is a field or a list of fields; scores are also reported per value (combination)."""
     label_map: dict[Any, str | list[str]] | None = None
-    max_examples: int | None = 512  # the first K rows, as the paper; null = all
-    split: str = "validation"  # hub datasets only
-    subset_config: str | None = None  # hub dataset configuration name (e.g. "mnli")
-    # Hub datasets only: a branch, tag or commit. datasets 4+ runs no loading scripts, so a script dataset (HANS) is
-    # read from its parquet conversion, revision "refs/convert/parquet".
+    """Raw label value -> model label name, or a list of names whose logits are pooled by max (how a 3-way NLI model
+    is scored on 2-way HANS)."""
+    max_examples: Positive | None = 512
+    """The first K rows, as the paper; null = all."""
+    split: str = "validation"
+    """Hub datasets only."""
+    subset_config: str | None = None
+    """Hub dataset configuration name (e.g. "mnli")."""
     revision: str | None = None
-    # Hub datasets only: files of the repository to read (as datasets.load_dataset's data_files), e.g. a parquet
-    # conversion's "plain_text/validation/*.parquet".
+    """Hub datasets only: a branch, tag or commit. datasets 4+ runs no loading scripts, so a script dataset (HANS) is
+    read from its parquet conversion, revision "refs/convert/parquet"."""
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    format: str | None = None  # override of the file-extension guess
-    role: Literal["in_domain", "diagnostic"] = "in_domain"  # how the cluster report uses the set
-    columns: list[str] | None = None  # names for a header-less csv/tsv (e.g. CoLA's raw files)
-    # Take the first max_examples rows round-robin over this field's values, so a file sorted by
-    # subcase (HANS: 1,000 rows of each of 30) still gives every subcase its share of the 512.
+    """Hub datasets only: files of the repository to read (as datasets.load_dataset's data_files), e.g. a parquet
+    conversion's "plain_text/validation/*.parquet"."""
+    format: str | None = None
+    """Override of the file-extension guess."""
+    role: Literal["in_domain", "diagnostic"] = "in_domain"
+    """How the cluster report uses the set."""
+    columns: list[str] | None = None
+    """Names for a header-less csv/tsv (e.g. CoLA's raw files)."""
     balance_by: str | None = None
-    # Keep only the rows whose field has this value (or one of these values), before any other selection: the
-    # paper's HANS set is {heuristic: lexical_overlap, label: non-entailment}.
+    """Take the first max_examples rows round-robin over this field's values, so a file sorted by subcase (HANS:
+    1,000 rows of each of 30) still gives every subcase its share."""
     filter: dict[str, str | list[str]] | None = None
-    # Then permute the rows as datasets.Dataset.shuffle(seed=...) does (the same rows come out in the same order)
-    # and take the first max_examples: the paper's HANS selection is shuffle(seed=42), first 512.
+    """Keep only the rows whose field has this value (or one of these values), before any other selection: the
+    paper's HANS set is {heuristic: lexical_overlap, label: non-entailment}."""
     shuffle_seed: int | None = None
-    metrics: list[str] = field(default_factory=lambda: ["accuracy"])  # reported per model: accuracy, f1, mcc
-    # Evaluated once per model, never along the lines: whole diagnostic sets (HANS's 30,000 rows) for the
-    # per-cluster scores, at N evaluations instead of N(N-1)/2 x 8.
+    """Then permute the rows as datasets.Dataset.shuffle(seed=...) does (the same rows come out in the same order)
+    and take the first max_examples: the paper's HANS selection is shuffle(seed=42), first 512."""
+    metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+    """Reported per model: accuracy, f1, mcc."""
     endpoints_only: bool = False
+    """Evaluated once per model, never along the lines: whole diagnostic sets (HANS's 30,000 rows) for the
+    per-cluster scores, at N evaluations instead of N(N-1)/2 x 8."""
 
     def subset_fields(self) -> list[list[str]]:
         return [[s] if isinstance(s, str) else list(s) for s in self.subsets]
 
 
-@dataclass
+@dataclass(config=TYPED)
 class SweepConfig:
     models: list[ModelSpec]
     eval_sets: list[EvalSetSpec]
     store: str
+    """Output store: a local path or s3://bucket/prefix."""
     alphas: list[float] = field(default_factory=lambda: grid(10))
-    # Which pairs get a line: "all" (the paper's N(N−1)/2), {anchors: [model names]} (every model against each
-    # anchor), or {file: PATH} (two model names a line). The cluster job needs "all" for basins.
+    """Grid size (10, the paper's) or a list such as [0, 0.5, 1]."""
     pairs: str | dict[str, Any] = "all"
-    # Adaptive α: after the grid, `refine` rounds each evaluate the two midpoints either side of the curve's
-    # highest point above its endpoint chord (first eval set's loss). 0 = the paper's fixed grid.
-    refine: int = 0
-    # Keep every example's loss and correctness at every α (STORE/examples/), so the cluster job can put a
-    # bootstrap confidence interval on each barrier (say, when max_examples subsamples the eval sets).
+    """Which pairs get a line: all (the paper's N(N−1)/2), {anchors: [model names]} (every model against each
+    anchor), or {file: PATH} (two model names a line). The cluster job needs all for basins."""
+    refine: NonNegative = 0
+    """Adaptive α: refinement rounds, each evaluating the two midpoints either side of the curve's highest point
+    above its endpoint chord (first eval set's loss). 0 = the paper's fixed grid."""
     per_example: bool = False
-    # auto: bfloat16 where the sweep runs on GPUs, float32 on CPUs (core.GPU_DTYPE says why); made concrete before
-    # the store is opened, so a store records the precision its values were computed in.
+    """Keep every example's loss and correctness at every α (STORE/examples/), so the cluster job can put a
+    bootstrap confidence interval on each barrier."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 where the sweep runs on GPUs, float32 on CPUs (core.GPU_DTYPE says why); made concrete before
+    the store is opened, so a store records the precision its values were computed in."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Padded tokens per batch (dynamic padding, length-sorted); auto: core.BATCH_TOKENS for the device.
-    batch_tokens: int | str = "auto"
-    max_batch_size: int = 256
-    # Padding-free evaluation (lmc_ray/packed.py): auto = on GPUs for BERT-family encoders; true fails on others.
-    # Changes no value beyond float rounding, so stores resume across it.
+    batch_tokens: Literal["auto"] | Positive = "auto"
+    """Padded tokens per batch (dynamic padding, length-sorted); auto: core.BATCH_TOKENS for the device."""
+    max_batch_size: Positive = 256
     packing: Literal["auto"] | bool = "auto"
-    max_length: int = 512  # truncation only; never padded to
-    # Number of actors; "auto" = as many as the population and the cluster's largest size allow (what the
-    # autoscaler may add counts, not only what runs now): one per gpus_per_actor GPUs, or per cpus_per_actor cores.
-    actors: int | str = "auto"
-    # GPUs each actor asks Ray for (fractions share a GPU); "auto" = 1 when the sweep runs on GPUs (device cuda, or
-    # auto on a cluster that has or can add GPUs), else 0. Asking is what makes an autoscaler start GPU workers.
-    gpus_per_actor: float | str = "auto"
-    # Threads per actor on CPUs. 2: on the 2-core benchmark machine one 2-thread actor ran the sweep ~15 %
-    # faster than two 1-thread actors (docs/performance.md).
-    cpus_per_actor: int = 2
-    # Seconds to wait for the actors' resources (an autoscaler starting nodes) before giving up in one line.
-    resource_timeout: float = 900.0
-    max_in_flight: int = 2  # pair tasks queued per actor
-    max_retries: int = 3  # actor restarts / task retries before a model is declared broken
-    # Seconds without a heartbeat after which another sweep may take over an S3 store's lease (lmc_ray/lease.py).
-    lease_timeout: float = 120.0
+    """Padding-free evaluation (lmc_ray/packed.py): auto = on GPUs for BERT-family encoders; true fails on others.
+    Changes no value beyond float rounding, so stores resume across it."""
+    max_length: Positive = 512
+    """Truncation only; never padded to."""
+    actors: Literal["auto"] | Positive = "auto"
+    """Number of actors; auto = as many as the population and the cluster's largest size allow (what the autoscaler
+    may add counts, not only what runs now): one per gpus_per_actor GPUs, or per cpus_per_actor cores."""
+    gpus_per_actor: Literal["auto"] | NonNegativeNumber = "auto"
+    """GPUs each actor asks Ray for (fractions share a GPU); auto = 1 when the sweep runs on GPUs (device cuda, or
+    auto on a cluster that has or can add GPUs), else 0. Asking is what makes an autoscaler start GPU workers."""
+    cpus_per_actor: Positive = 2
+    """Threads per actor on CPUs (docs/performance.md measures 1 and 2)."""
+    resource_timeout: PositiveNumber = 900.0
+    """Seconds to wait for the actors' resources (an autoscaler starting nodes) before giving up in one line."""
+    max_in_flight: Positive = 2
+    """Pair tasks queued per actor."""
+    max_retries: NonNegative = 3
+    """Actor restarts / task retries before a model is declared broken."""
+    lease_timeout: PositiveNumber = 120.0
+    """Seconds without a heartbeat after which another sweep may take over an S3 store's lease (lmc_ray/lease.py)."""
     cache_dir: str = "~/.cache/lmc_ray"
-    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for s3:// paths
-    tokenizer: str | None = None  # model reference to take the tokenizer from; default: the first model
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options for s3:// paths."""
+    tokenizer: str | None = None
+    """Model reference to take the tokenizer from; default: the first model."""
 
     def fingerprint(self) -> dict:
         """The settings that decide the stored values; a store refuses a run whose fingerprint differs."""
@@ -181,44 +210,32 @@ def _models(raw) -> list[ModelSpec]:
         if isinstance(item, str):
             out += [ModelSpec(r) for r in expand(item)]
         elif isinstance(item, dict) and "ref" in item:
-            check_types(ModelSpec, item, f"config: model {item['ref']!r}")
-            refs = expand(item["ref"])
-            names = expand(item.get("name", "")) if item.get("name") else [""] * len(refs)
+            spec = build(ModelSpec, item, f"config: model {item['ref']!r}")  # every key checked before expanding
+            refs = expand(spec.ref)
+            names = expand(item["name"]) if item.get("name") else [""] * len(refs)
             if len(names) != len(refs):
                 raise ConfigError(f"config: model {item['ref']!r}: 'name' expands to {len(names)} names for {len(refs)} refs")
-            unknown = sorted(set(item) - {"ref", "name", "labels"})
-            if unknown:
-                raise ConfigError(f"config: model {item['ref']!r}: unknown key {unknown[0]!r} (known: labels, name, ref)")
-            labels = item.get("labels")
-            if labels is not None and (not isinstance(labels, list) or len(labels) < 2):
-                raise ConfigError(f"config: model {item['ref']!r}: 'labels' must list the class names in id order")
-            out += [ModelSpec(r, n, labels) for r, n in zip(refs, names)]
+            out += [ModelSpec(r, n, spec.labels) for r, n in zip(refs, names)]
         else:
             raise ConfigError(f"config: model entry {item!r} must be a string or a mapping with 'ref'")
     return out
 
 
-def _conforms(value, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return any(_conforms(value, a) for a in args)
-    if origin is list:
-        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items())
-    if hint is float:  # YAML writes 1 for 1.0
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:  # YAML's true is a Python int subclass
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+_BOUNDS = {("ge", 1): "a positive", ("ge", 0): "a non-negative", ("gt", 0): "a positive"}
 
 
 def _describe(hint) -> str:
+    """A declared type in words, as the one-line error says what is allowed."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        inner, bounds = _describe(args[0]), [m for info in args[1:] for m in getattr(info, "metadata", [info])]
+        for b in bounds:
+            if isinstance(b, annotated_types.MinLen):
+                return f"{inner} of at least {b.min_length}"
+            for (kind, at), words in _BOUNDS.items():
+                if getattr(b, kind, None) == at:
+                    return f"{words} {inner.split(' ', 1)[1]}"
+        return inner
     if origin is Literal:
         return " or ".join(repr(a) for a in args)
     if origin in (Union, types.UnionType):
@@ -231,25 +248,23 @@ def _describe(hint) -> str:
             type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def check_types(cls, raw: dict, where: str) -> None:
-    """Every known key of `raw` against the type its dataclass field declares: a typo'd value is one line,
-    found before anything is read or written."""
-    hints = typing.get_type_hints(cls)
-    for key, value in raw.items():
-        if key in hints and not _conforms(value, hints[key]):
-            raise ConfigError(f"{where}: {key} must be {_describe(hints[key])}, got {value!r}")
-
-
-def _build(cls, raw: dict, where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    check_types(cls, raw, where)
+def build(cls, raw: dict, where: str):
+    """cls(**raw), with pydantic's verdict on the first bad key as one line: the key, the value, what is allowed."""
     try:
         return cls(**raw)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {first_line(e)}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = err["loc"][0] if err["loc"] else None
+        if err["type"] == "unexpected_keyword_argument":
+            known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+            problem = f"unknown key {key!r} (known: {known})"
+        elif err["type"] == "missing_argument":
+            problem = f"missing required key {key!r}"
+        elif key in raw:
+            problem = f"{key} must be {_describe(typing.get_type_hints(cls, include_extras=True)[key])}, got {raw[key]!r}"
+        else:
+            problem = first_line(e)
+        raise ConfigError(f"{where}: {problem}") from None
 
 
 def eval_set(e, where) -> EvalSetSpec:
@@ -258,7 +273,7 @@ def eval_set(e, where) -> EvalSetSpec:
     e = dict(e)
     if isinstance(e.get("text"), str):
         e["text"] = [e["text"]]
-    return _build(EvalSetSpec, e, f"config: eval set {e.get('name', where)!r}")
+    return build(EvalSetSpec, e, f"config: eval set {e.get('name', where)!r}")
 
 
 def from_dict(raw: dict) -> SweepConfig:
@@ -277,15 +292,16 @@ def from_dict(raw: dict) -> SweepConfig:
         if alphas < 2:
             raise ConfigError(f"config: alphas = {alphas}: a grid needs at least 2 points")
         raw["alphas"] = grid(alphas)
-    elif alphas is not None and not _conforms(alphas, list[float]):
+    elif alphas is not None and not (isinstance(alphas, list) and all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas)):
         raise ConfigError(f"config: alphas must be a number of grid points or a list of numbers, got {alphas!r}")
-    cfg = _build(SweepConfig, raw, "config")
+    cfg = build(SweepConfig, raw, "config")
     validate(cfg)
     return cfg
 
 
 def validate(cfg: SweepConfig) -> None:
-    """All checks that need no model and no data file."""
+    """What no single field's type says: relations between fields and entries."""
     for what in ("name", "ref"):
         seen = {}
         for m in cfg.models:
@@ -312,14 +328,6 @@ def validate(cfg: SweepConfig) -> None:
     if len(set(alphas)) != len(alphas):
         raise ConfigError("config: alphas contain a duplicate value")
     cfg.alphas = sorted(alphas)
-    for key in ("refine", "max_retries"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"config: {key} must be a non-negative integer, got {getattr(cfg, key)!r}")
-    for key in ("lease_timeout", "resource_timeout"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"config: {key} must be positive, got {getattr(cfg, key)!r}")
-    if cfg.gpus_per_actor != "auto" and (isinstance(cfg.gpus_per_actor, str) or cfg.gpus_per_actor < 0):
-        raise ConfigError(f"config: gpus_per_actor must be 'auto' or a non-negative number, got {cfg.gpus_per_actor!r}")
     if cfg.refine and not (0.0 in alphas and 1.0 in alphas and any(0 < a < 1 for a in alphas)):
         raise ConfigError("config: refine needs alphas with both endpoints and at least one interior point")
     set_names = [e.name for e in cfg.eval_sets]
@@ -332,19 +340,9 @@ def validate(cfg: SweepConfig) -> None:
             raise ConfigError(f"config: {where} appears twice")
         if not e.text or len(e.text) > 2:
             raise ConfigError(f"config: {where}: 'text' must name one or two fields")
-        if e.max_examples is not None and e.max_examples < 1:
-            raise ConfigError(f"config: {where}: max_examples must be positive")
         bad = [m for m in e.metrics if m not in METRICS]
         if bad or not e.metrics:
             raise ConfigError(f"config: {where}: metric {bad[0] if bad else None!r} is not one of {', '.join(METRICS)}")
-    if cfg.actors != "auto" and not (isinstance(cfg.actors, int) and cfg.actors >= 1):
-        raise ConfigError(f"config: actors must be 'auto' or a positive integer, got {cfg.actors!r}")
-    for key in ("batch_tokens", "max_batch_size", "max_length", "cpus_per_actor", "max_in_flight"):
-        value, auto = getattr(cfg, key), key == "batch_tokens"
-        if auto and value == "auto":
-            continue
-        if not _conforms(value, int) or value < 1:
-            raise ConfigError(f"config: {key} must be a positive integer{' or auto' if auto else ''}, got {value!r}")
 
 
 def _assign(raw: dict, key: str, value) -> None:
@@ -375,19 +373,21 @@ def _parse_value(text: str):
 
 
 def schema() -> dict:
-    """JSON schema of the sweep YAML, for editors (yaml-language-server, VS Code), from the same type annotations
-    check_types enforces; the shipped copy is configs/sweep.schema.json (tests/test_config.py keeps it current)."""
+    """JSON schema of the sweep YAML, for editors (yaml-language-server, VS Code), from the same typed classes the
+    loader builds; the shipped copy is configs/sweep.schema.json (tests/test_config.py keeps it current)."""
     from pydantic import TypeAdapter
 
     s = TypeAdapter(SweepConfig).json_schema()
     # The YAML's shorthands, which from_dict expands: a model as its ref, an eval set's text as one field name,
-    # alphas as a grid size; and, as the loader does, no key it does not know.
+    # alphas as a grid size.
     strings = {"type": "array", "items": {"type": "string"}}
     s["properties"]["models"]["items"] = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/ModelSpec"}]}
-    s["$defs"]["EvalSetSpec"]["properties"]["text"] = {"anyOf": [{"type": "string"}, strings]}
-    s["properties"]["alphas"] = {"anyOf": [{"type": "integer", "minimum": 2}, s["properties"]["alphas"]]}
-    for node in (s, *s["$defs"].values()):
-        node["additionalProperties"] = False
+    text = s["$defs"]["EvalSetSpec"]["properties"]["text"]
+    text["anyOf"] = [{"type": "string"}, strings]
+    del text["type"], text["items"]
+    alphas = s["properties"]["alphas"]
+    alphas["anyOf"] = [{"type": "integer", "minimum": 2}, {"type": "array", "items": alphas.pop("items")}]
+    del alphas["type"]
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **s, "title": "lmc-ray sweep configuration"}
 
 
@@ -440,24 +440,37 @@ def merge(base: dict, overlay: dict, where: str) -> dict:
     return out
 
 
+# Structures stay in YAML (or reach through --set); every other field of SweepConfig is also a flag.
+_NOT_FLAGS = {"models", "eval_sets", "storage_options"}
+
+
+def _flags() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(SweepConfig) if f.name not in _NOT_FLAGS]
+
+
 def parser(description: str) -> argparse.ArgumentParser:
+    """--config, --overlay, --set, --max-examples, and one flag per SweepConfig field, its help the field's
+    description: a field added to the config is a flag without being listed twice."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", help="YAML file, or a shipped configuration (mnli, qqp, cola; `lmc-ray configs` lists "
                                     "them); flags below override it")
     p.add_argument("--overlay", action="append", default=[], metavar="FILE",
                    help="YAML merged over --config (eval sets by name), e.g. offline/mnli (repeatable)")
-    p.add_argument("--store", help="output store: a local path or s3://bucket/prefix")
-    p.add_argument("--alphas", help="grid size (10) or a list such as [0, 0.5, 1]")
-    p.add_argument("--refine", type=int, help="adaptive α: refinement rounds around the curve's peak (default 0)")
-    p.add_argument("--max-examples", type=int, help="first K examples of every eval set on the lines")
-    p.add_argument("--per-example", action="store_true", default=None,
-                   help="keep per-example losses, for bootstrap intervals on each barrier")
-    p.add_argument("--actors", help="number of actors, or auto")
-    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key, value in YAML syntax (repeatable); nested keys with dots: "
                         "storage_options.endpoint_url=..., eval_sets.hans.max_examples=100 (a set by name or position)")
+    p.add_argument("--max-examples", type=int, help="first K examples of every eval set on the lines")
+    hints = typing.get_type_hints(SweepConfig, include_extras=True)
+    for f in _flags():
+        info = SweepConfig.__pydantic_fields__[f.name]
+        words = _describe(hints[f.name])
+        text = f"{info.description or ''} ({words})".strip().replace("%", "%%")
+        if hints[f.name] is bool:  # a switch: --per-example, or --per-example false
+            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, nargs="?", const=True, type=_parse_value,
+                           metavar="BOOL", help=text)
+        else:  # strings as typed; numbers, lists and choices in YAML syntax
+            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, metavar=f.name.upper(),
+                           type=str if hints[f.name] is str else _parse_value, help=text)
     return p
 
 
@@ -476,20 +489,11 @@ def load(args: argparse.Namespace, default: dict | None = None) -> SweepConfig:
         if not sep:
             raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
         _assign(raw, key.strip(), _parse_value(value))
-    for key in ("store", "dtype", "device"):
-        if getattr(args, key, None) is not None:
-            raw[key] = getattr(args, key)
-    if args.alphas is not None:
-        raw["alphas"] = _parse_value(args.alphas)
-    if args.actors is not None:
-        raw["actors"] = _parse_value(args.actors)
-    if args.refine is not None:
-        raw["refine"] = args.refine
-    if args.per_example:
-        raw["per_example"] = True
+    for f in _flags():
+        if getattr(args, f.name, None) is not None:
+            raw[f.name] = getattr(args, f.name)
     if args.max_examples is not None:  # subsamples the lines; endpoints_only sets keep their whole selection
         for e in raw.get("eval_sets") or []:
             if isinstance(e, dict) and not e.get("endpoints_only"):
                 e["max_examples"] = args.max_examples
     return from_dict(raw)
-

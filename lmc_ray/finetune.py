@@ -8,35 +8,44 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from . import sources
-from .config import ConfigError, EvalSetSpec
+from .config import TYPED, ConfigError, EvalSetSpec, NonNegativeNumber, Positive, PositiveNumber, build, eval_set
 from .data import EvalData, prepare
 from .evaluate import Evaluator
 from .metrics import COLUMNS, LOSS
 from .models import quiet
 
 
-@dataclass
+@dataclass(config=TYPED)
 class FinetuneConfig:
-    base: str  # model reference of the shared pretrained start (local, hub, s3)
-    train: EvalSetSpec  # the training set, described like an evaluation set (max_examples: null = all)
-    eval_sets: list[EvalSetSpec]  # reported while training (in-domain and diagnostic)
-    labels: list[str]  # the classifier's label names, in order
-    output: str  # local directory or s3://bucket/prefix; model k goes to OUTPUT/seed_k
-    seeds: list[int] = field(default_factory=lambda: list(range(12)))
-    epochs: float = 2.0
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    reports: int = 4  # metric reports per run
-    max_length: int = 128
+    base: str
+    """Model reference of the shared pretrained start (local, hub, s3)."""
+    train: EvalSetSpec
+    """The training set, described like an evaluation set (max_examples: null = all)."""
+    eval_sets: list[EvalSetSpec]
+    """Reported while training (in-domain and diagnostic)."""
+    labels: Annotated[list[str], Field(min_length=2)]
+    """The classifier's label names, in order."""
+    output: str
+    """Local directory or s3://bucket/prefix; model k goes to OUTPUT/seed_k."""
+    seeds: Annotated[list[int], Field(min_length=1)] = field(default_factory=lambda: list(range(12)))
+    epochs: PositiveNumber = 2.0
+    batch_size: Positive = 32
+    lr: PositiveNumber = 5e-4
+    weight_decay: NonNegativeNumber = 0.01
+    warmup: NonNegativeNumber = 0.1
+    reports: Positive = 4
+    """Metric reports per run."""
+    max_length: Positive = 128
     cache_dir: str = "~/.cache/lmc_ray"
     storage_options: dict = field(default_factory=dict)
 
@@ -137,17 +146,13 @@ def save(model, tok, cfg: FinetuneConfig, seed: int) -> None:
 
 
 def check(cfg: FinetuneConfig) -> None:
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigError("finetune: seeds must be a non-empty list of distinct integers")
-    for key in ("epochs", "batch_size", "lr"):
-        if not getattr(cfg, key) > 0:
-            raise ConfigError(f"finetune: {key} must be positive")
-
+    """What the field types do not say."""
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"finetune config: seeds must be distinct, got {cfg.seeds!r}")
 
 
 def from_dict(raw: dict) -> FinetuneConfig:
     """A finetune configuration from YAML: `train` and `eval_sets` are written like the sweep's eval sets."""
-    from .config import _build, eval_set
 
     raw = dict(raw)
     for key in ("base", "train", "labels", "output"):
@@ -157,6 +162,6 @@ def from_dict(raw: dict) -> FinetuneConfig:
     raw["eval_sets"] = [eval_set(e, i) for i, e in enumerate(raw.get("eval_sets") or [])]
     if isinstance(raw.get("seeds"), int):
         raw["seeds"] = list(range(raw["seeds"]))
-    cfg = _build(FinetuneConfig, raw, "finetune config")
+    cfg = build(FinetuneConfig, raw, "finetune config")
     check(cfg)
     return cfg

@@ -43,7 +43,7 @@ def test_explicit_alphas_are_sorted():
      "eval set 's': role must be 'in_domain' or 'diagnostic', got 'ood'"),
     ({"refine": -1}, "refine must be a non-negative integer, got -1"),
     ({"refine": 1, "alphas": [0, 1]}, "refine needs alphas with both endpoints and at least one interior point"),
-    ({"batch_tokens": "many"}, "batch_tokens must be a positive integer or auto, got 'many'"),
+    ({"batch_tokens": "many"}, "batch_tokens must be 'auto' or a positive integer, got 'many'"),
     ({"max_batch_size": 0}, "max_batch_size must be a positive integer, got 0"),
     ({"per_example": "yes"}, "per_example must be true or false, got 'yes'"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": ["a", "b", "c"], "label": "l"}]}, "one or two fields"),
@@ -52,7 +52,7 @@ def test_explicit_alphas_are_sorted():
     ({"alphas": []}, "alphas []: a line needs at least 2 points"),
     ({"alphas": [0.5]}, "alphas [0.5]: a line needs at least 2 points"),
     ({"alphas": "x"}, "alphas must be a number of grid points or a list of numbers, got 'x'"),
-    ({"max_retries": "x"}, "max_retries must be an integer, got 'x'"),
+    ({"max_retries": "x"}, "max_retries must be a non-negative integer, got 'x'"),
     ({"max_retries": -1}, "max_retries must be a non-negative integer, got -1"),
     ({"store": 123}, "store must be a string, got 123"),
     ({"storage_options": "x"}, "storage_options must be a mapping, got 'x'"),
@@ -60,7 +60,7 @@ def test_explicit_alphas_are_sorted():
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": ["x"]}]}, "label must be a string, got ['x']"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "subsets": 5}]}, "subsets must be a list"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "max_examples": "ten"}]},
-     "max_examples must be an integer or null, got 'ten'"),
+     "max_examples must be a positive integer or null, got 'ten'"),
     ({"models": [{"ref": 5}, "a/m1"]}, "ref must be a string, got 5"),
     # One model under two spellings is one model.
     ({"models": ["m0", "m0/"]}, "model name 'm0' appears twice"),
@@ -69,7 +69,12 @@ def test_explicit_alphas_are_sorted():
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "endpoints_only": True}]},
      "eval set 's': the first eval set is on the lines"),
     ({"gpus_per_actor": "many"}, "gpus_per_actor must be 'auto' or a non-negative number, got 'many'"),
-    ({"resource_timeout": 0}, "resource_timeout must be positive, got 0"),
+    ({"resource_timeout": 0}, "resource_timeout must be a positive number, got 0"),
+    ({"actors": 0}, "actors must be 'auto' or a positive integer, got 0"),
+    ({"max_retries": True}, "max_retries must be a non-negative integer, got True"),
+    ({"refine": "2"}, "refine must be a non-negative integer, got '2'"),  # strict: YAML's quoted "2" is a string
+    ({"models": [{"ref": "m{0..1}", "labels": ["only"]}]}, "labels must be a list of (a string) of at least 2"),
+    ({"models": [{"ref": "m{0..1}", "lables": ["a", "b"]}]}, "unknown key 'lables' (known: labels, name, ref)"),
     ({"pairs": "some"}, "pairs must be 'all', {anchors: [names]} or {file: PATH}, got 'some'"),
     ({"pairs": {"anchors": ["a/m9"]}}, "pairs anchors: 'a/m9' is not a model name"),
 ])
@@ -155,3 +160,42 @@ def test_the_shipped_json_schema_is_current_and_checks_what_the_loader_checks():
         assert list(check.iter_errors(raw | bad)), bad
         with pytest.raises(ConfigError):
             config.from_dict(raw | bad)
+
+
+def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
+    """Flags come from SweepConfig's fields: each non-structure field has one, its help the field's docstring and
+    type, and its value goes through the same typed check as the YAML's."""
+    import dataclasses
+
+    import yaml
+
+    help_text = config.parser("t").format_help()
+    for f in dataclasses.fields(config.SweepConfig):
+        if f.name not in ("models", "eval_sets", "storage_options"):
+            assert f"--{f.name.replace('_', '-')}" in help_text, f.name
+    assert "Actor restarts / task retries" in help_text and "(a non-negative integer)" in help_text
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_raw(per_example=True)))
+    parse = lambda *a: config.load(config.parser("t").parse_args(["--config", str(path), *a]))
+    cfg = parse("--packing", "false", "--max-retries", "5", "--per-example", "false", "--lease-timeout", "30",
+                "--pairs", "{anchors: [a/m0]}", "--store", "123")
+    assert (cfg.packing, cfg.max_retries, cfg.per_example, cfg.lease_timeout, cfg.pairs, cfg.store) == \
+        (False, 5, False, 30, {"anchors": ["a/m0"]}, "123")
+    with pytest.raises(ConfigError, match=r"^config: max_in_flight must be a positive integer, got 0$"):
+        parse("--max-in-flight", "0")
+
+
+@pytest.mark.parametrize("over, culprit", [
+    ({"epochs": 0}, "finetune config: epochs must be a positive number, got 0"),
+    ({"seeds": [1, 1]}, "finetune config: seeds must be distinct, got [1, 1]"),
+    ({"labels": "yes"}, "finetune config: labels must be a list of (a string) of at least 2, got 'yes'"),
+    ({"lr": "1e-4"}, "finetune config: lr must be a positive number, got '1e-4'"),  # YAML reads 1e-4 as a string
+    ({"batchsize": 8}, "finetune config: unknown key 'batchsize'"),
+])
+def test_bad_finetune_config_names_the_culprit(over, culprit):
+    from lmc_ray import finetune
+
+    raw = {"base": "b", "train": {"path": "t.jsonl", "text": "s", "label": "l"}, "labels": ["a", "b"], "output": "o"}
+    with pytest.raises(ConfigError) as e:
+        finetune.from_dict(raw | over)
+    assert str(e.value).startswith(culprit)
