@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 import demo_population
-from lmc_ray import barriers, config, local, plan
+from lmc_ray.analysis import barriers
+from lmc_ray import config
+from lmc_ray.execution import local, plan
 
 SCHEDULES = {"paper grid 10": (10, 0), "grid 5 + refine 1": (5, 1), "grid 5 + refine 2": (5, 2),
              "grid 4 + refine 2": (4, 2), "grid 3 + refine 3": (3, 3)}

@@ -22,8 +22,8 @@ import torch
 from torch.func import functional_call
 
 from lmc_ray import config
-from lmc_ray.interpolate import WorkingModel
-from lmc_ray.synthetic import bert_config, build_tokenizer
+from lmc_ray.compute.interpolate import WorkingModel
+from lmc_ray.task.pretrain import bert_config, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"

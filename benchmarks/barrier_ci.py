@@ -23,8 +23,10 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 import demo_population
-from lmc_ray import analysis, config, local, plan
-from lmc_ray.store import Store
+from lmc_ray.analysis import findings
+from lmc_ray import config
+from lmc_ray.execution import local, plan
+from lmc_ray.storage.store import Store
 
 
 
@@ -50,7 +52,7 @@ def main():
         local.run(plan.prepare(cfg), progress=False)
         wall = time.perf_counter() - t
         t = time.perf_counter()
-        a = analysis.run(Store(str(store)), "validation", bootstrap=args.bootstrap)
+        a = findings.run(Store(str(store)), "validation", bootstrap=args.bootstrap)
         return wall, time.perf_counter() - t, a
 
     wall_ref, _, ref = run(n_all)

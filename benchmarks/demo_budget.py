@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
-from lmc_ray.memory import PeakRSS
+from lmc_ray.testing.memory import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[1]
 

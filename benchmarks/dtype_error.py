@@ -25,8 +25,10 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 import demo_population
-from lmc_ray import analysis, config, local, plan
-from lmc_ray.store import Store
+from lmc_ray.analysis import findings
+from lmc_ray import config
+from lmc_ray.execution import local, plan
+from lmc_ray.storage.store import Store
 
 
 def main():
@@ -52,7 +54,7 @@ def main():
         t = time.perf_counter()
         local.run(plan.prepare(cfg), progress=False)
         wall = time.perf_counter() - t
-        a = analysis.run(Store(str(store)), "validation")
+        a = findings.run(Store(str(store)), "validation")
         curves = a.curves.query("subset == 'all'").set_index(["model_a", "model_b", "eval_set", "alpha"])
         return wall, a, curves.sort_index()
 

@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lmc_ray import config, local, plan
-from lmc_ray.core import Core
-from lmc_ray.metrics import LOSS
-from lmc_ray.models import quiet
-from lmc_ray.synthetic import make_population
+from lmc_ray import config
+from lmc_ray.execution import local, plan
+from lmc_ray.compute.core import Core
+from lmc_ray.compute.metrics import LOSS
+from lmc_ray.compute.models import quiet
+from lmc_ray.testing.population import make_population
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["entailment", "neutral", "contradiction"]
@@ -163,7 +164,7 @@ def main():
           f"{flops / 1e12:.2f} TFLOP of useful encoder work per α")
 
     raw = [config.eval_set(s, i) for i, s in enumerate(sets)]
-    from lmc_ray.data import read_table
+    from lmc_ray.compute.data import read_table
 
     frames = [read_table(s) for s in raw]
     paper_texts = [(list(f[s.text[0]]), list(f[s.text[1]])) for f, s in zip(frames, raw)]

@@ -23,10 +23,11 @@ import pandas as pd
 import psutil
 import torch
 
-from lmc_ray import config, plan, ray_sweep
-from lmc_ray.memory import PeakRSS
-from lmc_ray.store import Store
-from lmc_ray.synthetic import make_population
+from lmc_ray import config
+from lmc_ray.execution import plan, ray_sweep
+from lmc_ray.testing.memory import PeakRSS
+from lmc_ray.storage.store import Store
+from lmc_ray.testing.population import make_population
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"

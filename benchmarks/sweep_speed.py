@@ -29,9 +29,11 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from lmc_ray import barriers, config, local, plan, ray_sweep
-from lmc_ray.synthetic import make_population
-from lmc_ray.memory import PeakRSS
+from lmc_ray.analysis import barriers
+from lmc_ray import config
+from lmc_ray.execution import local, plan, ray_sweep
+from lmc_ray.testing.population import make_population
+from lmc_ray.testing.memory import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"

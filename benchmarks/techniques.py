@@ -12,7 +12,7 @@ against the first's.
   lerp      the weights written in place by one lerp per tensor into a resident working model
   sorted    length-sorted batches under a budget of 8,192 padded tokens (at most 256 examples)
   2048      the budget at 2,048 padded tokens (config: batch_tokens auto on a CPU)
-  trim      the last layer computes position 0 only (lmc_ray/trim.py)
+  trim      the last layer computes position 0 only (lmc_ray/compute/trim.py)
 Not here: the endpoints evaluated once per model rather than once per pair (8 of the 10 α per pair: 1.25x,
 by counting), and the padding to 512 that the paper's procedure adds (sweep_speed.py measures both).
 """
@@ -30,12 +30,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lmc_ray import config, plan
-from lmc_ray.evaluate import Evaluator
-from lmc_ray.interpolate import WorkingModel
-from lmc_ray.metrics import LOSS
-from lmc_ray.synthetic import make_population
-from lmc_ray.trim import first_token_only
+from lmc_ray import config
+from lmc_ray.execution import plan
+from lmc_ray.compute.evaluate import Evaluator
+from lmc_ray.compute.interpolate import WorkingModel
+from lmc_ray.compute.metrics import LOSS
+from lmc_ray.testing.population import make_population
+from lmc_ray.compute.trim import first_token_only
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"

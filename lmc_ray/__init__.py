@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .analysis import Analysis
+    from .analysis.findings import Analysis
     from .config import SweepConfig
-    from .store import Store
+    from .storage.store import Store
 
 __all__ = ["sweep", "analyse"]
 
@@ -25,11 +25,12 @@ def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: boo
 
     In a dict config a model may be an object, {"name": ..., "model": a transformers model[, "tokenizer": ...]},
     and an eval set may carry {"dataset": a datasets.Dataset} instead of a path: both are written once into the
-    cache (lmc_ray/inmemory.py)."""
+    cache (lmc_ray/compute/inmemory.py)."""
     from . import config as C
-    from . import inmemory, local, plan, ray_sweep
+    from .compute import inmemory
+    from .execution import local, plan, ray_sweep
     from .errors import ConfigError
-    from .store import Store
+    from .storage.store import Store
 
     if executor not in ("ray", "local"):
         raise ConfigError(f"executor {executor!r}: use 'ray' or 'local'")
@@ -45,12 +46,12 @@ def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: boo
 
 
 def analyse(store: str | Store, **options) -> Analysis:
-    """Barriers, clusters and per-cluster generalization of a finished store (options as analysis.run takes them:
+    """Barriers, clusters and per-cluster generalization of a finished store (options as analysis.findings.run takes them:
     eval_set, metric, bootstrap, level, scores_file); also writes barriers.parquet and the other tables beside it."""
-    from . import analysis
-    from .store import Store
+    from .analysis import findings
+    from .storage.store import Store
 
     store = Store(store) if isinstance(store, str) else store
-    result = analysis.run(store, **options)
-    analysis.write(store, result)
+    result = findings.run(store, **options)
+    findings.write(store, result)
     return result

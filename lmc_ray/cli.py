@@ -41,7 +41,9 @@ def main(fn, argv=None) -> None:
 
 def sweep(argv=None) -> None:
     """Sweep every pair of models along the straight line between them; results stream into a Parquet store."""
-    from . import config, demo, plan, ray_sweep
+    from . import config
+    from .task import demo
+    from .execution import plan, ray_sweep
 
     parser = config.parser(sweep.__doc__.splitlines()[0])
     parser.add_argument("--demo-models", type=int, default=demo.DemoConfig.n_models,
@@ -57,8 +59,8 @@ def sweep(argv=None) -> None:
 
 def analyse(argv=None) -> None:
     """Barriers, basins and generalization from a finished sweep store; writes STORE/report/index.html."""
-    from . import analysis, report
-    from .store import Store
+    from .analysis import findings, report
+    from .storage.store import Store
 
     p = argparse.ArgumentParser(description=analyse.__doc__.splitlines()[0])
     p.add_argument("--store", required=True, help="the sweep's store (local path or s3://)")
@@ -75,13 +77,13 @@ def analyse(argv=None) -> None:
     args = p.parse_args(argv)
     store = Store(args.store)
     try:
-        a = analysis.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
-    except analysis.BarriersOnly as e:
+        a = findings.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
+    except findings.BarriersOnly as e:
         print(e)
         return
-    analysis.write(store, a)
+    findings.write(store, a)
     index = report.write(store, a, args.ood)
-    print(analysis.text_summary(a))
+    print(findings.text_summary(a))
     print(f"report: {index}")
 
 
@@ -89,8 +91,8 @@ def finetune(argv=None) -> None:
     """Finetune N copies of one base model on Ray Tune (one trial per seed); resumable."""
     import yaml
 
-    from . import finetune as ft
-    from . import ray_finetune
+    from .task import finetune as ft
+    from .task import ray_finetune
     from .config import find
 
     p = argparse.ArgumentParser(description=finetune.__doc__.splitlines()[0])
@@ -111,8 +113,8 @@ def finetune(argv=None) -> None:
 
 def export(argv=None) -> None:
     """A point of a stored line as a model: θ(α) between two of the store's models, as an HF checkpoint."""
-    from .export import export as write
-    from .store import Store
+    from .analysis.export import export as write
+    from .storage.store import Store
 
     p = argparse.ArgumentParser(description=export.__doc__.splitlines()[0])
     p.add_argument("--store", required=True, help="the sweep's store (local path or s3://)")
@@ -126,7 +128,7 @@ def export(argv=None) -> None:
 
 def demo(argv=None) -> None:
     """The whole pipeline offline on the built-in task: pretrain a start, finetune copies, sweep, cluster, report."""
-    from . import demo as d
+    from .task import demo as d
 
     p = argparse.ArgumentParser(description=demo.__doc__.splitlines()[0])
     p.add_argument("--models", type=int, default=d.DemoConfig.n_models, help="how many copies to finetune")

@@ -17,13 +17,12 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import annotated_types
 import yaml
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 from .errors import ConfigError, first_line
-from .metrics import COLUMNS
+from .compute.metrics import COLUMNS
 
 
 STORE_FORMAT = 2  # bumped when stored columns change: an older store is refused, not mixed
@@ -133,7 +132,7 @@ class SweepConfig:
     """Padded tokens per batch (dynamic padding, length-sorted); auto: core.BATCH_TOKENS for the device."""
     max_batch_size: Positive = 256
     packing: Literal["auto"] | bool = "auto"
-    """Padding-free evaluation (lmc_ray/packed.py): auto = on GPUs for BERT-family encoders; true fails on others.
+    """Padding-free evaluation (lmc_ray/compute/packed.py): auto = on GPUs for BERT-family encoders; true fails on others.
     Changes no value beyond float rounding, so stores resume across it."""
     max_length: Positive = 512
     """Truncation only; never padded to."""
@@ -152,7 +151,7 @@ class SweepConfig:
     max_retries: NonNegative = 3
     """Actor restarts / task retries before a model is declared broken."""
     lease_timeout: PositiveNumber = 120.0
-    """Seconds without a heartbeat after which another sweep may take over an S3 store's lease (lmc_ray/lease.py)."""
+    """Seconds without a heartbeat after which another sweep may take over an S3 store's lease (lmc_ray/storage/lease.py)."""
     cache_dir: str = "~/.cache/lmc_ray"
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options for s3:// paths."""
@@ -230,7 +229,7 @@ def _describe(hint) -> str:
     if origin is Annotated:
         inner, bounds = _describe(args[0]), [m for info in args[1:] for m in getattr(info, "metadata", [info])]
         for b in bounds:
-            if isinstance(b, annotated_types.MinLen):
+            if getattr(b, "min_length", None):
                 return f"{inner} of at least {b.min_length}"
             for (kind, at), words in _BOUNDS.items():
                 if getattr(b, kind, None) == at:

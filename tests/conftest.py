@@ -45,7 +45,7 @@ def mnli_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def population(tmp_path_factory, mnli_texts) -> list[Path]:
     """Four tiny BERT classifiers: one random base plus a seeded perturbation each."""
-    from lmc_ray.synthetic import make_population
+    from lmc_ray.testing.population import make_population
 
     return make_population(tmp_path_factory.mktemp("pop"), 4, mnli_texts, NLI_LABELS, layers=2, hidden=32,
                            heads=2, noise=0.05, vocab_size=1500)

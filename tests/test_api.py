@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import lmc_ray
-from lmc_ray.store import Store
+from lmc_ray.storage.store import Store
 
 from conftest import ROOT, sweep_config
 
@@ -70,6 +70,33 @@ def test_models_and_eval_sets_given_as_python_objects(tmp_path, population):
     raw["models"] = [{"name": "x", "model": object()}] + objects[1:]
     with pytest.raises(lmc_ray.errors.ConfigError, match="model 'x': an in-memory model must be a transformers model"):
         lmc_ray.sweep(raw, executor="local")
+
+
+def test_models_given_as_state_dicts_on_a_base(tmp_path, population):
+    """A state dict with a base for its architecture (a model reference, or a transformers model) sweeps as the
+    checkpoint it came from; one that does not fit its base is one line naming the model."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    files = lmc_ray.sweep(sweep_config(population[:3], tmp_path / "files"), executor="local", progress=False)
+    weights = [load_file(str(p / "model.safetensors")) for p in population[:3]]
+    raw = sweep_config([], tmp_path / "states")
+    raw["models"] = [str(population[0]),
+                     {"name": str(population[1]), "state_dict": weights[1], "base": str(population[0])},
+                     {"name": str(population[2]), "state_dict": weights[2],
+                      "base": AutoModelForSequenceClassification.from_pretrained(population[0])}]
+    states = lmc_ray.sweep(raw, executor="local", progress=False)
+    a, b = (s.curves().to_table().to_pandas().sort_values(["model_a", "model_b", "alpha", "subset"]).reset_index(drop=True)
+            for s in (files, states))
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, rtol=0)
+    raw["store"] = str(tmp_path / "bad")
+    raw["models"][1] = {"name": "half", "state_dict": dict(list(weights[1].items())[:5]), "base": str(population[0])}
+    with pytest.raises(lmc_ray.errors.ConfigError, match=r"^config: model 'half': the state_dict does not fit its base \(\d+ keys missing"):
+        lmc_ray.sweep(raw, executor="local")
+    raw["models"][1] = {"name": "nobase", "state_dict": weights[1]}
+    with pytest.raises(lmc_ray.errors.ConfigError, match=r"^config: model 'nobase': a state_dict needs a 'base'"):
+        lmc_ray.sweep(raw, executor="local")
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

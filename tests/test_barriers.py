@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmc_ray import barriers as B
+from lmc_ray.analysis import barriers as B
 
 X = np.linspace(0, 1, 5)
 
@@ -48,7 +48,7 @@ def test_table_from_curve_rows():
 
 
 def test_refinement_brackets_the_highest_point_above_the_endpoint_chord():
-    from lmc_ray.barriers import refine_points
+    from lmc_ray.analysis.barriers import refine_points
 
     # Endpoints 1.0 and 2.0: the chord rises, so 0.5 (1.9 vs chord 1.5) beats 0.75 (2.0 vs chord 1.75).
     assert refine_points({0.25: 1.4, 0.5: 1.9, 0.75: 2.0}, (1.0, 2.0)) == [0.375, 0.625]

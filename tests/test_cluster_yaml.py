@@ -99,8 +99,8 @@ def test_ray_up_and_a_sweep_on_the_head_with_its_api_closed(tmp_path, mnli_texts
     if missing or os.geteuid() != 0:
         why = f"needs root and {', '.join(missing) or 'ssh'} (apt-get install openssh-server rsync; .ci/run does)"
         pytest.skip(why)
-    from lmc_ray.store import Store
-    from lmc_ray.synthetic import make_population
+    from lmc_ray.storage.store import Store
+    from lmc_ray.testing.population import make_population
 
     root = Path(tempfile.mkdtemp(prefix="rayup", dir="/tmp"))  # short: Ray's socket paths live under it
     ports = {k: free_port() for k in ("gcs", "dashboard", "agent", "metrics", "client")}

@@ -3,7 +3,7 @@ import pytest
 from sklearn.cluster import SpectralClustering
 from sklearn.metrics import adjusted_rand_score
 
-from lmc_ray import clusters as C
+from lmc_ray.analysis import clusters as C
 
 
 def block_matrix(sizes, within=0.05, between=1.5, noise=0.02, seed=0):

@@ -193,7 +193,7 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
     ({"batchsize": 8}, "finetune config: unknown key 'batchsize'"),
 ])
 def test_bad_finetune_config_names_the_culprit(over, culprit):
-    from lmc_ray import finetune
+    from lmc_ray.task import finetune
 
     raw = {"base": "b", "train": {"path": "t.jsonl", "text": "s", "label": "l"}, "labels": ["a", "b"], "output": "o"}
     with pytest.raises(ConfigError) as e:

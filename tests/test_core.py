@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from lmc_ray import config, local, plan
-from lmc_ray.data import read_table
+from lmc_ray import config
+from lmc_ray.execution import local, plan
+from lmc_ray.compute.data import read_table
 from lmc_ray.errors import ConfigError
-from lmc_ray.recorder import Recorder
-from lmc_ray.store import Store
+from lmc_ray.storage.recorder import Recorder
+from lmc_ray.storage.store import Store
 
 from conftest import NLI_LABELS, sweep_config
 
@@ -46,7 +47,7 @@ def reference_curve(path_a, path_b, texts_a, texts_b, labels, alphas):
 
 @pytest.mark.parametrize("packing", [False, True])
 def test_core_curve_equals_plain_hf(tmp_path, population, packing):
-    """Padded batches and packed streams (lmc_ray/packed.py) alike."""
+    """Padded batches and packed streams (lmc_ray/compute/packed.py) alike."""
     cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store", alphas=[0.0, 0.3, 0.5, 1.0],
                                         packing=packing))
     p = plan.prepare(cfg)
@@ -68,7 +69,7 @@ def test_core_curve_equals_plain_hf(tmp_path, population, packing):
 
 
 def test_adaptive_alpha_adds_the_peak_midpoints_and_they_equal_plain_hf(tmp_path, population):
-    from lmc_ray.barriers import refine_points
+    from lmc_ray.analysis.barriers import refine_points
 
     cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store", alphas=5, refine=2))
     p = plan.prepare(cfg)
@@ -154,7 +155,7 @@ def test_dtype_auto_is_float32_on_cpus_bfloat16_on_gpus_and_the_store_records_wh
         opened("gpu", never, dtype="float32")
     # The Ray executor's answer: a pinned device decides without asking the cluster (device: cpu computes on
     # CPUs even where actors reserve GPUs, as the fake-GPU autoscaler test's do).
-    from lmc_ray import ray_sweep
+    from lmc_ray.execution import ray_sweep
 
     for device, want in (("cpu", False), ("cuda", True)):
         assert ray_sweep.on_gpus(config.from_dict(sweep_config(population[:2], tmp_path / "x", device=device))) is want

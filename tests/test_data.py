@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from lmc_ray.config import ConfigError, EvalSetSpec
-from lmc_ray.data import prepare, read_table
-from lmc_ray.plan import load_tokenizer
+from lmc_ray.compute.data import prepare, read_table
+from lmc_ray.execution.plan import load_tokenizer
 
 from conftest import DATA, MNLI, NLI_LABELS
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmc_ray import config, local, plan
-from lmc_ray.data import read_table
+from lmc_ray import config
+from lmc_ray.execution import local, plan
+from lmc_ray.compute.data import read_table
 from lmc_ray.errors import ConfigError
-from lmc_ray.export import export
-from lmc_ray.store import Store
+from lmc_ray.analysis.export import export
+from lmc_ray.storage.store import Store
 
 from conftest import NLI_LABELS, ROOT, sweep_config
 from test_core import reference_metrics

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from lmc_ray import finetune, ray_finetune, toynli
+from lmc_ray.task import finetune, ray_finetune, toynli
 from lmc_ray.config import EvalSetSpec
-from lmc_ray.synthetic import bert_config, build_tokenizer
+from lmc_ray.task.pretrain import bert_config, build_tokenizer
 
 
 def _base(tmp_path, train):
@@ -69,7 +69,7 @@ def test_base_data_and_checkpoints_on_s3(s3_endpoint, tmp_path):
     """Base model, training file and finetuned checkpoints all on the real S3 server; DONE marks a whole model."""
     import s3fs
 
-    from lmc_ray import sources
+    from lmc_ray.compute import sources
 
     fs = s3fs.S3FileSystem()
     fs.mkdir("ftbucket")

@@ -2,7 +2,7 @@
 mixed in fp32 and rounded once."""
 import torch
 
-from lmc_ray.interpolate import WorkingModel
+from lmc_ray.compute.interpolate import WorkingModel
 
 
 def _model():

@@ -10,12 +10,12 @@ import time
 import pytest
 
 from lmc_ray.errors import ConfigError, SweepError
-from lmc_ray.store import Store
+from lmc_ray.storage.store import Store
 
 # A writer in its own process: opens the store, says so, then writes what it is told on stdin.
 HOLDER = """
 import sys
-from lmc_ray.store import Store
+from lmc_ray.storage.store import Store
 s = Store(sys.argv[1])
 s.open({"x": 1}, lease_timeout=float(sys.argv[2]))
 print("open", flush=True)

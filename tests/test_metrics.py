@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, matthews_corrcoef
 
-from lmc_ray import metrics
+from lmc_ray.compute import metrics
 
 
 @pytest.mark.parametrize("k", [2, 3])

@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
-from lmc_ray import models as M
-from lmc_ray import sources
+from lmc_ray.compute import models as M
+from lmc_ray.compute import sources
 from lmc_ray.config import ConfigError
 
 from conftest import NLI_LABELS

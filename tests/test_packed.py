@@ -1,16 +1,17 @@
-"""Padding-free evaluation (lmc_ray/packed.py) against the HF model on padded batches, on real text."""
+"""Padding-free evaluation (lmc_ray/compute/packed.py) against the HF model on padded batches, on real text."""
 import numpy as np
 import pytest
 import torch
 
-from lmc_ray import config, packed, plan, sources
-from lmc_ray.core import Core, use_packing
-from lmc_ray.data import EvalData
+from lmc_ray import config
+from lmc_ray.compute import packed, sources
+from lmc_ray.execution import plan
+from lmc_ray.compute.core import Core, use_packing
+from lmc_ray.compute.data import EvalData
 from lmc_ray.errors import ConfigError
-from lmc_ray.synthetic import build_tokenizer
-from lmc_ray.trim import first_token_only
+from lmc_ray.task.pretrain import build_tokenizer
 
-from conftest import MNLI, NLI_LABELS, sweep_config
+from conftest import MNLI, sweep_config
 
 
 def _data(tok, premises, hypotheses, pair_types: bool) -> EvalData:

@@ -6,9 +6,10 @@ import sys
 import pytest
 import yaml
 
-from lmc_ray import config, plan
+from lmc_ray import config
+from lmc_ray.execution import plan
 from lmc_ray.config import ConfigError
-from lmc_ray.recorder import Recorder
+from lmc_ray.storage.recorder import Recorder
 
 from conftest import ROOT, sweep_config
 
@@ -106,7 +107,7 @@ def test_hub_models_from_the_cache_are_pinned_to_their_commit(tmp_path, populati
     import hashlib
     import json
 
-    from lmc_ray import local
+    from lmc_ray.execution import local
 
     hf = tmp_path / "hf"
 
@@ -136,8 +137,8 @@ def test_the_tokenizer_from_another_reference(tmp_path, population, mnli_texts):
     """`tokenizer: REF` tokenizes the eval sets with REF's tokenizer, not the first model's."""
     from transformers import AutoTokenizer
 
-    from lmc_ray.data import read_table
-    from lmc_ray.synthetic import build_tokenizer
+    from lmc_ray.compute.data import read_table
+    from lmc_ray.task.pretrain import build_tokenizer
 
     build_tokenizer(mnli_texts, 800).save_pretrained(tmp_path / "tok800")  # another vocabulary than the models'
     p = plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "store", tokenizer=str(tmp_path / "tok800"))))

@@ -73,7 +73,7 @@ def _poll(head, job: str) -> dict:
 
 
 def test_submitted_sweep_shows_progress_names_and_metrics(head, tmp_path, mnli_texts):
-    from lmc_ray.synthetic import make_population
+    from lmc_ray.testing.population import make_population
 
     models = make_population(tmp_path / "pop", 6, mnli_texts, ["entailment", "neutral", "contradiction"], layers=2,
                              hidden=32, heads=2, noise=0.05, vocab_size=1500)

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmc_ray import config, local, plan, ray_sweep
-from lmc_ray.recorder import Recorder
-from lmc_ray.store import Store
+from lmc_ray import config
+from lmc_ray.execution import local, plan, ray_sweep
+from lmc_ray.storage.recorder import Recorder
+from lmc_ray.storage.store import Store
 
 from conftest import DATA, sweep_config
 from test_models import permuted_copy
@@ -179,7 +180,7 @@ def test_anchor_pairs_only_and_what_the_cluster_job_says(ray_local, tmp_path, po
 @pytest.fixture(scope="module")
 def slow_population(tmp_path_factory, mnli_texts):
     """Six models on the paper's 10-point grid: slow enough (a few seconds) to be killed mid-sweep."""
-    from lmc_ray.synthetic import make_population
+    from lmc_ray.testing.population import make_population
 
     return make_population(tmp_path_factory.mktemp("slow"), 6, mnli_texts, ["entailment", "neutral", "contradiction"],
                            layers=2, hidden=32, heads=2, noise=0.05, vocab_size=1500)
@@ -307,8 +308,8 @@ def test_a_thousand_pairs_keep_memory_flat_through_an_actor_restart(ray_local, t
     import signal
     import threading
 
-    from lmc_ray.memory import PeakRSS
-    from lmc_ray.synthetic import make_population
+    from lmc_ray.testing.memory import PeakRSS
+    from lmc_ray.testing.population import make_population
 
     models = make_population(tmp_path / "pop", 46, mnli_texts, ["entailment", "neutral", "contradiction"], layers=1,
                              hidden=16, heads=2, noise=0.05, vocab_size=300)

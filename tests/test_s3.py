@@ -5,8 +5,10 @@ import pandas as pd
 import pyarrow.dataset as ds
 import s3fs
 
-from lmc_ray import config, plan, ray_sweep, sources
-from lmc_ray.recorder import Recorder
+from lmc_ray import config
+from lmc_ray.execution import plan, ray_sweep
+from lmc_ray.compute import sources
+from lmc_ray.storage.recorder import Recorder
 
 from conftest import sweep_config
 
@@ -74,7 +76,7 @@ def test_an_interrupted_upload_is_invisible_and_aborted_on_reopen(s3_endpoint, t
     import sys
     import time
 
-    from lmc_ray.store import Store
+    from lmc_ray.storage.store import Store
 
     fs = s3fs.S3FileSystem()
     fs.mkdir("interrupted")
@@ -174,7 +176,7 @@ def test_the_driver_reads_headers_only_and_pins_each_s3_model(s3_endpoint, tmp_p
 
     import pytest
 
-    from lmc_ray.synthetic import make_population
+    from lmc_ray.testing.population import make_population
 
     # Big enough that a header is a small part of a checkpoint (a BERT-base header is ~20 KB of 440 MB).
     pop = make_population(tmp_path / "pop", 3, mnli_texts, ["entailment", "neutral", "contradiction"], layers=2,

@@ -3,7 +3,7 @@ from itertools import groupby
 
 import pytest
 
-from lmc_ray import schedule
+from lmc_ray.execution import schedule
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 7, 10, 25])

@@ -4,8 +4,9 @@ import importlib.util
 import pandas as pd
 import pytest
 
-from lmc_ray import config, sources
-from lmc_ray.synthetic import make_population
+from lmc_ray import config
+from lmc_ray.compute import sources
+from lmc_ray.testing.population import make_population
 
 from conftest import ROOT
 
@@ -52,7 +53,7 @@ def test_mnli_hans_is_the_papers_selection_or_the_broad_one(monkeypatch):
     same rows `datasets` gives; the broad variant spreads 512 over the 30 subcases instead."""
     import datasets
 
-    from lmc_ray.data import read_table
+    from lmc_ray.compute.data import read_table
 
     monkeypatch.chdir(ROOT)
     hans = {e.name: e for e in _load("--config", "configs/mnli.yaml", "--overlay", "configs/offline/mnli.yaml").eval_sets}["hans"]

@@ -3,7 +3,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from lmc_ray.config import ConfigError
-from lmc_ray.store import Store, endpoint_table, metrics_from_endpoint, pair_table
+from lmc_ray.storage.store import Store, endpoint_table, metrics_from_endpoint, pair_table
 
 LAYOUT = [("nli", ["all", "gold_label=neutral"]), ("hans", ["all"])]
 
@@ -59,8 +59,9 @@ def test_per_example_files_are_rewritten_with_a_pair_that_did_not_finish(tmp_pat
     computes the pair again and both files end as an uninterrupted run writes them."""
     import pandas as pd
 
-    from lmc_ray import config, local, plan
-    from lmc_ray.recorder import Recorder
+    from lmc_ray import config
+    from lmc_ray.execution import local, plan
+    from lmc_ray.storage.recorder import Recorder
     from conftest import sweep_config
 
     cfg = config.from_dict(sweep_config(population[:3], tmp_path / "store", per_example=True))

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from lmc_ray import toynli
+from lmc_ray.task import toynli
 
 
 def _bow_accuracy(df: pd.DataFrame) -> float:

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lmc_ray.synthetic import build_tokenizer
-from lmc_ray.trim import first_token_only
+from lmc_ray.task.pretrain import build_tokenizer
+from lmc_ray.compute.trim import first_token_only
 
 from conftest import NLI_LABELS
 

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmc_ray import analysis, local, plan, report
+from lmc_ray.analysis import findings, report
+from lmc_ray.execution import local, plan
 from lmc_ray.config import ConfigError
-from lmc_ray.store import Store
+from lmc_ray.storage.store import Store
 
 from conftest import ROOT
 from test_ray_sweep import _two_sets
@@ -48,7 +49,7 @@ def test_cluster_job_writes_barriers_clusters_and_report(store):
 
 
 def test_per_cluster_statistics_match_the_endpoints(store):
-    a = analysis.run(Store(str(store)))
+    a = findings.run(Store(str(store)))
     ends = pd.read_parquet(store / "endpoints")
     hans = ends[(ends.eval_set == "hans") & (ends.subset == "all")].set_index("model").accuracy
     key = "hans/all/accuracy"
@@ -65,7 +66,7 @@ def test_the_papers_correlation_is_its_own_computation(store):
     from sklearn.cluster import k_means
     from sklearn.manifold import spectral_embedding
 
-    a = analysis.run(Store(str(store)))
+    a = findings.run(Store(str(store)))
     se = spectral_embedding(np.exp(-a.matrix ** 2 / (2.0 * 1.0 ** 2)), n_components=2, random_state=42,
                             drop_first=False)
     centers, _, _ = k_means(se, 2, random_state=42)
@@ -82,7 +83,7 @@ def test_an_unfinished_store_is_refused(tmp_path, population):
     local.run(p, progress=False)
     (tmp_path / "s" / "curves" / "pair-00000-00001.parquet").unlink()
     with pytest.raises(ConfigError, match="2 of 3 pairs stored"):
-        analysis.run(Store(str(tmp_path / "s")))
+        findings.run(Store(str(tmp_path / "s")))
 
 
 PROBE = """<!doctype html><html><body><iframe id="f" src="index.html" width="1200" height="800"></iframe>
@@ -108,7 +109,7 @@ def _chromium():
 
 
 def test_report_renders_in_a_real_browser(store, tmp_path):
-    a = analysis.run(Store(str(store)))
+    a = findings.run(Store(str(store)))
     index = Path(report.write(Store(str(store)), a))
     chrome = _chromium() + [f"--user-data-dir={tmp_path / 'profile'}"]
     probe = index.parent / "_probe.html"
@@ -145,22 +146,22 @@ def test_nan_losses_are_stored_and_flagged_not_fatal(tmp_path, population):
     curves = pd.read_parquet(path / "curves")
     with_bad = curves[(curves.model_b == str(bad)) & (curves.subset == "all")]
     assert with_bad.loss.isna().any() and curves[curves.model_b != str(bad)].loss.notna().all()
-    a = analysis.run(Store(str(path)))
+    a = findings.run(Store(str(path)))
     assert a.summary["nan_pairs"] == 3
-    warning = [line for line in analysis.text_summary(a).splitlines() if line.startswith("warning:")]
+    warning = [line for line in findings.text_summary(a).splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "3 pairs have NaN barriers" in warning[0] and f"|{bad}" in warning[0]
     html = Path(report.write(Store(str(path)), a)).read_text()
     assert "3 pairs have NaN barriers" in html
 
 
 def test_adaptive_alpha_stores_are_analysed_on_each_pairs_own_points(tmp_path, population):
-    from lmc_ray import barriers
+    from lmc_ray.analysis import barriers
 
     path = tmp_path / "store"
     local.run(plan.prepare(_two_sets(population, path, refine=1)), progress=False)
     store = Store(str(path))
-    a = analysis.run(store, "nli")
-    analysis.write(store, a)
+    a = findings.run(store, "nli")
+    findings.write(store, a)
     report.write(store, a)
     curves = store.curves().to_table().to_pandas().query("subset == 'all' and eval_set == 'nli'")
     bar = pd.read_parquet(path / "barriers.parquet").query("eval_set == 'nli' and metric == 'loss'")
@@ -195,7 +196,7 @@ def test_bootstrap_intervals_from_the_kept_per_example_values(tmp_path, populati
     inside = (bar.barrier_lo <= bar.barrier + 1e-12) & (bar.barrier <= bar.barrier_hi + 1e-12)
     assert inside.mean() >= 0.75
     # Seeded per pair: the same intervals again, and none of the other columns moved.
-    again = analysis.run(Store(str(path)), bootstrap=300).barriers
+    again = findings.run(Store(str(path)), bootstrap=300).barriers
     pd.testing.assert_frame_equal(again.reset_index(drop=True), bar)
     assert (path / "report" / "intervals.png").read_bytes()[:4] == b"\x89PNG"
     assert 'src="intervals.png"' in (path / "report" / "index.html").read_text()
@@ -210,26 +211,26 @@ def test_scores_from_elsewhere_join_by_name_or_by_run_number(store, tmp_path):
     """McCoy et al.'s per-run HANS accuracies for the feather BERTs: `Run 7` is the model named `..._7`."""
     from conftest import DATA
 
-    names = analysis.run(Store(str(store))).names
+    names = findings.run(Store(str(store))).names
     feather = pd.read_csv(DATA / "mnli" / "feather_berts_hans_accuracy_by_run.csv", encoding="utf-8-sig")
-    by_run = analysis.scores(str(DATA / "mnli" / "feather_berts_hans_accuracy_by_run.csv"),
+    by_run = findings.scores(str(DATA / "mnli" / "feather_berts_hans_accuracy_by_run.csv"),
                              [f"feather_{k}" for k in (3, 0, 99)])
     assert by_run["scores/Lexical (nonent)"].tolist() == \
         [feather.set_index("Run").loc[f"Run {k}", "Lexical (nonent)"] for k in (3, 0, 99)]
     own = tmp_path / "own.csv"
     pd.DataFrame({"model": names[::-1], "ood": [0.1, 0.2, 0.3, 0.4]}).to_csv(own, index=False)
-    a = analysis.run(Store(str(store)), scores_file=str(own))
+    a = findings.run(Store(str(store)), scores_file=str(own))
     assert a.per_model.set_index("model").loc[names, "scores/ood"].tolist() == [0.4, 0.3, 0.2, 0.1]
     assert set(a.per_cluster.metric) >= {"scores/ood"} and "scores/ood" in set(a.correlations.metric)
     with pytest.raises(ConfigError, match="no row of column 'model' names a model of the store"):
-        analysis.scores(str(own), ["zzz"])
+        findings.scores(str(own), ["zzz"])
 
 
 def test_clustering_on_the_error_barrier(store):
     """--metric error: the matrix is the paper's barrier of 1 − accuracy, read from barriers.parquet's error rows."""
-    a = analysis.run(Store(str(store)), metric="error")
+    a = findings.run(Store(str(store)), metric="error")
     rows = a.barriers.query("metric == 'error' and eval_set == @a.eval_set")
     idx = {n: i for i, n in enumerate(a.names)}
     for r in rows.itertuples():
         assert a.matrix[idx[r.model_a], idx[r.model_b]] == a.matrix[idx[r.model_b], idx[r.model_a]] == r.barrier
-    assert a.metric == "error" and not np.allclose(a.matrix, analysis.run(Store(str(store))).matrix)
+    assert a.metric == "error" and not np.allclose(a.matrix, findings.run(Store(str(store))).matrix)

@@ -3,7 +3,7 @@
 Files:
     STORE/run.json                          the configuration that produced the data, and what identifies
                                             each model's weights (a changed checkpoint is refused on resume)
-    STORE/_lease.json                       held by the one sweep writing the store (lmc_ray/lease.py)
+    STORE/_lease.json                       held by the one sweep writing the store (lmc_ray/storage/lease.py)
     STORE/curves/pair-00003-00017.parquet   one file per pair (indices in config order, a < b)
     STORE/endpoints/model-00003.parquet     each model alone (α = 0 of its pairs), evaluated once
     STORE/examples/{curves,endpoints}/...   per-example loss and correctness, when the sweep keeps them
@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from . import lease as leases
-from .errors import ConfigError, cause
-from .metrics import COLUMNS
+from ..errors import ConfigError, cause
+from ..compute.metrics import COLUMNS
 
 _METRIC_FIELDS = [("eval_set", pa.string()), ("subset", pa.string()), ("n_examples", pa.int64())] + [
     (c, pa.float64()) for c in COLUMNS[1:]]

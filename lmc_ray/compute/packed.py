@@ -1,7 +1,8 @@
 """Padding-free evaluation of BERT-family classifiers: every example's tokens in one stream.
 
-Padded batches spend most of their arithmetic on padding (the paper's 512-token padding: ~95 % of it; our
-length-sorted batches still 40-60 % on a GPU, where batches must be large). Here the examples of a batch are
+Padded batches spend much of their arithmetic on padding (most of it at the paper's 512-token padding; a large
+share even in our length-sorted batches on a GPU, where batches must be large: benchmarks/gpu.py prints the
+real-token fraction of each technique). Here the examples of a batch are
 concatenated into one sequence and attention is restricted to each example's own tokens by a document mask
 (FlexAttention), so every multiply-add is on a real token. Position ids restart at each example, so the
 embeddings are those the padded model sees. As in trim.py, the last layer computes queries, the attention
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from .data import EvalData
-from .errors import ConfigError
+from ..errors import ConfigError
 from .trim import FIRST_TOKEN_HEADS
 
 PACKABLE = FIRST_TOKEN_HEADS  # BERT's layer layout, a head that reads position 0

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import metrics, packed
 from .data import EvalData
-from .errors import first_line
+from ..errors import first_line
 
 log = logging.getLogger("lmc_ray")
 

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from . import sources
-from .config import TYPED, ConfigError, EvalSetSpec, NonNegativeNumber, Positive, PositiveNumber, build, eval_set
-from .data import EvalData, prepare
-from .evaluate import Evaluator
-from .metrics import COLUMNS, LOSS
-from .models import quiet
+from ..compute import sources
+from ..config import TYPED, ConfigError, EvalSetSpec, NonNegativeNumber, Positive, PositiveNumber, build, eval_set
+from ..compute.data import EvalData, prepare
+from ..compute.evaluate import Evaluator
+from ..compute.metrics import COLUMNS, LOSS
+from ..compute.models import quiet
 
 
 @dataclass(config=TYPED)

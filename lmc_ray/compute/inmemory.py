@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
-from .sources import fill_once
+from ..config import SweepConfig
+from ..errors import ConfigError, first_line
+from .sources import fill_once, resolve
 
 
 def _digest(model) -> str:
@@ -25,12 +26,47 @@ def _digest(model) -> str:
     return h.hexdigest()
 
 
-def _model(entry: dict, cache: Path) -> dict:
+def _with_weights(name: str, state: dict, base, cache_dir: str, storage_options: dict):
+    """A transformers model shaped like `base` (a model reference or a transformers model) holding `state`, and the
+    base's tokenizer when the base is a reference."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = None
+    if isinstance(base, str):
+        folder = str(resolve(base, cache_dir, storage_options))
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError):  # a base without tokenizer files: the sweep's `tokenizer:` must name one
+            pass
+    elif hasattr(base, "save_pretrained"):
+        model = copy.deepcopy(base)
+    else:
+        raise ConfigError(f"config: model {name!r}: a state_dict needs a 'base' for its architecture (a model "
+                          f"reference or a transformers model), got {type(base).__name__}")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, AttributeError) as e:  # shapes that do not fit; not a mapping of tensors
+        raise ConfigError(f"config: model {name!r}: the state_dict does not fit its base ({first_line(e)})") from None
+    if missing or unexpected:
+        raise ConfigError(f"config: model {name!r}: the state_dict does not fit its base ({len(missing)} keys missing, "
+                          f"e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+    return model, tokenizer
+
+
+def _model(entry: dict, cache: Path, raw: dict) -> dict:
     entry = dict(entry)
-    model, tokenizer = entry.pop("model"), entry.pop("tokenizer", None)
     name = entry.get("name")
     if not name:
         raise ConfigError("config: an in-memory model needs a 'name'")
+    if "state_dict" in entry:
+        model, tokenizer = _with_weights(name, entry.pop("state_dict"), entry.pop("base", None),
+                                         raw.get("cache_dir") or SweepConfig.cache_dir, raw.get("storage_options") or {})
+        tokenizer = entry.pop("tokenizer", None) or tokenizer
+    else:
+        model, tokenizer = entry.pop("model"), entry.pop("tokenizer", None)
     if not hasattr(model, "save_pretrained"):
         raise ConfigError(f"config: model {name!r}: an in-memory model must be a transformers model "
                           f"(save_pretrained), got {type(model).__name__}")
@@ -61,14 +97,13 @@ def _eval_set(entry: dict, cache: Path) -> dict:
 
 
 def materialize(raw: dict) -> dict:
-    """`raw` (a config mapping) with each model given as {"name", "model"[, "tokenizer"]} and each eval set given
-    with a "dataset" replaced by files under CACHE_DIR/in-memory/; anything else is left as it is."""
-    from .config import SweepConfig
-
+    """`raw` (a config mapping) with each model given as {"name", "model"[, "tokenizer"]} or {"name", "state_dict",
+    "base"[, "tokenizer"]} and each eval set given with a "dataset" replaced by files under CACHE_DIR/in-memory/;
+    anything else is left as it is."""
     cache = Path(raw.get("cache_dir") or SweepConfig.cache_dir).expanduser() / "in-memory"
     out = dict(raw)
     if isinstance(raw.get("models"), list):
-        out["models"] = [_model(m, cache) if isinstance(m, dict) and "model" in m else m for m in raw["models"]]
+        out["models"] = [_model(m, cache, raw) if isinstance(m, dict) and {"model", "state_dict"} & set(m) else m for m in raw["models"]]
     if isinstance(raw.get("eval_sets"), list):
         out["eval_sets"] = [_eval_set(e, cache) if isinstance(e, dict) and "dataset" in e else e
                             for e in raw["eval_sets"]]

@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def assign_models(n_models: int, n_actors: int) -> list[list[int]]:

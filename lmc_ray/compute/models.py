@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, cause
+from ..errors import ConfigError, cause
 from .sources import checkpoint_files
 
 

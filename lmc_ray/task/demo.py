@@ -8,10 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import analysis, plan, pretrain, ray_finetune, ray_sweep, report, toynli
-from .config import EvalSetSpec, ModelSpec, SweepConfig, grid
+from ..analysis import findings, report
+from ..execution import plan, ray_sweep
+from . import pretrain, ray_finetune, toynli
+from ..config import EvalSetSpec, ModelSpec, SweepConfig, grid
 from .finetune import FinetuneConfig
-from .store import Store
+from ..storage.store import Store
 
 
 @dataclass
@@ -64,12 +66,12 @@ def run(d: DemoConfig = DemoConfig()) -> dict[str, float]:
 
     t = time.perf_counter()
     store = Store(sweep.store)
-    a = analysis.run(store, "validation")
-    analysis.write(store, a)
+    a = findings.run(store, "validation")
+    findings.write(store, a)
     index = report.write(store, a)
     times["cluster"] = time.perf_counter() - t
 
-    print(analysis.text_summary(a))
+    print(findings.text_summary(a))
     print(_table(a))
     print(f"Ray dashboard: {ray_sweep.dashboard()}")
     print(f"store:  {Path(sweep.store).resolve()}")
@@ -78,7 +80,7 @@ def run(d: DemoConfig = DemoConfig()) -> dict[str, float]:
     return times
 
 
-def _table(a: analysis.Analysis) -> str:
+def _table(a: findings.Analysis) -> str:
     """Models per cluster and their mean accuracy in-domain, on the diagnostic set and its non-entailment subcases."""
     keys = [k for k in a.per_model.columns if "subcase=ln_" in k or k.endswith("/all/accuracy")]
     g = a.per_model.groupby("cluster")

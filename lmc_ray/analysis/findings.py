@@ -10,9 +10,9 @@ import pyarrow as pa
 
 from . import barriers as B
 from . import clusters as C
-from .errors import ConfigError, cause
-from .progress import track
-from .store import Store
+from ..errors import ConfigError, cause
+from ..execution.progress import track
+from ..storage.store import Store
 
 
 @dataclass

@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 
 from . import finetune
-from .config import ConfigError
+from ..config import ConfigError
 from .finetune import FinetuneConfig
 
 log = logging.getLogger("lmc_ray")
@@ -16,7 +16,7 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
     """Train every seed whose model is not in cfg.output yet; return the model references in seed order."""
     from ray import tune
 
-    from .ray_sweep import init
+    from ..execution.ray_sweep import init
 
     finetune.check(cfg)
     cfg = _absolute(cfg)

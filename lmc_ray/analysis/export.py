@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import models as M
-from . import sources
-from .errors import ConfigError
-from .interpolate import WorkingModel
-from .store import Store
+from ..compute import models as M
+from ..compute import sources
+from ..errors import ConfigError
+from ..compute.interpolate import WorkingModel
+from ..storage.store import Store
 
 
 def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str = "~/.cache/lmc_ray",

@@ -5,35 +5,11 @@ pretrained start": the models are distinct but close, as real finetuned copies a
 """
 from __future__ import annotations
 
-import re
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def build_tokenizer(texts: list[str], vocab_size: int = 2000):
-    """A WordPiece tokenizer whose vocabulary is the most frequent words (and characters) of `texts`."""
-    from transformers import BertTokenizerFast
-
-    words = Counter(w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower()))
-    chars = sorted({c for w in words for c in w})
-    vocab = SPECIALS + chars + ["##" + c for c in chars]
-    vocab += [w for w, _ in words.most_common() if w not in vocab][: max(0, vocab_size - len(vocab))]
-    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-
-
-def bert_config(vocab_size: int, labels: list[str], layers: int = 2, hidden: int = 64, heads: int = 2,
-                max_positions: int = 512, dropout: float = 0.1):
-    from transformers import BertConfig
-
-    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                      intermediate_size=4 * hidden, max_position_embeddings=max_positions,
-                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                      num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={lab: i for i, lab in enumerate(labels)})
+from ..task.pretrain import bert_config, build_tokenizer
 
 
 def make_population(out_dir: str | Path, n: int, texts: list[str], labels: list[str], layers: int = 2,

@@ -12,11 +12,11 @@ import torch
 
 from . import models as M
 from . import sources
-from .config import SweepConfig
+from ..config import SweepConfig
 from .core import Core
 from .data import EvalData
 from .interpolate import Weights
-from .plan import Endpoint, EndpointResult, Pair, PairResult
+from ..execution.plan import Endpoint, EndpointResult, Pair, PairResult
 
 
 class Residents:

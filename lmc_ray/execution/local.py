@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from .plan import Plan
 from .progress import track
-from .recorder import Recorder
-from .residents import Residents
+from ..storage.recorder import Recorder
+from ..compute.residents import Residents
 
 
 def run(plan: Plan, progress: bool = True) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 
-from .errors import ConfigError, SweepError
+from ..errors import ConfigError, SweepError
 
 log = logging.getLogger("lmc_ray")
 _OWNER = uuid.uuid4().hex  # this process

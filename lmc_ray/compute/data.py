@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import EvalSetSpec
-from .errors import ConfigError, cause, first_line
+from ..config import EvalSetSpec
+from ..errors import ConfigError, cause, first_line
 
 _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 

@@ -8,13 +8,40 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_tokenizer(texts: list[str], vocab_size: int = 2000):
+    """A WordPiece tokenizer whose vocabulary is the most frequent words (and characters) of `texts`."""
+    from transformers import BertTokenizerFast
+
+    words = Counter(w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower()))
+    chars = sorted({c for w in words for c in w})
+    vocab = SPECIALS + chars + ["##" + c for c in chars]
+    vocab += [w for w, _ in words.most_common() if w not in vocab][: max(0, vocab_size - len(vocab))]
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+
+
+def bert_config(vocab_size: int, labels: list[str], layers: int = 2, hidden: int = 64, heads: int = 2,
+                max_positions: int = 512, dropout: float = 0.1):
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      intermediate_size=4 * hidden, max_position_embeddings=max_positions,
+                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                      num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={lab: i for i, lab in enumerate(labels)})
 
 
 @dataclass
@@ -44,8 +71,6 @@ def build(pairs: list[tuple[str, str]], cfg: PretrainConfig, out_dir: Path, prog
     occurring in the premise or not. It gives the start the word matching a real pretrained BERT brings to
     NLI — a lexical-overlap prior — without NLI labels; masked-LM did not teach it within minutes here."""
     from transformers import BertModel, get_linear_schedule_with_warmup
-
-    from .synthetic import bert_config, build_tokenizer
 
     torch.manual_seed(cfg.seed)
     tok = build_tokenizer([t for p in pairs for t in p], vocab_size=4000)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from . import packed
-from .barriers import refine_points
+from ..analysis.barriers import refine_points
 from .data import EvalData
 from .evaluate import Evaluator, Examples, Metrics
 from .interpolate import Weights, WorkingModel
@@ -20,8 +20,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # not fp32's range, so a large logit can overflow. CPUs keep the paper's fp32.
 GPU_DTYPE = "bfloat16"
 # Tokens per batch when the config says auto. On a CPU small padded batches are faster (less padding, and
-# activations stay in cache): 2048 ran 1.7x faster than 8192 on the 2-core benchmark machine
-# (benchmarks/techniques.py). A GPU wants enough rows per kernel to fill it; packed, a 512-example set is one
+# activations stay in cache): 2048 beat 8192 on the 2-core benchmark machine (benchmarks/techniques.py measures
+# both; docs/performance.md has its figures). A GPU wants enough rows per kernel to fill it; packed, a 512-example set is one
 # stream of ~16k real tokens (benchmarks/gpu.py tries several).
 BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 PACKED_TOKENS = 32768

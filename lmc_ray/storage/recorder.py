@@ -11,8 +11,8 @@ import logging
 
 import numpy as np
 
-from .errors import Interrupted
-from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan
+from ..errors import Interrupted
+from ..execution.plan import Endpoint, EndpointResult, Pair, PairResult, Plan
 from .store import Store, endpoint_examples, endpoint_table, metrics_from_endpoint, pair_examples, pair_table
 
 log = logging.getLogger("lmc_ray")

@@ -16,12 +16,12 @@ import ray
 import yaml
 
 from . import schedule
-from .config import ConfigError, SweepConfig
-from .errors import SweepError, first_line
+from ..config import ConfigError, SweepConfig
+from ..errors import SweepError, first_line
 from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan
 from .progress import bar as progress_bar, track
-from .recorder import Recorder
-from .residents import Residents
+from ..storage.recorder import Recorder
+from ..compute.residents import Residents
 
 log = logging.getLogger("lmc_ray")
 

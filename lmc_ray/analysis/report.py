@@ -13,9 +13,9 @@ import pandas as pd  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram  # noqa: E402
 
 from . import clusters as C  # noqa: E402
-from .analysis import Analysis, text_summary  # noqa: E402
-from .errors import ConfigError  # noqa: E402
-from .store import Store  # noqa: E402
+from .findings import Analysis, text_summary  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
+from ..storage.store import Store  # noqa: E402
 
 
 def _png(fig) -> bytes:

@@ -11,16 +11,17 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 
-from . import models as M
-from . import schedule, sources
-from .config import SweepConfig
-from .core import Line, concrete_dtype, pick_device
-from .errors import ConfigError
-from .data import EvalData, prepare as prepare_data
-from .evaluate import Examples, Metrics
-from .metrics import LOSS
-from . import packed
-from .packed import PACKABLE
+from ..compute import models as M
+from . import schedule
+from ..compute import sources
+from ..config import SweepConfig
+from ..compute.core import Line, concrete_dtype, pick_device
+from ..errors import ConfigError
+from ..compute.data import EvalData, prepare as prepare_data
+from ..compute.evaluate import Examples, Metrics
+from ..compute.metrics import LOSS
+from ..compute import packed
+from ..compute.packed import PACKABLE
 
 
 class Endpoint(NamedTuple):

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, cause, first_line
+from ..errors import ConfigError, cause, first_line
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # Only what loading a classifier needs: skip optimizer states, other frameworks' weights, etc.
