@@ -23,6 +23,7 @@ import demo_population
 from lmc_ray.analysis import barriers
 from lmc_ray import config
 from lmc_ray.execution import local, plan
+from lmc_ray.testing.machine import machine
 
 SCHEDULES = {"paper grid 10": (10, 0), "grid 5 + refine 1": (5, 1), "grid 5 + refine 2": (5, 2),
              "grid 4 + refine 2": (4, 2), "grid 3 + refine 3": (3, 3)}
@@ -43,8 +44,8 @@ def main():
     torch.set_num_threads(os.cpu_count())
     work = Path(tempfile.mkdtemp(prefix="lmc-adaptive-"))
     n_pairs = len(models) * (len(models) - 1) // 2
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU; {len(models)} models from {args.models}, "
-          f"{n_pairs} pairs, 512 examples of {Path(args.data).name}")
+    print(machine())
+    print(f"{len(models)} models from {args.models}, {n_pairs} pairs, 512 examples of {Path(args.data).name}")
 
     def run(name, alphas, refine):
         store = work / name.replace(" ", "_").replace("+", "")

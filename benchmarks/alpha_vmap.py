@@ -24,6 +24,7 @@ from torch.func import functional_call
 from lmc_ray import config
 from lmc_ray.compute.interpolate import WorkingModel
 from lmc_ray.task.pretrain import bert_config, build_tokenizer
+from lmc_ray.testing.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"
@@ -52,7 +53,8 @@ def main():
     batch = tok(list(df.premise[: args.examples]), list(df.hypothesis[: args.examples]), padding=True,
                 return_tensors="pt")
     alphas = [a for a in config.grid(10) if 0 < a < 1]
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}; batch: {args.examples} MNLI examples padded to "
+    print(machine())
+    print(f"batch: {args.examples} MNLI examples padded to "
           f"{batch['input_ids'].shape[1]} tokens; {len(alphas)} interior α per pair")
     for layers, hidden in SIZES:
         torch.manual_seed(0)

@@ -27,6 +27,7 @@ from lmc_ray.analysis import findings
 from lmc_ray import config
 from lmc_ray.execution import local, plan
 from lmc_ray.storage.store import Store
+from lmc_ray.testing.machine import machine
 
 
 
@@ -57,7 +58,8 @@ def main():
 
     wall_ref, _, ref = run(n_all)
     ref_bar = ref.barriers.query("metric == 'loss'").set_index(["model_a", "model_b"])
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU; {len(models)} models, "
+    print(machine())
+    print(f"{len(models)} models, "
           f"{len(ref_bar)} pairs, paper's 10 α; reference: all {n_all} examples of {Path(args.data).name} "
           f"({wall_ref:.1f} s), loss barriers {ref_bar.barrier.min():.4f} .. {ref_bar.barrier.max():.4f}, "
           f"basins (paper's recipe) of {np.bincount(ref.labels('paper')).tolist()} models")

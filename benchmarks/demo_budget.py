@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 from lmc_ray.testing.memory import PeakRSS
+from lmc_ray.testing.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +35,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--with-setup", action="store_true", help="also time `make install` in a fresh clone")
     args = p.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU" if not
-          shutil.which("nvidia-smi") else f"machine: {os.cpu_count()} CPUs, with GPU")
+    print(machine())
     if args.with_setup:
         with tempfile.TemporaryDirectory() as clone:
             subprocess.run(["git", "clone", "-q", str(ROOT), clone], check=True)

@@ -29,6 +29,7 @@ from lmc_ray.analysis import findings
 from lmc_ray import config
 from lmc_ray.execution import local, plan
 from lmc_ray.storage.store import Store
+from lmc_ray.testing.machine import machine
 
 
 def main():
@@ -61,7 +62,8 @@ def main():
     try:
         wall32, ref, ref_curves = sweep("float32")
         ref_bar = ref.barriers.query("metric == 'loss'").set_index(["model_a", "model_b", "eval_set"]).barrier
-        print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU; {len(models)} models, "
+        print(machine())
+        print(f"{len(models)} models, "
               f"{ref.curves.groupby(['model_a', 'model_b']).ngroups} pairs x 10 α, {args.examples} validation + "
               f"{args.examples} diagnostic examples; fp32 sweep {wall32:.1f} s, loss barriers "
               f"{ref_bar.min():.4f} .. {ref_bar.max():.4f}")

@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
-import torch
 
 from lmc_ray import config
 from lmc_ray.execution import plan, ray_sweep
 from lmc_ray.testing.memory import PeakRSS
 from lmc_ray.storage.store import Store
 from lmc_ray.testing.population import make_population
+from lmc_ray.testing.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"
@@ -47,8 +46,7 @@ def main():
     paths = [str(x) for x in make_population(work / "pop", max(args.sizes), list(df.premise) + list(df.hypothesis),
                                              LABELS, layers=args.layers, hidden=args.hidden, heads=2, noise=0.02,
                                              vocab_size=8000)]
-    print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}"
-          f"{', no GPU' if not torch.cuda.is_available() else ''}")
+    print(machine())
     print(f"models: {args.layers} layers, hidden {args.hidden}; data: first {args.examples} MNLI dev_matched examples; "
           f"10 α, endpoints included")
     import ray

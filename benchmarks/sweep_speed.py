@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +33,7 @@ from lmc_ray import config
 from lmc_ray.execution import local, plan, ray_sweep
 from lmc_ray.testing.population import make_population
 from lmc_ray.testing.memory import PeakRSS
+from lmc_ray.testing.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"
@@ -101,8 +101,7 @@ def main():
                        "max_examples": args.examples}], **kw})
     pl = plan.prepare(cfg(work / "probe"))
     real_tokens = pl.datas[0].n_tokens
-    print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; no GPU" if not torch.cuda.is_available() else "GPU")
+    print(machine())
     print(f"population: {args.models} BERT classifiers ({args.layers} layers, hidden {args.hidden}), {n_pairs} pairs, "
           f"{len(ALPHAS)} α; data: first {args.examples} MNLI dev_matched examples, {real_tokens} non-padding tokens")
 

@@ -37,6 +37,7 @@ from lmc_ray.compute.interpolate import WorkingModel
 from lmc_ray.compute.metrics import LOSS
 from lmc_ray.testing.population import make_population
 from lmc_ray.compute.trim import first_token_only
+from lmc_ray.testing.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 MNLI = ROOT.parent / "shared" / "data" / "mnli" / "dev_matched.tsv"
@@ -90,7 +91,8 @@ def main():
         "2048": in_place(Evaluator(data, plain, "cpu", 2048, 256)),
         "trim": in_place(Evaluator(data, trimmed, "cpu", 2048, 256)),
     }
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU; 2 BERTs ({args.layers} layers, hidden "
+    print(machine())
+    print(f"2 BERTs ({args.layers} layers, hidden "
           f"{args.hidden}); {len(data)} MNLI examples, {data.n_tokens} non-padding tokens; {args.rounds} rounds")
     times = {k: [] for k in steps}
     losses = {}

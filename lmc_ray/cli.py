@@ -100,6 +100,9 @@ def finetune(argv=None) -> None:
                                                    "eval_sets, labels, output, seeds, ...")
     p.add_argument("--experiment-dir", default="results/tune", help="where Ray Tune keeps its state (for resume)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", default="auto", type=lambda v: v if v == "auto" else float(v),
+                   help="GPUs each trial asks Ray for, e.g. 0.5 for two trials per GPU (default auto: 1 when the "
+                        "cluster has GPUs, else 0)")
     args = p.parse_args(argv)
     path = find(args.config)
     try:
@@ -107,7 +110,8 @@ def finetune(argv=None) -> None:
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"finetune config: cannot read {args.config!r} ({type(e).__name__})") from None
     cfg = ft.from_dict(raw)
-    for url in ray_finetune.run(cfg, args.experiment_dir, cpus_per_trial=args.cpus_per_trial):
+    for url in ray_finetune.run(cfg, args.experiment_dir, cpus_per_trial=args.cpus_per_trial,
+                                gpus_per_trial=args.gpus_per_trial):
         print(url)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; fail fast instead of retrying
@@ -100,3 +101,55 @@ def ray_local(s3_endpoint):
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+_REQUEST = re.compile(rb"(?:^|\r\n)(GET|PUT|POST|HEAD|DELETE) (/\S*) HTTP/1\.1\r\n")
+
+
+class S3Relay:
+    """A TCP relay on loopback between s3fs and the S3 server that counts the bytes the server sends (what a
+    client really downloads, measured on the wire) and lists the requests sent to it, in order (method, path)."""
+
+    def __init__(self, upstream: str):
+        import socket
+        import threading
+
+        self.sent, self.requests, self.host, self.port = 0, [], *upstream.rsplit("//", 1)[1].split(":")
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((self.host, int(self.port)))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, count):
+        try:
+            while data := src.recv(1 << 16):
+                with self.lock:
+                    if count:
+                        self.sent += len(data)
+                    else:
+                        self.requests += [(m.decode(), p.decode()) for m, p in _REQUEST.findall(data)]
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.server.close()

@@ -9,9 +9,11 @@ import pytest
 import torch
 import yaml
 
-from lmc_ray.task import finetune, ray_finetune, toynli
 from lmc_ray.config import EvalSetSpec
+from lmc_ray.task import finetune, ray_finetune, toynli
 from lmc_ray.task.pretrain import bert_config, build_tokenizer
+
+from conftest import S3Relay
 
 
 def _base(tmp_path, train):
@@ -65,6 +67,46 @@ def test_train_reports_metrics_as_it_goes(tmp_path):
     assert finetune.exists(cfg, 5) and not finetune.exists(cfg, 6)
 
 
+def test_each_seed_sees_its_own_data_order_in_whole_epochs():
+    """The step batches come from the seed alone (a CPU generator, whatever the training device): every epoch
+    visits each example once, the same seed gives the same order, another seed another."""
+    import numpy as np
+
+    steps = finetune.batches(10, 3, 7, seed=4)  # 3 full batches per epoch of 10; 7 steps: 2 epochs and a bit
+    assert [len(b) for b in steps] == [3] * 7
+    for epoch in (steps[0:3], steps[3:6]):
+        seen = np.concatenate(epoch)
+        assert len(set(seen)) == 9 and set(seen) <= set(range(10))
+    assert all(np.array_equal(a, b) for a, b in zip(steps, finetune.batches(10, 3, 7, seed=4)))
+    assert not all(np.array_equal(a, b) for a, b in zip(steps, finetune.batches(10, 3, 7, seed=5)))
+
+
+def test_bfloat16_autocast_trains_float32_weights(tmp_path):
+    """dtype: bfloat16 (the GPU default) run on the CPU: the forward and backward run in bf16 autocast, the weights
+    and the saved checkpoint stay float32, and they end close to, not equal to, float32 training of the seed."""
+    from transformers import AutoModelForSequenceClassification
+
+    data = toynli.write(tmp_path / "data", n_train=200, n_val=32, per_subcase=5)
+    base = _base(tmp_path, toynli.generate(n_train=200)["train"])
+    spec = EvalSetSpec(name="train", path=str(data["train"]), text=["premise", "hypothesis"], label="label",
+                       max_examples=None)
+    weights = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = finetune.FinetuneConfig(base=str(base), train=spec, labels=toynli.LABELS, eval_sets=[],
+                                      output=str(tmp_path / dtype), seeds=[1], epochs=1, reports=1, device="cpu",
+                                      dtype=dtype)
+        finetune.train(cfg, 1)
+        model = AutoModelForSequenceClassification.from_pretrained(finetune.model_url(cfg, 1))
+        weights[dtype] = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        assert model.dtype == torch.float32
+    start = torch.nn.utils.parameters_to_vector(AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=2).parameters()).detach()
+    moved = (weights["float32"] - start).norm()
+    gap = (weights["bfloat16"] - weights["float32"]).norm()
+    print(f"bf16 vs fp32 training: {gap:.4f}; training moved the weights {moved:.4f}")
+    assert 0 < gap < 0.5 * moved, (gap, moved)
+
+
 def test_base_data_and_checkpoints_on_s3(s3_endpoint, tmp_path):
     """Base model, training file and finetuned checkpoints all on the real S3 server; DONE marks a whole model."""
     import s3fs
@@ -78,12 +120,16 @@ def test_base_data_and_checkpoints_on_s3(s3_endpoint, tmp_path):
     base = _base(tmp_path, toynli.generate(n_train=100)["train"])
     for f in base.iterdir():
         fs.put_file(str(f), f"ftbucket/base/{f.name}")
+    relay = S3Relay(s3_endpoint)
     cfg = finetune.from_dict({
         "base": "s3://ftbucket/base", "labels": toynli.LABELS, "output": "s3://ftbucket/models", "seeds": [3], "epochs": 1,
-        "reports": 1, "cache_dir": str(tmp_path / "cache"),
+        "reports": 1, "cache_dir": str(tmp_path / "cache"), "storage_options": {"endpoint_url": relay.url},
         "train": {"path": "s3://ftbucket/data/train.jsonl", "text": ["premise", "hypothesis"], "label": "label"}})
     finetune.train(cfg, 3)
     assert finetune.exists(cfg, 3) and fs.exists("ftbucket/models/seed_3/model.safetensors")
+    # DONE is uploaded after every other file: the requests the S3 server received, in order.
+    writes = [path for method, path in relay.requests if method in ("PUT", "POST") and "/models/seed_3/" in path]
+    assert len(writes) > 3 and writes[-1].endswith("/seed_3/DONE") and sum("DONE" in w for w in writes) == 1, writes
     local = sources.resolve("s3://ftbucket/models/seed_3", str(tmp_path / "cache"))
     from transformers import AutoModelForSequenceClassification
 
@@ -93,6 +139,7 @@ def test_base_data_and_checkpoints_on_s3(s3_endpoint, tmp_path):
         if not f.endswith("DONE"):
             fs.copy(f, f.replace("seed_3", "seed_4"))
     assert not finetune.exists(cfg, 4)
+    relay.close()
 
 
 @pytest.mark.slow
@@ -127,3 +174,7 @@ def test_a_killed_finetune_job_resumes_its_tune_experiment(tmp_path):
     assert "resuming the Tune experiment" in rerun.stderr
     assert done() == [0, 1, 2]
     assert all((tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns == t for s, t in before.items())
+    # The seed that was training when the job died was trained again from the start, not taken half-done.
+    killed = [s for s in range(3) if s not in saved]
+    assert all((tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns > max(before.values())
+               for s in killed)

@@ -10,7 +10,7 @@ from lmc_ray.execution import plan, ray_sweep
 from lmc_ray.compute import sources
 from lmc_ray.storage.recorder import Recorder
 
-from conftest import sweep_config
+from conftest import S3Relay, sweep_config
 
 
 def _upload(fs, local_dir, url):
@@ -122,53 +122,6 @@ def test_a_key_that_climbs_out_of_the_cache_refuses_the_model(s3_endpoint, tmp_p
     assert not [p for p in (cache / "s3").iterdir()]  # no half cache left either
 
 
-class _CountingProxy:
-    """A TCP relay on loopback between s3fs and the S3 server that counts the bytes the server sends: what the
-    driver really downloads, measured on the wire."""
-
-    def __init__(self, upstream: str):
-        import socket
-        import threading
-
-        self.sent, self.host, self.port = 0, *upstream.rsplit("//", 1)[1].split(":")
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection((self.host, int(self.port)))
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
-
-    def _pipe(self, src, dst, count):
-        try:
-            while data := src.recv(1 << 16):
-                if count:
-                    with self.lock:
-                        self.sent += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def close(self):
-        self.server.close()
-
-
 def test_the_driver_reads_headers_only_and_pins_each_s3_model(s3_endpoint, tmp_path, mnli_texts):
     """Preflight of an S3 population moves config, tokenizer and safetensors headers, not weights; the store pins
     each model's listing (ETags); a model overwritten upstream is refused on resume, naming it."""
@@ -186,7 +139,7 @@ def test_the_driver_reads_headers_only_and_pins_each_s3_model(s3_endpoint, tmp_p
     for k, p in enumerate(pop):
         _upload(fs, p, f"pinned/m{k}")
     weights = sum(os.path.getsize(p / "model.safetensors") for p in pop)
-    proxy = _CountingProxy(s3_endpoint)
+    proxy = S3Relay(s3_endpoint)
     try:
         raw = sweep_config([f"s3://pinned/m{k}" for k in range(3)], tmp_path / "store",
                            cache_dir=str(tmp_path / "cache"), storage_options={"endpoint_url": proxy.url})

@@ -3,6 +3,7 @@ import importlib.util
 
 import pandas as pd
 import pytest
+import torch
 
 from lmc_ray import config
 from lmc_ray.compute import sources
@@ -71,17 +72,34 @@ def test_mnli_hans_is_the_papers_selection_or_the_broad_one(monkeypatch):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_offline_variant_runs_end_to_end(task, tmp_path, monkeypatch, mnli_texts, ray_local):
-    """Tiny models saved with generic LABEL_i names: the shipped config's declared labels map their heads."""
+    """Tiny models saved with generic LABEL_i names: the shipped config's declared labels map their heads. m3 is
+    m2 with its classes in another order (head rows permuted, still saved as LABEL_0..k) and declared in that
+    order: it scores exactly as m2 on every set, and the line between them is flat."""
+    from transformers import AutoModelForSequenceClassification
+
     monkeypatch.chdir(ROOT)
     labels, metrics = TASKS[task]
-    make_population(tmp_path / "pop", 4, mnli_texts, [f"LABEL_{i}" for i in range(len(labels))], layers=1,
-                    hidden=32, heads=2, noise=0.05, vocab_size=800)
+    generic = [f"LABEL_{i}" for i in range(len(labels))]
+    pop = make_population(tmp_path / "pop", 3, mnli_texts, generic, layers=1, hidden=32, heads=2, noise=0.05,
+                          vocab_size=800)
+    perm = list(range(len(labels)))[::-1] if len(labels) == 2 else [2, 0, 1]
+    m3 = AutoModelForSequenceClassification.from_pretrained(pop[2])
+    with torch.no_grad():
+        m3.classifier.weight.copy_(m3.classifier.weight[perm])
+        m3.classifier.bias.copy_(m3.classifier.bias[perm])
+    m3.save_pretrained(tmp_path / "pop" / "m3")
     store = tmp_path / "store"
     _job("sweep").sweep([
         "--config", f"configs/{task}.yaml", "--overlay", f"configs/offline/{task}.yaml", "--store", str(store),
         "--max-examples", "60", "--alphas", "3", "--set", "tokenizer=null", "--set", f"cache_dir={tmp_path / 'cache'}",
-        "--set", f"models=[{{ref: '{tmp_path}/pop/m{{0..3}}', name: 'm{{0..3}}', labels: {labels}}}]"])
+        "--set", f"models=[{{ref: '{tmp_path}/pop/m{{0..2}}', name: 'm{{0..2}}', labels: {labels}}}, "
+                 f"{{ref: '{tmp_path}/pop/m3', name: m3, labels: {[labels[p] for p in perm]}}}]"])
+    ends = pd.read_parquet(store / "endpoints").set_index(["model", "eval_set", "subset"]).sort_index()
+    scores = [c for c in ("loss", "accuracy", "f1", "mcc") if c in ends]
+    pd.testing.assert_frame_equal(ends.loc["m3", scores], ends.loc["m2", scores], check_exact=False, atol=1e-5, rtol=0)
     curves = pd.read_parquet(store / "curves")
+    line = curves[(curves.model_a == "m2") & (curves.model_b == "m3")]
+    assert len(line) and (line.groupby(["eval_set", "subset"]).loss.agg(lambda x: x.max() - x.min()) < 1e-5).all()
     assert curves.groupby(["model_a", "model_b"]).ngroups == 6 and set(curves.alpha) == {0.0, 0.5, 1.0}
     full, rows = FULL[task]
     offline = {"qqp": "paws_train"}  # the offline stand-in for QQP, named for what it is

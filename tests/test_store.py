@@ -27,15 +27,38 @@ def test_pair_rows_and_endpoint_round_trip(tmp_path):
     assert store.done_pairs() == {(0, 1)} and store.done_endpoints() == {0}
 
 
-def test_interrupted_writes_are_invisible_and_cleaned(tmp_path):
-    store = Store(str(tmp_path / "s"))
+def test_a_write_killed_midway_is_invisible_and_cleaned(tmp_path):
+    """A process writing a large pair file is SIGKILLed while the bytes go to disk: readers see only the pairs
+    written before, and the next writer to open the store removes the partial file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "s"
+    store = Store(str(root))
     store.open({"x": 1})
     store.write_pair(0, 1, pair_table("a", "b", LAYOUT, {0.5: _metrics(1)}))
-    # What a write killed mid-way leaves: a partial file under _tmp/, never under curves/.
-    (tmp_path / "s" / "_tmp" / "dead.part").write_bytes(b"PAR1 half a file")
-    assert len(ds.dataset(str(tmp_path / "s" / "curves")).to_table()) == 3
-    Store(str(tmp_path / "s")).open({"x": 1})
-    assert not (tmp_path / "s" / "_tmp").exists()
+    store.close()
+    # 400 MB of incompressible bytes through the store's own put(): long enough on disk to be caught mid-way.
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import os
+from lmc_ray.storage.store import Store
+store = Store({str(root)!r})
+store.open({{"x": 1}})
+store.put("curves/pair-00002-00003.parquet", os.urandom(400 * 2**20))
+"""])
+    part, deadline = None, time.monotonic() + 120
+    while part is None and writer.poll() is None and time.monotonic() < deadline:  # the file the bytes go to
+        part = next((f for f in root.rglob("*") if f.is_file() and f.stat().st_size > 2**20), None)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert part is not None and writer.returncode == -signal.SIGKILL, "the write was not caught in flight"
+    assert sorted(f.name for f in (root / "curves").iterdir()) == ["pair-00000-00001.parquet"]
+    assert Store(str(root)).done_pairs() == {(0, 1)}
+    assert len(ds.dataset(str(root / "curves")).to_table()) == 3
+    Store(str(root)).open({"x": 1})
+    assert not part.exists()
 
 
 def test_a_store_refuses_another_configuration(tmp_path):

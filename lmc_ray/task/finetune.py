@@ -10,19 +10,21 @@ import shutil
 import tempfile
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from ..compute import sources
-from ..config import TYPED, ConfigError, EvalSetSpec, NonNegativeNumber, Positive, PositiveNumber, build, eval_set
+from ..compute.core import BATCH_TOKENS, DTYPES, concrete_dtype, pick_device
 from ..compute.data import EvalData, prepare
 from ..compute.evaluate import Evaluator
 from ..compute.metrics import COLUMNS, LOSS
 from ..compute.models import quiet
+from ..config import TYPED, ConfigError, EvalSetSpec, NonNegativeNumber, Positive, PositiveNumber, build, eval_set
 
 
 @dataclass(config=TYPED)
@@ -48,6 +50,24 @@ class FinetuneConfig:
     max_length: Positive = 128
     cache_dir: str = "~/.cache/lmc_ray"
     storage_options: dict = field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the trial's GPU when it has one (Ray Tune gives each trial gpus_per_trial), else the CPU."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Autocast precision of the forward and backward passes; weights and optimizer state stay float32 either way.
+    auto: bfloat16 on a GPU, float32 on a CPU."""
+
+
+def batches(n: int, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
+    """The example indices of each step: epochs of a permutation drawn from the seed on the CPU, so a seed sees its
+    data in the same order on any device."""
+    order = torch.Generator().manual_seed(10_000 + seed)
+    out, perm, pos = [], torch.randperm(n, generator=order), 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=order), 0
+        out.append(perm[pos: pos + batch_size].numpy())
+        pos += batch_size
+    return out
 
 
 def load_data(cfg: FinetuneConfig, tokenizer) -> tuple[EvalData, list[EvalData]]:
@@ -77,30 +97,27 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
     base = sources.resolve(cfg.base, cfg.cache_dir, cfg.storage_options)
     tok = AutoTokenizer.from_pretrained(str(base))
     train_data, evals = load_data(cfg, tok)
-    torch.manual_seed(seed)  # the new classifier head (and dropout) draw from this seed
+    device = pick_device(cfg.device)
+    precision = DTYPES[concrete_dtype(cfg.dtype, device.type == "cuda")]
+    torch.manual_seed(seed)  # the new classifier head (and dropout) draw from this seed; created on the CPU
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base), num_labels=len(cfg.labels), id2label=dict(enumerate(cfg.labels)),
-        label2id={lab: i for i, lab in enumerate(cfg.labels)})
-    evaluators = [Evaluator(d, model, "cpu", 8192, 256) for d in evals]
+        label2id={lab: i for i, lab in enumerate(cfg.labels)}).to(device)
+    evaluators = [Evaluator(d, model, device, BATCH_TOKENS.get(device.type, 8192), 256) for d in evals]
     n = len(train_data)
     steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
-    order = torch.Generator().manual_seed(10_000 + seed)  # data order
-    labels = torch.tensor(train_data.labels)
+    labels = torch.tensor(train_data.labels, device=device)
     report_at = {max(1, round(steps * k / cfg.reports)) for k in range(1, cfg.reports + 1)}
     metrics = {}
-    perm = torch.randperm(n, generator=order)
-    pos = 0
-    for step in range(1, steps + 1):
-        if pos + cfg.batch_size > n:
-            perm, pos = torch.randperm(n, generator=order), 0
-        idx = perm[pos: pos + cfg.batch_size].numpy()
-        pos += cfg.batch_size
+    for step, idx in enumerate(batches(n, cfg.batch_size, steps, seed), start=1):
         model.train()
-        batch = train_data.pad(idx)
+        batch = train_data.pad(idx, device)
         batch.pop("index")
-        loss = F.cross_entropy(model(**batch).logits, labels[idx])
+        with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
+            logits = model(**batch).logits
+        loss = F.cross_entropy(logits.float(), labels[idx])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -110,7 +127,8 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
             model.eval()
             metrics = {"step": step, "train_loss": loss.item()}
             for spec, d, ev in zip(cfg.eval_sets, evals, evaluators):
-                m = ev()
+                with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
+                    m = ev()
                 metrics[f"{d.name}/loss"] = float(m[0, LOSS])
                 for k, sub in enumerate(d.subsets):
                     prefix = d.name if k == 0 else f"{d.name}/{sub}"
@@ -118,7 +136,7 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
                         metrics[f"{prefix}/{name}"] = float(m[k, COLUMNS.index(name)])
             if report is not None:
                 report(metrics)
-    save(model, tok, cfg, seed)
+    save(model.cpu(), tok, cfg, seed)
     return metrics
 
 

@@ -12,8 +12,14 @@ from .finetune import FinetuneConfig
 log = logging.getLogger("lmc_ray")
 
 
-def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_per_trial: float = 1.0) -> list[str]:
-    """Train every seed whose model is not in cfg.output yet; return the model references in seed order."""
+def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_per_trial: float = 1.0,
+        gpus_per_trial: float | str = "auto") -> list[str]:
+    """Train every seed whose model is not in cfg.output yet; return the model references in seed order.
+
+    gpus_per_trial: what each trial asks Ray for (a fraction shares a GPU between trials); auto = 1 when the
+    cluster has GPUs and the config's device is not cpu, else 0."""
+    import ray
+
     from ray import tune
 
     from ..execution.ray_sweep import init
@@ -26,6 +32,9 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
         log.info("finetune: all %d models already in %s", len(urls), cfg.output)
         return urls
     init()
+    if gpus_per_trial == "auto":
+        gpus_per_trial = 1.0 if cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    log.info("finetune: %d trial(s) to train, each with %g CPU and %g GPU", len(todo), cpus_per_trial, gpus_per_trial)
 
     def trial(config):
         # A run killed after a model was saved but before Tune recorded its trial as done restores that
@@ -33,7 +42,7 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
         if not finetune.exists(cfg, config["seed"]):
             finetune.train(cfg, config["seed"], report=tune.report, threads=max(1, int(cpus_per_trial)))
 
-    trainable = tune.with_resources(trial, {"cpu": cpus_per_trial})
+    trainable = tune.with_resources(trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     path = os.path.join(os.path.abspath(os.path.expanduser(experiment_dir)), name)
     if tune.Tuner.can_restore(path):
         log.info("finetune: resuming the Tune experiment in %s", path)
