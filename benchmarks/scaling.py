@@ -5,7 +5,7 @@
 Population: N small BERT classifiers built from a config (1 layer, hidden 32, vocabulary 8,000: tiny, so
 that N = 100 fits a 2-core machine in minutes; what is measured is how the sweep scales, not one model's
 speed); data: the first K real MNLI dev_matched examples; the paper's 10-point α grid. Each N runs through
-lmc_ray.ray_sweep on a local Ray instance (--actors 2 by default, each holding N / actors resident models, each
+lmc_ray.execution.ray_sweep on a local Ray instance (--actors 2 by default, each holding N / actors resident models, each
 model's weights sent to each actor once). Printed per N: wall seconds, pairs/s, peak memory of the whole
 process tree (driver, raylet, actors; PSS, with summed RSS beside it), and the growth of wall time against N
 and against the number of pairs.

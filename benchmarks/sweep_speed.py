@@ -9,7 +9,7 @@ MNLI dev_matched examples. Methods:
   naive  the same loop with dynamic padding (each batch padded to its longest example)
   core   lmc-ray's compute core in one process (endpoints once per model, in-place lerp into a resident
          working model, length-sorted token-budget batches)
-  ray    the same through Ray actors (lmc_ray.ray_sweep, default layout), Ray's start-up not included
+  ray    the same through Ray actors (lmc_ray.execution.ray_sweep, default layout), Ray's start-up not included
 The paper and naive loops run on the first --paper-pairs / --naive-pairs pairs (they take minutes per pair
 on a CPU); their full-matrix time is projected from the measured per-pair time, and their barriers are
 checked against the product's on those pairs (within 1e-4).

@@ -58,9 +58,11 @@ def test_each_bad_input_fails_before_anything_is_written(tmp_path, population):
 
 
 def test_store_of_another_configuration_is_refused(tmp_path, population):
+    """Settings every value shares (the α grid here) must match; another model is growth, not a conflict."""
     _opened(sweep_config(population[:2], tmp_path / "store"))
-    with pytest.raises(ConfigError, match="holds a run with a different configuration"):
-        _opened(sweep_config(population[:3], tmp_path / "store"))
+    with pytest.raises(ConfigError, match=r"holds a run with a different configuration \(alphas differ\)"):
+        _opened(sweep_config(population[:2], tmp_path / "store", alphas=3))
+    _opened(sweep_config(population[:3], tmp_path / "store"))
 
 
 def test_the_job_exits_2_with_one_line(tmp_path, population):

@@ -11,6 +11,7 @@ import pytest
 
 from lmc_ray import config
 from lmc_ray.execution import local, plan, ray_sweep
+from lmc_ray.execution.plan import Endpoint, Pair
 from lmc_ray.storage.recorder import Recorder
 from lmc_ray.storage.store import Store
 
@@ -95,7 +96,7 @@ def test_resume_computes_only_missing_pairs(ray_local, tmp_path, population, ref
     before = {f.name: f.stat().st_mtime_ns for f in curves.iterdir()}
     p = plan.prepare(_two_sets(population, store, actors=2))
     with Recorder(p) as rec:
-        assert rec.pairs == [(0, 3), (1, 2)] and rec.endpoints == [(2,)]
+        assert rec.pairs == [Pair(0, 3), Pair(1, 2)] and rec.endpoints == [Endpoint(2)]
     ray_sweep.run(p, progress=False)
     after = {f.name: f.stat().st_mtime_ns for f in curves.iterdir()}
     assert sorted(set(after) - set(before)) == ["pair-00000-00003.parquet", "pair-00001-00002.parquet"]
@@ -162,7 +163,7 @@ def test_anchor_pairs_only_and_what_the_cluster_job_says(ray_local, tmp_path, po
 
     cfg = config.from_dict(sweep_config(population, tmp_path / "store", pairs={"anchors": [str(population[1])]}))
     p = plan.prepare(cfg)
-    assert p.pairs == [(0, 1), (1, 2), (1, 3)]
+    assert p.pairs == [Pair(0, 1), Pair(1, 2), Pair(1, 3)]
     ray_sweep.run(p, progress=False)
     full = config.from_dict(sweep_config(population, tmp_path / "full"))
     local.run(plan.prepare(full), progress=False)

@@ -8,6 +8,7 @@ import s3fs
 from lmc_ray import config
 from lmc_ray.execution import plan, ray_sweep
 from lmc_ray.compute import sources
+from lmc_ray.execution.plan import Pair
 from lmc_ray.storage.recorder import Recorder
 
 from conftest import S3Relay, sweep_config
@@ -50,7 +51,7 @@ def test_sweep_with_s3_models_and_s3_store(ray_local, s3_endpoint, tmp_path, pop
     p = plan.prepare(config.from_dict(sweep_config(models, "s3://results/run1", actors=2,
                                                    cache_dir=str(tmp_path / "cache"))))
     with Recorder(p) as rec:
-        assert rec.pairs == [(0, 2)] and not rec.endpoints
+        assert rec.pairs == [Pair(0, 2)] and not rec.endpoints
     ray_sweep.run(p, progress=False)
     fs.invalidate_cache()
     after = {k: fs.info(k)["LastModified"] for k in fs.ls("results/run1/curves")}
@@ -82,7 +83,7 @@ def test_an_interrupted_upload_is_invisible_and_aborted_on_reopen(s3_endpoint, t
     fs.mkdir("interrupted")
     Store("s3://interrupted/run").open({"x": 1})
     writer = subprocess.Popen([sys.executable, "-c", (
-        "from lmc_ray.store import Store; s = Store('s3://interrupted/run'); "
+        "from lmc_ray.storage.store import Store; s = Store('s3://interrupted/run'); "
         "s.put('curves/pair-00000-00001.parquet', b'P' * (400 << 20))")])
     try:
         deadline = time.time() + 120

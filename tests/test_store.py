@@ -84,6 +84,7 @@ def test_per_example_files_are_rewritten_with_a_pair_that_did_not_finish(tmp_pat
 
     from lmc_ray import config
     from lmc_ray.execution import local, plan
+    from lmc_ray.execution.plan import Pair
     from lmc_ray.storage.recorder import Recorder
     from conftest import sweep_config
 
@@ -95,7 +96,7 @@ def test_per_example_files_are_rewritten_with_a_pair_that_did_not_finish(tmp_pat
     (store / "examples" / "curves" / "pair-00000-00002.parquet").write_bytes(b"half a file")
     p = plan.prepare(cfg)
     with Recorder(p) as rec:
-        assert rec.pairs == [(0, 2)]
+        assert rec.pairs == [Pair(0, 2)]
     local.run(p, progress=False)
     again = pd.read_parquet(store / "examples" / "curves" / "pair-00000-00002.parquet")
     pd.testing.assert_frame_equal(again, first)

@@ -17,7 +17,7 @@ def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str 
     """Write θ(α) between models `a` and `b` (names in the store) to `out`; returns the folder."""
     run = store.meta()
     fp, pins = run["fingerprint"], run.get("weights", {})
-    specs = {m["name"]: m for m in fp["models"]}
+    specs = {m["name"]: m for m in run.get("registry", fp)["models"]}  # every model the store ever held
     for name in (a, b):
         if name not in specs:
             raise ConfigError(f"model {name!r} is not in the store (it has: {', '.join(list(specs)[:10])}, ...)")

@@ -42,9 +42,13 @@ class BarriersOnly(Exception):
 
 
 def _read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
+    """The models of the store's last run (a model left out of it keeps its data, out of the analysis), that run's
+    configuration, and their curves and endpoints."""
     fp = store.meta()["fingerprint"]
     names = [m["name"] for m in fp["models"]]
-    return names, fp, store.curves().to_table().to_pandas(), store.endpoints().to_table().to_pandas()
+    curves, ends = store.curves().to_table().to_pandas(), store.endpoints().to_table().to_pandas()
+    return (names, fp, curves[curves.model_a.isin(names) & curves.model_b.isin(names)].reset_index(drop=True),
+            ends[ends.model.isin(names)].reset_index(drop=True))
 
 
 def intervals(store: Store, fp: dict, n_boot: int, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
@@ -53,21 +57,24 @@ def intervals(store: Store, fp: dict, n_boot: int, level: float = 0.95, seed: in
     whatever order the pairs are read in."""
     alphas = set(fp["alphas"])
     ends: dict[int, pd.DataFrame] = {}
-
     line = [e["name"] for e in fp["eval_sets"] if not e.get("endpoints_only")]
+    names = {m["name"] for m in fp["models"]}
 
     def endpoint(k: int, alpha: float) -> pd.DataFrame:
         if k not in ends:
-            df = store.read(Store.endpoint_file(k, examples=True)).to_pandas()
+            df = store.read_examples(k).to_pandas()
             ends[k] = df[df.eval_set.isin(line)]  # endpoints_only sets have no line to put an interval on
         return ends[k].assign(alpha=alpha)
 
     pairs = sorted(store.done_pairs())
     rows = []
     for i, j in track(pairs, len(pairs), "bootstrap", "pair"):
-        df = pd.concat([store.read(Store.pair_file(i, j, examples=True)).to_pandas(),
-                        *(endpoint(k, al) for k, al in ((i, 0.0), (j, 1.0)) if al in alphas)])
-        a, b = df.model_a.dropna().iloc[0], df.model_b.dropna().iloc[0]
+        inner = store.read_examples(i, j).to_pandas()
+        a, b = inner.model_a.iloc[0], inner.model_b.iloc[0]
+        if not {a, b} <= names:  # a model left out of the last run
+            continue
+        first, last = (i, j) if endpoint(i, 0.0).model.iloc[0] == a else (j, i)  # which end is α = 0
+        df = pd.concat([inner, *(endpoint(k, al) for k, al in ((first, 0.0), (last, 1.0)) if al in alphas)])
         for s, (name, g) in enumerate(df.groupby("eval_set", sort=True)):
             loss = g.pivot(index="alpha", columns="example", values="loss")
             error = 1.0 - g.pivot(index="alpha", columns="example", values="correct")

@@ -97,19 +97,21 @@ class Core:
                 examples[al] = [p.reshape(2, -1).astype(np.float32) for p in mine[n:]]
         return metrics, examples if keep_examples else None
 
-    def endpoint(self, a: Weights, keep_examples: bool = False) -> tuple[list[Metrics], list[Examples] | None]:
-        """Model a alone on every eval set: metrics, and per-example values when asked."""
+    def endpoint(self, a: Weights, keep_examples: bool = False,
+                 sets: tuple[int, ...] = ()) -> tuple[list[Metrics], list[Examples] | None]:
+        """Model a alone on the eval sets `sets` (empty: every one): metrics, and per-example values when asked."""
         self.working.set(a)
-        metrics, examples = self._host({0.0: self._point(self.evaluators, keep_examples)}, self.evaluators,
-                                       keep_examples)
+        evaluators = [self.evaluators[k] for k in sets] if sets else self.evaluators
+        metrics, examples = self._host({0.0: self._point(evaluators, keep_examples)}, evaluators, keep_examples)
         return metrics[0.0], examples[0.0] if keep_examples else None
 
     def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int, end_losses: tuple[float, float],
-              keep_examples: bool = False) -> Line:
-        """The interior of the line; endpoints are each model alone and are evaluated once per model.
-        `refine` rounds add α around the peak (barriers.refine_points), judged by the first eval set's loss.
-        With keep_examples, also each α's per-example values (for bootstrap intervals on the barrier)."""
-        evaluators = [ev for ev, on in zip(self.evaluators, self.line) if on]
+              keep_examples: bool = False, sets: tuple[int, ...] = ()) -> Line:
+        """The interior of the line on the line sets `sets` (empty: every one); endpoints are each model alone and
+        are evaluated once per model. `refine` rounds add α around the peak (barriers.refine_points), judged by the
+        first set's loss. With keep_examples, also each α's per-example values (for bootstrap intervals)."""
+        evaluators = ([self.evaluators[k] for k in sets] if sets
+                      else [ev for ev, on in zip(self.evaluators, self.line) if on])
         points = {}
         distance = torch.stack([(b[k] - v).float().pow(2).sum() for k, v in a.items() if v.is_floating_point()])
 

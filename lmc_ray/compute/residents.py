@@ -37,10 +37,12 @@ class Residents:
             del model, state
         self._partner: tuple[int, Weights] | None = None
         self.alphas, self.refine, self.keep_examples = cfg.alphas, cfg.refine, cfg.per_example
+        self.line = [not e.endpoints_only for e in cfg.eval_sets]  # which sets are on the lines
 
     def endpoint(self, e: Endpoint) -> EndpointResult:
         """A resident model alone: metrics per eval set, and per-example values when the sweep keeps them."""
-        return EndpointResult(e.model, *self.core.endpoint(self.weights[e.model], self.keep_examples))
+        sets = e.sets or tuple(range(len(self.line)))
+        return EndpointResult(e.model, sets, *self.core.endpoint(self.weights[e.model], self.keep_examples, sets))
 
     def export(self, i: int) -> dict[str, np.ndarray]:
         """CPU numpy copy of a model's weights, for other processes (Ray stores numpy without pickling)."""
@@ -62,4 +64,6 @@ class Residents:
         """The pair's line; `fetch()` brings the weights of whichever of its models is not resident here."""
         wa = self.get(pair.a, fetch)
         wb = self.get(pair.b, fetch)
-        return PairResult(pair, self.core.curve(wa, wb, self.alphas, self.refine, end_losses, self.keep_examples))
+        sets = pair.sets or tuple(k for k, on in enumerate(self.line) if on)
+        return PairResult(pair, sets, self.core.curve(wa, wb, self.alphas, self.refine, end_losses,
+                                                      self.keep_examples, sets))

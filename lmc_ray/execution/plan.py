@@ -19,37 +19,37 @@ from ..compute.core import Line, concrete_dtype, pick_device
 from ..errors import ConfigError
 from ..compute.data import EvalData, prepare as prepare_data
 from ..compute.evaluate import Examples, Metrics
-from ..compute.metrics import LOSS
 from ..compute import packed
 from ..compute.packed import PACKABLE
 
 
 class Endpoint(NamedTuple):
-    """Work item: model `model` alone (α = 0 of each of its lines), evaluated once per model."""
+    """Work item: model `model` alone (α = 0 of each of its lines), evaluated once per model, on the eval sets
+    `sets` (config indices; empty: all of them; a grown store asks only for the sets it lacks)."""
     model: int
+    sets: tuple[int, ...] = ()
 
 
 class Pair(NamedTuple):
-    """Work item: the line between models a < b (indices in config order)."""
+    """Work item: the line between models a < b (indices in config order), on the line sets `sets` (config indices;
+    empty: every set on the lines)."""
     a: int
     b: int
+    sets: tuple[int, ...] = ()
 
 
 @dataclass
 class EndpointResult:
     model: int
-    metrics: list[Metrics]  # per eval set, rows per subset
+    sets: tuple[int, ...]  # the eval sets evaluated (config indices)
+    metrics: list[Metrics]  # per eval set of `sets`, rows per subset
     examples: list[Examples] | None  # per eval set, when the sweep keeps per-example values
-
-    @property
-    def loss(self) -> float:
-        """Mean loss on the first eval set: what adaptive α refines by."""
-        return float(self.metrics[0][0, LOSS])
 
 
 @dataclass
 class PairResult:
     pair: Pair
+    sets: tuple[int, ...]  # the line sets evaluated (config indices), the order of the line's metrics
     line: Line
 
 

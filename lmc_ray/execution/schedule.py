@@ -37,18 +37,18 @@ def owner(i: int, j: int, n: int) -> int:
     return j
 
 
-def queues(n_models: int, residents: list[list[int]], pending: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """Per actor, its pending pairs (a < b; the items given), ordered so pairs sharing a foreign partner are
-    adjacent."""
+def queues(n_models: int, residents: list[list[int]], pending: set[tuple]) -> list[list[tuple]]:
+    """Per actor, its pending pairs (the items given: (a, b, ...) with a < b), ordered so pairs sharing a foreign
+    partner are adjacent."""
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
     work: list[dict[int, list[tuple[int, int]]]] = [defaultdict(list) for _ in residents]
     pairs = sorted(pending)
-    where = [actor_of[owner(a, b, n_models)] for a, b in pairs]
+    where = [actor_of[owner(p[0], p[1], n_models)] for p in pairs]
     load = [where.count(k) for k in range(len(residents))]
     moved = True
     while moved:
         moved = False
-        for p, (a, b) in enumerate(pairs):
+        for p, (a, b, *_) in enumerate(pairs):
             k = where[p]
             alt = actor_of[a] if k == actor_of[b] else actor_of[b]
             if load[k] - load[alt] > 1:
@@ -57,7 +57,7 @@ def queues(n_models: int, residents: list[list[int]], pending: set[tuple[int, in
                 load[alt] += 1
                 moved = True
     for pair, k in zip(pairs, where):
-        a, b = pair
+        a, b = pair[0], pair[1]
         partner = b if actor_of[b] != k else (a if actor_of[a] != k else -1)
         work[k][partner].append(pair)
     return [[p for partner in sorted(w) for p in w[partner]] for w in work]

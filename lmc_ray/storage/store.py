@@ -1,11 +1,14 @@
 """The Parquet store: one file per finished pair, written atomically, local or s3://.
 
 Files:
-    STORE/run.json                          the configuration that produced the data, and what identifies
-                                            each model's weights (a changed checkpoint is refused on resume)
+    STORE/run.json                          what the store holds, per component: each model (name, reference,
+                                            pinned weights) and each eval set (its selection) ever added, in the
+                                            order added (a model's index), and the settings every value shares;
+                                            plus the last run's configuration ("fingerprint")
     STORE/_lease.json                       held by the one sweep writing the store (lmc_ray/storage/lease.py)
-    STORE/curves/pair-00003-00017.parquet   one file per pair (indices in config order, a < b)
-    STORE/endpoints/model-00003.parquet     each model alone (α = 0 of its pairs), evaluated once
+    STORE/curves/pair-00003-00017.parquet   one file per pair (store indices, a < b), the eval sets of group 0
+    STORE/curves/pair-00003-00017-g1.parquet  the same pair's eval sets added later (group 1, 2, ...)
+    STORE/endpoints/model-00003.parquet     each model alone (α = 0 of its pairs), evaluated once (-gN: later sets)
     STORE/examples/{curves,endpoints}/...   per-example loss and correctness, when the sweep keeps them
                                             (per_example: true), written before the file above it
     STORE/_tmp/                             files being written; ignored by readers; what a dead writer
@@ -22,6 +25,7 @@ import json
 import os
 import re
 import uuid
+from dataclasses import dataclass
 
 import fsspec
 import numpy as np
@@ -45,11 +49,80 @@ _EXAMPLE_FIELDS = [("eval_set", pa.string()), ("example", pa.int32()), ("loss", 
 PAIR_EXAMPLES_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()),
                                   *_EXAMPLE_FIELDS])
 ENDPOINT_EXAMPLES_SCHEMA = pa.schema([("model", pa.string()), *_EXAMPLE_FIELDS])
-_PAIR = re.compile(r"pair-(\d+)-(\d+)\.parquet$")
-_MODEL = re.compile(r"model-(\d+)\.parquet$")
+_PAIR = re.compile(r"pair-(\d+)-(\d+)(?:-g(\d+))?\.parquet$")
+_MODEL = re.compile(r"model-(\d+)(?:-g(\d+))?\.parquet$")
+# Settings every stored value shares; the models and eval sets are identified one by one (Registry).
+SETTINGS_KEYS = ("alphas", "refine", "per_example", "dtype", "max_length", "tokenizer", "format")
 
 # (eval set name, its subset names) in the order Metrics rows come in.
 SetSubsets = list[tuple[str, list[str]]]
+
+
+@dataclass
+class Registry:
+    """What a store holds, component by component, in the order each was first added: models (name, ref, labels,
+    weights; a model's store index is its position) and eval sets (spec, and the group, i.e. the run that added
+    them: their values go to files of that group). Grows, never reorders: a model left out of a later config
+    keeps its index and its data."""
+    models: list[dict]
+    eval_sets: list[dict]
+
+    def index(self, name: str) -> int:
+        return next(k for k, m in enumerate(self.models) if m["name"] == name)
+
+    def group(self, eval_set: str) -> int:
+        return next(e["group"] for e in self.eval_sets if e["name"] == eval_set)
+
+    @staticmethod
+    def merge(url: str, old: dict | None, now: dict, has_data: bool) -> Registry:
+        """The registry after adding `now` (this run's settings, models, eval sets) to the store's `old` run.json;
+        a conflict is one line naming it. A store written before registries existed reads as group 0 of its
+        configuration, its models in config order."""
+        if old is None:
+            return Registry([*now["models"]], [{**e, "group": 0} for e in now["eval_sets"]])
+        reg = old.get("registry") or {
+            "models": [{**m, "weights": old.get("weights", {}).get(m["name"])} for m in old["fingerprint"]["models"]],
+            "eval_sets": [{**e, "group": 0} for e in old["fingerprint"]["eval_sets"]]}
+        before = {k: v for k, v in old["fingerprint"].items() if k in SETTINGS_KEYS}
+        after = {k: v for k, v in now["fingerprint"].items() if k in SETTINGS_KEYS}
+        if before != after:
+            key = next(k for k in [*after, *before] if before.get(k) != after.get(k))
+            raise ConfigError(f"store {url!r} holds a run with a different configuration ({key} differ); "
+                              "use a new store path or the original configuration")
+        models = [dict(m) for m in reg["models"]]
+        stored = {m["name"]: m for m in models}
+        for m in now["models"]:
+            was = stored.get(m["name"])
+            if was is None:
+                models.append(m)
+            elif was.get("weights") not in (None, m["weights"]):
+                raise ConfigError(f"store {url!r}: model {m['name']!r} changed since the store was written (weights "
+                                  f"{was['weights']} then, {m['weights']} now); restore it or use a new store path")
+            elif (was.get("labels") or None) != (m.get("labels") or None):
+                raise ConfigError(f"store {url!r}: model {m['name']!r} is stored with labels {was.get('labels')}, "
+                                  f"configured with {m.get('labels')}; one name, one model")
+            else:
+                was.update(m)  # same weights: a new ref (a moved folder) or a first-recorded pin
+        sets = [dict(e) for e in reg["eval_sets"]]
+        known = {e["name"]: e for e in sets}
+        group = max((e["group"] for e in sets), default=-1) + 1 if has_data else 0
+        for e in now["eval_sets"]:
+            was = known.get(e["name"])
+            if was is None:
+                if after.get("refine"):
+                    raise ConfigError(f"store {url!r}: eval set {e['name']!r} is new, and adaptive α (refine) places "
+                                      "each pair's points by the first sets: add sets to a store without refine")
+                sets.append({**e, "group": group})
+                continue
+            differ = next((k for k in sorted({*e, *was} - {"group"}) if e.get(k) != was.get(k)), None)
+            if differ is not None:
+                raise ConfigError(f"store {url!r}: eval set {e['name']!r} differs from the stored one ({differ}: "
+                                  f"{was.get(differ)!r} stored, {e.get(differ)!r} now); give it another name")
+        missing = [e["name"] for e in sets if e["name"] not in {x["name"] for x in now["eval_sets"]}]
+        if missing:
+            raise ConfigError(f"store {url!r}: eval set {missing[0]!r} is stored but not in the configuration; a "
+                              "store's eval sets can be added to, not removed (use a new store path)")
+        return Registry(models, sets)
 
 
 class Store:
@@ -65,9 +138,12 @@ class Store:
         return "/".join([self.root, *parts])
 
     # -- opening -------------------------------------------------------------------------------
-    def open(self, fingerprint: dict, weights: dict[str, str] | None = None, lease_timeout: float = 120.0) -> None:
-        """Take the store's lease, then create it or reopen it for this configuration and these weights;
-        refuse a store written by another configuration or with a model whose weights changed since."""
+    def open(self, fingerprint: dict, models: list[dict] = (), eval_sets: list[dict] = (),
+             lease_timeout: float = 120.0) -> Registry:
+        """Take the store's lease, then create it or reopen it for this configuration: the shared settings must
+        match, a model already stored must have the same weights, an eval set already stored the same selection;
+        new models and eval sets are added (only their work is then left). `models`: {name, ref, labels,
+        weights} per model; `eval_sets`: each set's spec. Returns the store's registry after the merge."""
         try:
             self.lease = leases.acquire(self.fs, self.path("_lease.json"), self.url, lease_timeout, self.local)
         except ConfigError:
@@ -75,29 +151,21 @@ class Store:
         except Exception as e:  # the lease is the store's first write: an unwritable store ends here
             raise ConfigError(f"store {self.url!r}: not writable ({cause(e)})") from None
         run = self.path("run.json")
-        now = json.loads(json.dumps({"fingerprint": fingerprint, "weights": weights or {}}))
         try:
             old = json.loads(self.fs.cat_file(run)) if self.fs.exists(run) else None
         except Exception as e:
             raise ConfigError(f"store {self.url!r}: cannot read ({cause(e)})") from None
-        if old is not None:
-            before = old.get("fingerprint", {})
-            if before != now["fingerprint"]:
-                key = next((k for k in [*now["fingerprint"], *before] if before.get(k) != now["fingerprint"].get(k)), "?")
-                raise ConfigError(f"store {self.url!r} holds a run with a different configuration ({key} differ); "
-                                  "use a new store path or the original configuration")
-            stored = old.get("weights", {})
-            changed = next((m for m in now["weights"] if m in stored and stored[m] != now["weights"][m]), None)
-            if changed is not None:
-                raise ConfigError(f"store {self.url!r}: model {changed!r} changed since the store was written "
-                                  f"(weights {stored[changed]} then, {now['weights'][changed]} now); restore it or "
-                                  "use a new store path")
+        now = json.loads(json.dumps({"fingerprint": fingerprint, "models": list(models), "eval_sets": list(eval_sets)}))
+        registry = Registry.merge(self.url, old, now, has_data=bool(self.done_pairs(None) or self.done_endpoints(None)))
+        new = {"fingerprint": now["fingerprint"], "weights": {m["name"]: m["weights"] for m in registry.models},
+               "registry": {"models": registry.models, "eval_sets": registry.eval_sets}}
         try:
             self.cleanup()
-            if old != now:  # new, or an older store that did not record the weights yet
-                self.put("run.json", json.dumps(now, indent=2, sort_keys=True).encode())
+            if old != new:
+                self.put("run.json", json.dumps(new, indent=2, sort_keys=True).encode())
         except Exception as e:
             raise ConfigError(f"store {self.url!r}: not writable ({cause(e)})") from None
+        return registry
 
     def close(self) -> None:
         """Give up the lease; an empty _tmp/ is not left behind."""
@@ -146,39 +214,48 @@ class Store:
         self.put(rel, buf.getvalue())
 
     @staticmethod
-    def pair_file(i: int, j: int, examples: bool = False) -> str:
-        return f"{'examples/' if examples else ''}curves/pair-{i:05d}-{j:05d}.parquet"
+    def pair_file(i: int, j: int, examples: bool = False, group: int = 0) -> str:
+        return f"{'examples/' if examples else ''}curves/pair-{i:05d}-{j:05d}{f'-g{group}' if group else ''}.parquet"
 
     @staticmethod
-    def endpoint_file(i: int, examples: bool = False) -> str:
-        return f"{'examples/' if examples else ''}endpoints/model-{i:05d}.parquet"
+    def endpoint_file(i: int, examples: bool = False, group: int = 0) -> str:
+        return f"{'examples/' if examples else ''}endpoints/model-{i:05d}{f'-g{group}' if group else ''}.parquet"
 
-    def write_pair(self, i: int, j: int, table: pa.Table, examples: bool = False) -> None:
-        self.put_table(self.pair_file(i, j, examples), table)
+    def write_pair(self, i: int, j: int, table: pa.Table, examples: bool = False, group: int = 0) -> None:
+        self.put_table(self.pair_file(i, j, examples, group), table)
 
-    def write_endpoint(self, i: int, table: pa.Table, examples: bool = False) -> None:
-        self.put_table(self.endpoint_file(i, examples), table)
+    def write_endpoint(self, i: int, table: pa.Table, examples: bool = False, group: int = 0) -> None:
+        self.put_table(self.endpoint_file(i, examples, group), table)
 
     # -- reading -------------------------------------------------------------------------------
-    def _indices(self, sub: str, pattern: re.Pattern) -> list[tuple[int, ...]]:
+    def _indices(self, sub: str, pattern: re.Pattern, group: int | None) -> list[tuple[int, ...]]:
+        """The store indices of the files under `sub` of eval-set group `group` (None: of any group)."""
         d = self.path(sub)
         if not self.fs.exists(d):
             return []
         found = [pattern.search(p) for p in self.fs.ls(d, detail=False)]
-        return [tuple(int(g) for g in m.groups()) for m in found if m]
+        return [tuple(int(g) for g in m.groups()[:-1]) for m in found
+                if m and (group is None or int(m.groups()[-1] or 0) == group)]
 
-    def done_pairs(self) -> set[tuple[int, int]]:
-        return set(self._indices("curves", _PAIR))
+    def done_pairs(self, group: int | None = 0) -> set[tuple[int, int]]:
+        """Pairs (store indices) stored for the eval sets of `group` (0: the store's first sets; None: any)."""
+        return set(self._indices("curves", _PAIR, group))
 
     def read(self, rel: str) -> pa.Table:
         with self.fs.open(self.path(rel), "rb") as f:
             return pq.read_table(f)
 
-    def read_endpoint(self, i: int) -> pa.Table:
-        return self.read(self.endpoint_file(i))
+    def read_endpoint(self, i: int, group: int = 0) -> pa.Table:
+        return self.read(self.endpoint_file(i, group=group))
 
-    def done_endpoints(self) -> set[int]:
-        return {i for (i,) in self._indices("endpoints", _MODEL)}
+    def read_examples(self, i: int, j: int | None = None) -> pa.Table:
+        """Per-example values of a pair (or, j None, of model i alone), every eval-set group's file together."""
+        pattern = self.pair_file(i, j, True) if j is not None else self.endpoint_file(i, True)
+        files = sorted(self.fs.glob(self.path(pattern.replace(".parquet", "*.parquet"))))
+        return pa.concat_tables([self.read(f[len(self.root) + 1:]) for f in files])
+
+    def done_endpoints(self, group: int | None = 0) -> set[int]:
+        return {i for (i,) in self._indices("endpoints", _MODEL, group)}
 
     def curves(self):
         """All stored curves as one pyarrow dataset (temporary files are never matched): `.to_table().to_pandas()`,
