@@ -108,6 +108,16 @@ class EvalSetSpec:
 
 
 @dataclass(config=TYPED)
+class PlanesSpec:
+    triples: list[Annotated[list[str], Field(min_length=3, max_length=3)]]
+    """Each three model names [A, B, C]: the plane θ_A + s(θ_B − θ_A) + t(θ_C − θ_A) through them."""
+    grid: Annotated[int, Field(ge=2)] = 11
+    """Points per axis of the grid (true distances, Gram–Schmidt axes, as the paper draws its planes)."""
+    margin: NonNegativeNumber = 0.2
+    """How far the grid reaches beyond the triangle, as a fraction of its width and height."""
+
+
+@dataclass(config=TYPED)
 class SweepConfig:
     models: list[ModelSpec]
     eval_sets: list[EvalSetSpec]
@@ -118,6 +128,9 @@ class SweepConfig:
     pairs: str | dict[str, Any] = "all"
     """Which pairs get a line: all (the paper's N(N−1)/2), {anchors: [model names]} (every model against each
     anchor), or {file: PATH} (two model names a line). The cluster job needs all for basins."""
+    planes: PlanesSpec | None = None
+    """Planes through three models, evaluated on the line sets after the pairs (STORE/planes/, contour plots in the
+    report); null = none."""
     refine: NonNegative = 0
     """Adaptive α: refinement rounds, each evaluating the two midpoints either side of the curve's highest point
     above its endpoint chord (first eval set's loss). 0 = the paper's fixed grid."""
@@ -294,6 +307,8 @@ def from_dict(raw: dict) -> SweepConfig:
     elif alphas is not None and not (isinstance(alphas, list) and all(
             isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas)):
         raise ConfigError(f"config: alphas must be a number of grid points or a list of numbers, got {alphas!r}")
+    if isinstance(raw.get("planes"), dict):
+        raw["planes"] = build(PlanesSpec, raw["planes"], "config: planes")
     cfg = build(SweepConfig, raw, "config")
     validate(cfg)
     return cfg
@@ -318,6 +333,12 @@ def validate(cfg: SweepConfig) -> None:
         unknown = [a for a in anchors if a not in [m.name for m in cfg.models]] if isinstance(anchors, list) else [anchors]
         if unknown or ("anchors" in cfg.pairs and not anchors):
             raise ConfigError(f"config: pairs anchors: {unknown[0] if unknown else None!r} is not a model name")
+    names = [m.name for m in cfg.models]
+    for triple in cfg.planes.triples if cfg.planes else []:
+        unknown = [n for n in triple if n not in names]
+        if unknown or len(set(triple)) < 3:
+            raise ConfigError(f"config: planes: {triple!r}: " + (f"{unknown[0]!r} is not a model name" if unknown
+                                                                  else "three different models make a plane"))
     alphas = [float(a) for a in cfg.alphas]
     if len(alphas) < 2:
         raise ConfigError(f"config: alphas {cfg.alphas!r}: a line needs at least 2 points for a barrier")
@@ -440,7 +461,7 @@ def merge(base: dict, overlay: dict, where: str) -> dict:
 
 
 # Structures stay in YAML (or reach through --set); every other field of SweepConfig is also a flag.
-_NOT_FLAGS = {"models", "eval_sets", "storage_options"}
+_NOT_FLAGS = {"models", "eval_sets", "storage_options", "planes"}
 
 
 def _flags() -> list[dataclasses.Field]:

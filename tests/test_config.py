@@ -171,7 +171,7 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
 
     help_text = config.parser("t").format_help()
     for f in dataclasses.fields(config.SweepConfig):
-        if f.name not in ("models", "eval_sets", "storage_options"):
+        if f.name not in ("models", "eval_sets", "storage_options", "planes"):
             assert f"--{f.name.replace('_', '-')}" in help_text, f.name
     assert "Actor restarts / task retries" in help_text and "(a non-negative integer)" in help_text
     path = tmp_path / "c.yaml"

@@ -172,6 +172,37 @@ def ood_key(a: Analysis) -> str | None:
     return (full or keys or [None])[0]
 
 
+def planes(store: Store, a: Analysis) -> bytes | None:
+    """Contours of loss and accuracy over each stored plane through three of the analysed models (first line set,
+    whole set), the three models marked: one row per plane. None when the store has none."""
+    if not store.has("planes"):
+        return None
+    df = store.planes().to_table(columns=["model_a", "model_b", "model_c", "x", "y", "vertex", "eval_set", "subset",
+                                          "loss", "accuracy"]).to_pandas()
+    df = df[df.model_a.isin(a.names) & df.model_b.isin(a.names) & df.model_c.isin(a.names)
+            & (df.eval_set == a.eval_set) & (df.subset == "all")]
+    triples = list(df.groupby(["model_a", "model_b", "model_c"], sort=True))
+    if not triples:
+        return None
+    fig, axes = plt.subplots(len(triples), 2, figsize=(10, 4.2 * len(triples)), squeeze=False)
+    cluster = dict(zip(a.names, a.labels()))
+    for row, ((ma, mb, mc), g) in zip(axes, triples):
+        grid = g[g.vertex == ""]
+        for ax, metric, cmap in zip(row, ("loss", "accuracy"), ("viridis", "viridis_r")):
+            table = grid.pivot_table(index="y", columns="x", values=metric)
+            filled = ax.contourf(table.columns, table.index, table.to_numpy(), levels=14, cmap=cmap)
+            fig.colorbar(filled, ax=ax)
+            for _, v in g[g.vertex != ""].iterrows():
+                name = {"A": ma, "B": mb, "C": mc}[v.vertex]
+                ax.plot(v.x, v.y, "o", color="white", markeredgecolor="black")
+                ax.annotate(f"{_short([name])[0]} (cluster {cluster[name]})", (v.x, v.y), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+            ax.set_title(f"{metric} on {a.eval_set}")
+            ax.set_aspect("equal")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def write(store: Store, a: Analysis, ood: str | None = None) -> str:
     """STORE/report/index.html and its PNGs; returns the index path. `ood`: a per-model column (default ood_key)."""
     figures = {"heatmap.png": heatmap(a), "curves.png": curves(a), "diagnostic_histograms.png": histograms(a)}
@@ -183,6 +214,9 @@ def write(store: Store, a: Analysis, ood: str | None = None) -> str:
                         "scatter.png": scatter(a, ood)})
     if "barrier_lo" in a.barriers:
         figures["intervals.png"] = intervals(a)
+    plane_figure = planes(store, a)
+    if plane_figure is not None:
+        figures["planes.png"] = plane_figure
     for name, data in figures.items():
         store.put(f"report/{name}", data)
     summary = pd.DataFrame([{"key": k, "value": v} for k, v in a.summary.items()])
@@ -197,6 +231,7 @@ img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}
 {'<h2>The best and worst models out of distribution</h2><img src="extremes.png" alt="extremes">' if ood else ""}
 {'<h2>Spectral score against the OOD score</h2><img src="scatter.png" alt="scatter">' if ood else ""}
 {'<h2>Barriers with bootstrap intervals</h2><img src="intervals.png" alt="intervals">' if "intervals.png" in figures else ""}
+{'<h2>Planes through three models</h2><img src="planes.png" alt="planes">' if "planes.png" in figures else ""}
 <h2>Diagnostic accuracy per cluster</h2><img src="diagnostic_histograms.png" alt="histograms">
 <h3>Per cluster</h3>{_table(a.per_cluster)}
 <h3>Correlation with the spectral score</h3>{_table(a.correlations)}

@@ -1,6 +1,7 @@
-"""The compute core: one working model, evaluated at the endpoints and along each line. Imports no Ray."""
+"""The compute core: one working model, evaluated at the endpoints, along each line and over planes. Imports no Ray."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ from .data import EvalData
 from .evaluate import Evaluator, Examples, Metrics
 from .interpolate import Weights, WorkingModel
 from .metrics import LOSS
+from .plane import Point, layout
 from .trim import first_token_only
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -128,3 +130,18 @@ class Core:
                 point(al)
         interior, examples = self._host(points, evaluators, keep_examples)
         return Line(interior, examples, float(distance.sum().sqrt()))
+
+    def plane(self, a: Weights, b: Weights, c: Weights, n: int, margin: float) -> tuple[list[Point], list[list[Metrics]]]:
+        """The plane through a, b and c on the line sets: its points (plane.layout: the three models, then an
+        n × n grid in true distances) and each point's metrics per set, copied to the host once."""
+        evaluators = [ev for ev, on in zip(self.evaluators, self.line) if on]
+        sums = torch.stack([torch.stack([(b[k] - v).pow(2).sum(), (c[k] - v).pow(2).sum(), ((b[k] - v) * (c[k] - v)).sum()])
+                            for k, v in a.items() if v.is_floating_point()]).double().sum(0).cpu().tolist()
+        points = layout(math.sqrt(sums[0]), sums[2], math.sqrt(sums[1]), n, margin)
+        values = {}
+        for p in points:
+            self.working.set_plane(a, b, c, p.s, p.t)
+            values[p] = self._point(evaluators, False)
+        metrics, _ = self._host(values, evaluators, False)
+        return points, [metrics[p] for p in points]
+

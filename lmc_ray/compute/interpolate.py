@@ -1,4 +1,4 @@
-"""θ(α) = (1−α)·θ_A + α·θ_B, written in place into one resident working model.
+"""θ(α) = (1−α)·θ_A + α·θ_B (and a plane's three-way mix), written in place into one resident working model.
 
 No state dict is built per α: the floating-point tensors of the working model are overwritten in place by
 foreach kernels (a few launches for all ~200 tensors of a BERT, not one per tensor — what a GPU pays for),
@@ -40,3 +40,15 @@ class WorkingModel:
             torch._foreach_lerp_(targets, [b[k] for k in self._floats], alpha)
         else:  # low-precision working copy: mix in fp32, round once
             torch._foreach_copy_(targets, torch._foreach_lerp(ends, [b[k] for k in self._floats], alpha))
+
+    @torch.no_grad()
+    def set_plane(self, a: Weights, b: Weights, c: Weights, s: float, t: float) -> None:
+        """θ_A + s(θ_B − θ_A) + t(θ_C − θ_A) (a point of the plane through three models), mixed in the resident
+        fp32 weights and rounded once into the working model."""
+        for k in self._others:
+            self._targets[k].copy_(a[k])
+        ends = [a[k] for k in self._floats]
+        mixed = torch._foreach_add(ends, torch._foreach_sub([b[k] for k in self._floats], ends), alpha=s)
+        torch._foreach_add_(mixed, torch._foreach_sub([c[k] for k in self._floats], ends), alpha=t)
+        torch._foreach_copy_([self._targets[k] for k in self._floats], mixed)
+

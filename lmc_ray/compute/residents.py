@@ -16,7 +16,7 @@ from ..config import SweepConfig
 from .core import Core
 from .data import EvalData
 from .interpolate import Weights
-from ..execution.plan import Endpoint, EndpointResult, Pair, PairResult
+from ..execution.plan import Endpoint, EndpointResult, Pair, PairResult, Plane, PlaneResult
 
 
 class Residents:
@@ -38,6 +38,7 @@ class Residents:
         self._partner: tuple[int, Weights] | None = None
         self.alphas, self.refine, self.keep_examples = cfg.alphas, cfg.refine, cfg.per_example
         self.line = [not e.endpoints_only for e in cfg.eval_sets]  # which sets are on the lines
+        self.planes = cfg.planes
 
     def endpoint(self, e: Endpoint) -> EndpointResult:
         """A resident model alone: metrics per eval set, and per-example values when the sweep keeps them."""
@@ -67,3 +68,11 @@ class Residents:
         sets = pair.sets or tuple(k for k, on in enumerate(self.line) if on)
         return PairResult(pair, sets, self.core.curve(wa, wb, self.alphas, self.refine, end_losses,
                                                       self.keep_examples, sets))
+
+    def plane(self, plane: Plane, fetch_b=None, fetch_c=None) -> PlaneResult:
+        """The plane through three models; `fetch_b` / `fetch_c` bring b's and c's weights when not resident."""
+        wa, wb = self.weights[plane.a], self.get(plane.b, fetch_b)
+        wc = self.get(plane.c, fetch_c)  # may evict b from the partner slot; wb is still held here
+        cfg = self.planes
+        return PlaneResult(plane, *self.core.plane(wa, wb, wc, cfg.grid, cfg.margin))
+

@@ -16,3 +16,5 @@ def run(plan: Plan, progress: bool = True) -> None:
             rec.endpoint(res.endpoint(e))
         for p in track(rec.pairs, len(rec.pairs), "pairs", "pair", not progress):
             rec.pair(res.pair(p, rec.end_losses(p)))
+        for q in track(rec.planes, len(rec.planes), "planes", "plane", not progress):
+            rec.plane(res.plane(q))

@@ -19,6 +19,7 @@ from ..compute.core import Line, concrete_dtype, pick_device
 from ..errors import ConfigError
 from ..compute.data import EvalData, prepare as prepare_data
 from ..compute.evaluate import Examples, Metrics
+from ..compute.plane import Point
 from ..compute import packed
 from ..compute.packed import PACKABLE
 
@@ -36,6 +37,20 @@ class Pair(NamedTuple):
     a: int
     b: int
     sets: tuple[int, ...] = ()
+
+
+class Plane(NamedTuple):
+    """Work item: the plane through models a, b, c (config indices; a is its origin, see compute/plane.py)."""
+    a: int
+    b: int
+    c: int
+
+
+@dataclass
+class PlaneResult:
+    plane: Plane
+    points: list[Point]  # the three models, then the grid
+    metrics: list[list[Metrics]]  # per point, per line set
 
 
 @dataclass
@@ -60,6 +75,7 @@ class Plan:
     labels: list[str]  # canonical label order
     datas: list[EvalData]
     pairs: list[Pair]  # the pairs that get a line (config `pairs`)
+    planes: list[Plane]  # the planes through three models (config `planes`)
 
     @property
     def names(self) -> list[str]:
@@ -124,4 +140,6 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
     pairs = [Pair(a, b) for a, b in schedule.chosen_pairs([m.name for m in cfg.models], cfg.pairs)]
     if cfg.dtype == "auto":
         cfg = dataclasses.replace(cfg, dtype=concrete_dtype(cfg.dtype, on_gpus(cfg)))
-    return Plan(cfg, [f.revision for f in found], labels, datas, pairs)
+    index = {m.name: i for i, m in enumerate(cfg.models)}
+    planes = [Plane(*(index[n] for n in t)) for t in (cfg.planes.triples if cfg.planes else [])]
+    return Plan(cfg, [f.revision for f in found], labels, datas, pairs, planes)

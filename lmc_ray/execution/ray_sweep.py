@@ -18,7 +18,7 @@ import yaml
 from . import schedule
 from ..config import ConfigError, SweepConfig
 from ..errors import SweepError, first_line
-from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan
+from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan, Plane, PlaneResult
 from .progress import bar as progress_bar, track
 from ..storage.recorder import Recorder
 from ..compute.residents import Residents
@@ -95,6 +95,10 @@ class ModelActor:
     def pair(self, pair: Pair, end_losses: tuple[float, float], partner: list) -> PairResult:
         # The partner's ref arrives wrapped in a list so Ray does not fetch it unless it is needed.
         return self._timed(self.res.pair, pair, end_losses, lambda: ray.get(partner[0]))
+
+    def plane(self, plane: Plane, partners: list) -> PlaneResult:
+        """partners: [ref to b's weights or None, the same for c] (None: resident here)."""
+        return self._timed(self.res.plane, plane, lambda: ray.get(partners[0]), lambda: ray.get(partners[1]))
 
 
 def init() -> str:
@@ -396,6 +400,15 @@ def _run(plan: Plan, rec: Recorder, progress: bool) -> None:
         if queues[k]:
             submit(k)
     bar.close()
+
+    # Planes: each on the actor holding its origin, its other two models published for it if held elsewhere.
+    for q in rec.planes:
+        k, what = actor_of[q.a], f"plane:{'|'.join(plan.names[m] for m in q)}"
+        make = (lambda actor, _, q=q, k=k, what=what: actor.plane.options(name=what).remote(
+            q, [actors[actor_of[m]].weights.remote(m) if actor_of[m] != k else None for m in (q.b, q.c)]))
+        pool.submit(k, what, make)
+    for _, result in track((pool.next() for _ in rec.planes), len(rec.planes), "planes", "plane", not progress):
+        rec.plane(result)
     if len(actors) > 1:  # is the work spread evenly? (an actor restarted mid-sweep counts from its restart)
         busy = ray.get([a.busy_time.remote() for a in actors])
         log.info("actors busy %.1f to %.1f s (spread %.0f%% of the mean)", min(busy), max(busy),

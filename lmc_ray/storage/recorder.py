@@ -15,8 +15,9 @@ import numpy as np
 
 from ..compute.metrics import LOSS
 from ..errors import Interrupted
-from ..execution.plan import Endpoint, EndpointResult, Pair, PairResult, Plan
-from .store import Store, endpoint_examples, endpoint_table, metrics_from_endpoint, pair_examples, pair_table
+from ..execution.plan import Endpoint, EndpointResult, Pair, PairResult, Plan, Plane, PlaneResult
+from .store import (Store, endpoint_examples, endpoint_table, metrics_from_endpoint, pair_examples, pair_table,
+                    plane_table)
 
 log = logging.getLogger("lmc_ray")
 
@@ -46,6 +47,7 @@ class Recorder:
             lacks = self._lacking(line, lambda g, p=p: self._key(p) in self.store.done_pairs(g))
             if lacks:
                 self.pairs.append(Pair(p.a, p.b, () if lacks == line else lacks))
+        self.planes: list[Plane] = [q for q in plan.planes if not self.store.has(self._plane_file(q))]
         stored = len(plan.pairs) - len(self.pairs)
         if stored or len(self.pairs) < len(plan.pairs):
             log.info("store %s: %d pairs already stored, %d to compute", cfg.store, stored, len(self.pairs))
@@ -73,7 +75,16 @@ class Recorder:
 
     @property
     def complete(self) -> bool:
-        return not self.pairs and not self.endpoints
+        return not self.pairs and not self.endpoints and not self.planes
+
+    def _plane_file(self, q: Plane) -> str:
+        return Store.plane_file(*(self.index[m] for m in q), self.plan.cfg.planes.grid, self.plan.cfg.planes.margin)
+
+    def plane(self, result: PlaneResult) -> None:
+        on = self.plan.on_line
+        names = tuple(self.plan.names[m] for m in result.plane)
+        self.store.put_table(self._plane_file(result.plane),
+                             plane_table(names, [self._subsets[k] for k in on], result.points, result.metrics))
 
     def _by_group(self, sets: tuple[int, ...]):
         """(group, positions in `sets`, config indices) for each group among `sets`: one file each."""

@@ -44,6 +44,11 @@ _METRIC_FIELDS = [("eval_set", pa.string()), ("subset", pa.string()), ("n_exampl
 CURVE_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()),
                           *_METRIC_FIELDS, ("distance", pa.float64())])
 ENDPOINT_SCHEMA = pa.schema([("model", pa.string()), *_METRIC_FIELDS])
+# A plane's rows: its three models, each point's place (x, y: true distances; s, t: the mix; vertex: "A"/"B"/"C"
+# at a model, "" on the grid), then the metrics.
+PLANE_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.string()), ("model_c", pa.string()),
+                          *[(c, pa.float64()) for c in ("x", "y", "s", "t")], ("vertex", pa.string()),
+                          *_METRIC_FIELDS])
 _EXAMPLE_FIELDS = [("eval_set", pa.string()), ("example", pa.int32()), ("loss", pa.float32()),
                    ("correct", pa.float32())]
 PAIR_EXAMPLES_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.string()), ("alpha", pa.float64()),
@@ -221,6 +226,19 @@ class Store:
     def endpoint_file(i: int, examples: bool = False, group: int = 0) -> str:
         return f"{'examples/' if examples else ''}endpoints/model-{i:05d}{f'-g{group}' if group else ''}.parquet"
 
+    @staticmethod
+    def plane_file(i: int, j: int, k: int, grid: int, margin: float) -> str:
+        """Store indices in the plane's order (i is its origin); the folder names the grid, so another grid is
+        another set of files."""
+        return f"planes/n{grid}_m{margin:g}/plane-{i:05d}-{j:05d}-{k:05d}.parquet"
+
+    def has(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def planes(self):
+        """Every stored plane's points as one pyarrow dataset (columns: PLANE_SCHEMA)."""
+        return self._dataset("planes", PLANE_SCHEMA)
+
     def write_pair(self, i: int, j: int, table: pa.Table, examples: bool = False, group: int = 0) -> None:
         self.put_table(self.pair_file(i, j, examples, group), table)
 
@@ -338,3 +356,16 @@ def endpoint_examples(model: str, sets: list[str], examples: list[np.ndarray]) -
 
 def pair_examples(model_a: str, model_b: str, sets: list[str], by_alpha: dict[float, list[np.ndarray]]) -> pa.Table:
     return _pair_rows(model_a, model_b, by_alpha, lambda e: _example_columns(sets, e), PAIR_EXAMPLES_SCHEMA)
+
+
+def plane_table(names: tuple[str, str, str], subsets: SetSubsets, points, metrics: list[list[np.ndarray]]) -> pa.Table:
+    """One block of rows per point of the plane (compute/plane.py), each point's metrics per set and subset."""
+    parts = []
+    for p, m in zip(points, metrics):
+        cols = _metric_columns(subsets, m)
+        n = len(cols["eval_set"])
+        place = {"model_a": [names[0]] * n, "model_b": [names[1]] * n, "model_c": [names[2]] * n,
+                 "x": [p.x] * n, "y": [p.y] * n, "s": [p.s] * n, "t": [p.t] * n, "vertex": [p.vertex] * n}
+        parts.append(pa.table({**place, **cols}, schema=PLANE_SCHEMA))
+    return pa.concat_tables(parts)
+
