@@ -45,6 +45,8 @@ class ModelSpec:
     labels: Annotated[list[str], Field(min_length=2)] | None = None
     """The checkpoint's class names in id order, for checkpoints saved with generic LABEL_i names (label orders are
     matched by name, so they must be known)."""
+    step: str | None = None
+    """The training step this checkpoint was saved at, for populations swept at several steps (set by `steps:`)."""
 
     def __post_init__(self):
         self.ref = same_ref(self.ref)
@@ -126,6 +128,8 @@ class SweepConfig:
     alphas: list[float] = field(default_factory=lambda: grid(10))
     """Grid size (10, the paper's) or a list such as [0, 0.5, 1]."""
     pairs: str | dict[str, Any] = "all"
+    across_steps: bool = False
+    """With models at several training steps (`steps:`), also the pairs between steps (default: within each)."""
     """Which pairs get a line: all (the paper's N(N−1)/2), {anchors: [model names]} (every model against each
     anchor), or {file: PATH} (two model names a line). The cluster job needs all for basins."""
     planes: PlanesSpec | None = None
@@ -222,12 +226,24 @@ def _models(raw) -> list[ModelSpec]:
         if isinstance(item, str):
             out += [ModelSpec(r) for r in expand(item)]
         elif isinstance(item, dict) and "ref" in item:
-            spec = build(ModelSpec, item, f"config: model {item['ref']!r}")  # every key checked before expanding
+            where = f"config: model {item['ref']!r}"
+            unknown = sorted(set(item) - {"ref", "name", "labels", "steps"})
+            if unknown:  # `step` is set by expanding `steps`, not written
+                raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: labels, name, ref, steps)")
+            steps = item.get("steps")
+            if steps is not None and not (isinstance(steps, list) and steps and all(
+                    s == "final" or (isinstance(s, int) and not isinstance(s, bool) and s > 0) for s in steps)):
+                raise ConfigError(f"{where}: steps must be a list of positive step numbers and/or final, got {steps!r}")
+            # every other key checked before expanding
+            spec = build(ModelSpec, {k: v for k, v in item.items() if k != "steps"}, where)
             refs = expand(spec.ref)
-            names = expand(item["name"]) if item.get("name") else [""] * len(refs)
+            names = expand(item["name"]) if item.get("name") else [same_ref(r) for r in refs]
             if len(names) != len(refs):
-                raise ConfigError(f"config: model {item['ref']!r}: 'name' expands to {len(names)} names for {len(refs)} refs")
-            out += [ModelSpec(r, n, spec.labels) for r, n in zip(refs, names)]
+                raise ConfigError(f"{where}: 'name' expands to {len(names)} names for {len(refs)} refs")
+            for r, n in zip(refs, names):
+                # A checkpoint saved at step S of the model at REF lives at REF-stepS (finetune's save_steps).
+                out += [ModelSpec(r if s == "final" else f"{r}-step{s}", f"{n}@{s}", spec.labels, str(s))
+                        for s in steps] if steps else [ModelSpec(r, n if item.get("name") else "", spec.labels)]
         else:
             raise ConfigError(f"config: model entry {item!r} must be a string or a mapping with 'ref'")
     return out

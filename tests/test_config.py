@@ -74,7 +74,7 @@ def test_explicit_alphas_are_sorted():
     ({"max_retries": True}, "max_retries must be a non-negative integer, got True"),
     ({"refine": "2"}, "refine must be a non-negative integer, got '2'"),  # strict: YAML's quoted "2" is a string
     ({"models": [{"ref": "m{0..1}", "labels": ["only"]}]}, "labels must be a list of (a string) of at least 2"),
-    ({"models": [{"ref": "m{0..1}", "lables": ["a", "b"]}]}, "unknown key 'lables' (known: labels, name, ref)"),
+    ({"models": [{"ref": "m{0..1}", "lables": ["a", "b"]}]}, "unknown key 'lables' (known: labels, name, ref, steps)"),
     ({"pairs": "some"}, "pairs must be 'all', {anchors: [names]} or {file: PATH}, got 'some'"),
     ({"pairs": {"anchors": ["a/m9"]}}, "pairs anchors: 'a/m9' is not a model name"),
 ])

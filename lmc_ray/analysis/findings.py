@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from . import barriers as B
 from . import clusters as C
+from . import dynamics
 from ..errors import ConfigError, cause
 from ..execution.progress import track
 from ..storage.store import Store
@@ -31,6 +32,9 @@ class Analysis:
     correlations: pd.DataFrame
     diagnostic: list[str]  # eval sets with role diagnostic
     endpoints_only: list[str]  # eval sets scored once per model, never on the lines
+    # A population swept at several training steps: model, step, cluster, score (dynamics.run); the fields above
+    # are then about the last step's models.
+    dynamics: pd.DataFrame | None = None
 
     def labels(self, method: str = "paper") -> np.ndarray:
         sel = self.clusters[self.clusters.method == method].set_index("model").cluster
@@ -42,13 +46,16 @@ class BarriersOnly(Exception):
 
 
 def _read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
-    """The models of the store's last run (a model left out of it keeps its data, out of the analysis), that run's
-    configuration, and their curves and endpoints."""
+    """The models to analyse (those of the store's last run: a model left out of it keeps its data, out of the
+    analysis; of a population swept at several steps, the last step's), that run's configuration, and the curves
+    and endpoints of every model of that run."""
     fp = store.meta()["fingerprint"]
-    names = [m["name"] for m in fp["models"]]
+    active = [m["name"] for m in fp["models"]]
+    last = (dynamics.steps(fp["models"]) or [None])[-1]
+    names = [m["name"] for m in fp["models"] if m.get("step") == last]
     curves, ends = store.curves().to_table().to_pandas(), store.endpoints().to_table().to_pandas()
-    return (names, fp, curves[curves.model_a.isin(names) & curves.model_b.isin(names)].reset_index(drop=True),
-            ends[ends.model.isin(names)].reset_index(drop=True))
+    return (names, fp, curves[curves.model_a.isin(active) & curves.model_b.isin(active)].reset_index(drop=True),
+            ends[ends.model.isin(active)].reset_index(drop=True))
 
 
 def intervals(store: Store, fp: dict, n_boot: int, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
@@ -118,7 +125,9 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
         level: float = 0.95, scores_file: str | None = None) -> Analysis:
     """`bootstrap` replicates per barrier interval: default 1000 where the sweep kept per-example values;
     `scores_file`: per-model results from elsewhere, joined to the clusters like the store's own (see scores)."""
-    names, fp, curves, ends = _read(store)
+    names, fp, every_curve, every_end = _read(store)
+    curves = every_curve[every_curve.model_a.isin(names) & every_curve.model_b.isin(names)]
+    ends = every_end[every_end.model.isin(names)]
     n_pairs = curves.groupby(["model_a", "model_b"]).ngroups
     if fp.get("pairs", "all") != "all":
         store.put_table("barriers.parquet", pa.Table.from_pandas(B.table(curves), preserve_index=False))
@@ -174,15 +183,19 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
     corr = [{"metric": key, "score": name,
              **dict(zip(("pearson_r", "p_value"), C.correlation(score, wide[key].to_numpy())))}
             for key in wide.columns for name, score in spectral.items()]
+    moves = (dynamics.run(fp, every_curve, every_end, eval_set, metric) if len(dynamics.steps(fp["models"])) > 1
+             else None)
     return Analysis(names, eval_set, metric, curves, bar, mat, clusters, summary, per_model, pd.DataFrame(stats),
-                    pd.DataFrame(corr), diag_sets, [e["name"] for e in fp["eval_sets"] if e.get("endpoints_only")])
+                    pd.DataFrame(corr), diag_sets, [e["name"] for e in fp["eval_sets"] if e.get("endpoints_only")],
+                    moves)
 
 
 def write(store: Store, a: Analysis) -> None:
     """barriers.parquet, clusters.parquet, barrier_matrix.parquet beside the curves (atomic, like the curves)."""
     matrix = pd.DataFrame(a.matrix, columns=a.names).assign(model=a.names)[["model", *a.names]]
     for rel, df in (("barriers.parquet", a.barriers), ("barrier_matrix.parquet", matrix),
-                    ("clusters.parquet", a.clusters.assign(eval_set=a.eval_set, metric=a.metric))):
+                    ("clusters.parquet", a.clusters.assign(eval_set=a.eval_set, metric=a.metric)),
+                    *([("dynamics.parquet", a.dynamics)] if a.dynamics is not None else [])):
         store.put_table(rel, pa.Table.from_pandas(df, preserve_index=False))
 
 
@@ -203,6 +216,14 @@ def text_summary(a: Analysis) -> str:
     if s.get("bootstrap"):
         lines.append(f"{s['level']:.0%} bootstrap intervals ({s['bootstrap']} resamples of the examples): median width "
                      f"{s['median_interval_width']:.4f}; barrier_lo / barrier_hi in barriers.parquet")
+    if a.dynamics is not None:
+        moves = dynamics.moved(a.dynamics)
+        order = list(dict.fromkeys(a.dynamics.step))
+        lines.append(f"dynamics over steps {', '.join(order)}: models per cluster " + "; ".join(
+            f"{step}: {a.dynamics[a.dynamics.step == step].cluster.value_counts().sort_index().tolist()}"
+            for step in order) + f"; {moves.model.nunique()} of {a.dynamics.model.nunique()} models changed cluster"
+            + (": " + ", ".join(f"{r.model} {r.cluster_from}→{r.cluster_to} after {r.step_from}"
+                                for r in moves.head(12).itertuples()) if len(moves) else ""))
     if s["nan_pairs"]:
         sel = a.barriers[(a.barriers.eval_set == a.eval_set) & (a.barriers.metric == a.metric) & a.barriers.barrier.isna()]
         shown = "; ".join(f"{r.model_a}|{r.model_b}" for r in sel.head(10).itertuples())

@@ -203,6 +203,24 @@ def planes(store: Store, a: Analysis) -> bytes | None:
     return _png(fig)
 
 
+def dynamics(a: Analysis) -> bytes:
+    """Who moved where: one row per model, one column per saved step, coloured by cluster (numbered to follow the
+    step before), each cell with the model's score at that step."""
+    d = a.dynamics
+    steps = list(dict.fromkeys(d.step))
+    models = sorted(d.model.unique(), key=lambda m: (tuple(d[d.model == m].cluster), m))
+    clusters = d.pivot(index="model", columns="step", values="cluster").loc[models, steps]
+    scores = d.pivot(index="model", columns="step", values="score").loc[models, steps]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(steps), 0.9 + 0.32 * len(models)))
+    ax.imshow(clusters.to_numpy(), cmap="tab10", vmin=0, vmax=9, aspect="auto")
+    for (r, c), v in np.ndenumerate(scores.to_numpy()):
+        ax.text(c, r, f"{clusters.iat[r, c]}  {v:.2f}", ha="center", va="center", fontsize=8, color="white")
+    ax.set_xticks(range(len(steps)), [f"step {s}" for s in steps])
+    ax.set_yticks(range(len(models)), _short(models), fontsize=8)
+    ax.set_title("cluster (colour, number) and diagnostic score at each step")
+    return _png(fig)
+
+
 def write(store: Store, a: Analysis, ood: str | None = None) -> str:
     """STORE/report/index.html and its PNGs; returns the index path. `ood`: a per-model column (default ood_key)."""
     figures = {"heatmap.png": heatmap(a), "curves.png": curves(a), "diagnostic_histograms.png": histograms(a)}
@@ -214,6 +232,8 @@ def write(store: Store, a: Analysis, ood: str | None = None) -> str:
                         "scatter.png": scatter(a, ood)})
     if "barrier_lo" in a.barriers:
         figures["intervals.png"] = intervals(a)
+    if a.dynamics is not None:
+        figures["dynamics.png"] = dynamics(a)
     plane_figure = planes(store, a)
     if plane_figure is not None:
         figures["planes.png"] = plane_figure
@@ -231,6 +251,7 @@ img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}
 {'<h2>The best and worst models out of distribution</h2><img src="extremes.png" alt="extremes">' if ood else ""}
 {'<h2>Spectral score against the OOD score</h2><img src="scatter.png" alt="scatter">' if ood else ""}
 {'<h2>Barriers with bootstrap intervals</h2><img src="intervals.png" alt="intervals">' if "intervals.png" in figures else ""}
+{'<h2>Basins during training: who moved where</h2><img src="dynamics.png" alt="dynamics">' if a.dynamics is not None else ""}
 {'<h2>Planes through three models</h2><img src="planes.png" alt="planes">' if "planes.png" in figures else ""}
 <h2>Diagnostic accuracy per cluster</h2><img src="diagnostic_histograms.png" alt="histograms">
 <h3>Per cluster</h3>{_table(a.per_cluster)}

@@ -137,7 +137,9 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
     except Exception as e:
         raise ConfigError(f"tokenizer {source!r}: cannot load ({type(e).__name__})") from None
     datas = [prepare_data(e, tokenizer, labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
-    pairs = [Pair(a, b) for a, b in schedule.chosen_pairs([m.name for m in cfg.models], cfg.pairs)]
+    steps = [m.step for m in cfg.models]
+    pairs = [Pair(a, b) for a, b in schedule.chosen_pairs([m.name for m in cfg.models], cfg.pairs)
+             if cfg.across_steps or steps[a] == steps[b]]  # a population at several steps: lines within each
     if cfg.dtype == "auto":
         cfg = dataclasses.replace(cfg, dtype=concrete_dtype(cfg.dtype, on_gpus(cfg)))
     index = {m.name: i for i, m in enumerate(cfg.models)}

@@ -50,6 +50,9 @@ class FinetuneConfig:
     max_length: Positive = 128
     cache_dir: str = "~/.cache/lmc_ray"
     storage_options: dict = field(default_factory=dict)
+    save_steps: list[Annotated[int, Field(ge=1)]] = field(default_factory=list)
+    """Also keep the model at these steps, each a loadable checkpoint at OUTPUT/seed_k-stepN (a sweep names them with
+    `steps: [N, ..., final]`), for basin commitment during training."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: the trial's GPU when it has one (Ray Tune gives each trial gpus_per_trial), else the CPU."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -75,8 +78,8 @@ def load_data(cfg: FinetuneConfig, tokenizer) -> tuple[EvalData, list[EvalData]]
     return train, [prepare(e, tokenizer, cfg.labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
 
 
-def model_url(cfg: FinetuneConfig, seed: int) -> str:
-    return f"{cfg.output.rstrip('/')}/seed_{seed}"
+def model_url(cfg: FinetuneConfig, seed: int, step: int | None = None) -> str:
+    return f"{cfg.output.rstrip('/')}/seed_{seed}{f'-step{step}' if step else ''}"
 
 
 def exists(cfg: FinetuneConfig, seed: int) -> bool:
@@ -123,6 +126,8 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
         opt.step()
         sched.step()
         opt.zero_grad()
+        if step in cfg.save_steps:
+            save(model, tok, cfg, seed, step)
         if step in report_at:
             model.eval()
             metrics = {"step": step, "train_loss": loss.item()}
@@ -140,11 +145,12 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
     return metrics
 
 
-def save(model, tok, cfg: FinetuneConfig, seed: int) -> None:
-    """HF checkpoint (model + tokenizer) at OUTPUT/seed_k, with a DONE marker written last."""
+def save(model, tok, cfg: FinetuneConfig, seed: int, step: int | None = None) -> None:
+    """HF checkpoint (model + tokenizer) at OUTPUT/seed_k (or the step's OUTPUT/seed_k-stepN), with a DONE marker
+    written last."""
     import fsspec
 
-    url = model_url(cfg, seed)
+    url = model_url(cfg, seed, step)
     fs, root = fsspec.core.url_to_fs(url, **cfg.storage_options)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
