@@ -137,8 +137,13 @@ def demo(argv=None) -> None:
     p = argparse.ArgumentParser(description=demo.__doc__.splitlines()[0])
     p.add_argument("--models", type=int, default=d.DemoConfig.n_models, help="how many copies to finetune")
     p.add_argument("--workdir", default=d.DemoConfig.workdir, help="models, store and report go here")
+    p.add_argument("--steps", type=int, nargs="+", default=[], metavar="N",
+                   help="also keep each model at these training steps and follow the basins across them "
+                        "(use another --workdir: the default one's models have no steps kept)")
+    p.add_argument("--planes", type=int, default=0, metavar="K",
+                   help="K planes through a basin boundary, chosen by the cluster job, swept and drawn")
     args = p.parse_args(argv)
-    d.run(d.DemoConfig(n_models=args.models, workdir=args.workdir))
+    d.run(d.DemoConfig(n_models=args.models, workdir=args.workdir, save_steps=tuple(args.steps), planes=args.planes))
 
 
 def configs(argv=None) -> None:

@@ -190,6 +190,25 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
                     moves)
 
 
+def plane_triples(a: Analysis, k: int = 1) -> list[list[str]]:
+    """Up to k triples for planes through a basin boundary: two models of the largest cluster (the pair with the
+    lowest barrier between them) and the model of another cluster with the highest barrier to the first. None when
+    the paper's recipe found one cluster only."""
+    labels = a.labels()
+    big = np.bincount(labels).argmax()
+    inside = [i for i in range(len(a.names)) if labels[i] == big]
+    outside = [i for i in range(len(a.names)) if labels[i] != big]
+    if len(inside) < 2 or not outside:
+        return []
+    m = np.nan_to_num(a.matrix, nan=np.inf)
+    pairs = sorted((m[i, j], i, j) for i in inside for j in inside if i < j)
+    out = []
+    for _, i, j in pairs[:k]:
+        far = max(outside, key=lambda o: (m[i, o], -o))
+        out.append([a.names[i], a.names[j], a.names[far]])
+    return out
+
+
 def write(store: Store, a: Analysis) -> None:
     """barriers.parquet, clusters.parquet, barrier_matrix.parquet beside the curves (atomic, like the curves)."""
     matrix = pd.DataFrame(a.matrix, columns=a.names).assign(model=a.names)[["model", *a.names]]

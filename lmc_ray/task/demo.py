@@ -5,13 +5,13 @@ Every stage is cached or resumable, so a second run only re-reads what the first
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..analysis import findings, report
 from ..execution import plan, ray_sweep
 from . import pretrain, ray_finetune, toynli
-from ..config import EvalSetSpec, ModelSpec, SweepConfig, grid
+from ..config import EvalSetSpec, ModelSpec, PlanesSpec, SweepConfig, grid
 from .finetune import FinetuneConfig
 from ..storage.store import Store
 
@@ -27,6 +27,10 @@ class DemoConfig:
     pretrain_steps: int = 1000  # word-matching pretraining of the shared start (pretrain.py; docs/demo.md)
     max_examples: int = 512
     cache_dir: str = "~/.cache/lmc_ray"
+    # Basins during training: keep the models at these steps too and sweep each step (analysis/dynamics.py).
+    save_steps: tuple[int, ...] = ()
+    # Planes through a basin boundary, chosen by the cluster job (findings.plane_triples), then swept and drawn.
+    planes: int = 0
 
 
 def _spec(name: str, path: Path, **kw) -> EvalSetSpec:
@@ -39,9 +43,14 @@ def configs(d: DemoConfig, base: Path, data: dict[str, Path]) -> tuple[FinetuneC
     diag = _spec("diagnostic", data["diagnostic"], max_examples=d.max_examples, subsets=["subcase"], role="diagnostic")
     ft = FinetuneConfig(base=str(base), train=_spec("train", data["train"], max_examples=None), eval_sets=[val, diag],
                         labels=toynli.LABELS, output=str(work / "models"), seeds=list(range(d.n_models)),
-                        epochs=d.epochs, lr=d.lr, batch_size=d.batch_size, cache_dir=d.cache_dir)
-    sweep = SweepConfig(models=[ModelSpec(str(work / "models" / f"seed_{s}"), f"seed_{s}") for s in ft.seeds],
-                        eval_sets=[val, diag], store=str(work / "store"), alphas=grid(10), cache_dir=d.cache_dir)
+                        epochs=d.epochs, lr=d.lr, batch_size=d.batch_size, cache_dir=d.cache_dir,
+                        save_steps=list(d.save_steps))
+    steps = [*d.save_steps, "final"] if d.save_steps else [None]
+    models = [ModelSpec(str(work / "models" / (f"seed_{s}-step{n}" if n not in (None, "final") else f"seed_{s}")),
+                        f"seed_{s}@{n}" if n else f"seed_{s}", step=str(n) if n else None)
+              for s in ft.seeds for n in steps]
+    sweep = SweepConfig(models=models, eval_sets=[val, diag], store=str(work / "store"), alphas=grid(10),
+                        cache_dir=d.cache_dir)
     return ft, sweep
 
 
@@ -68,8 +77,13 @@ def run(d: DemoConfig = DemoConfig()) -> dict[str, float]:
     store = Store(sweep.store)
     a = findings.run(store, "validation")
     findings.write(store, a)
-    index = report.write(store, a)
     times["cluster"] = time.perf_counter() - t
+    triples = findings.plane_triples(a, d.planes) if d.planes else []
+    if triples:
+        t = time.perf_counter()
+        ray_sweep.run(plan.prepare(replace(sweep, planes=PlanesSpec(triples)), ray_sweep.on_gpus))
+        times["planes"] = time.perf_counter() - t
+    index = report.write(store, a)
 
     print(findings.text_summary(a))
     print(_table(a))
