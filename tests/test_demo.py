@@ -44,3 +44,25 @@ def test_word_matching_labels_each_hypothesis_token_by_the_premise():
     hyp, found = in_premise(ids, types, special)
     assert hyp[0].tolist() == [False] * 5 + [True, True, True, False, False]
     assert found[0][hyp[0]].tolist() == [1, 1, 0]  # 9 and 7 are in the premise, 5 is not
+
+
+def test_demo_with_steps_and_planes(ray_local, tmp_path, capsys):
+    """`lmc-ray demo --steps 4 --planes 1`, small: the models kept at step 4 too, both steps swept and followed,
+    one plane through the basin boundary chosen by the cluster job and drawn in the report."""
+    import pandas as pd
+
+    d = demo.DemoConfig(workdir=str(tmp_path / "demo"), n_models=4, epochs=0.1, cache_dir=str(tmp_path / "cache"),
+                        max_examples=48, pretrain_steps=20, save_steps=(4,), planes=1)
+    demo.run(d)
+    out = capsys.readouterr().out
+    store = Path(d.workdir) / "store"
+    dyn = pd.read_parquet(store / "dynamics.parquet")
+    assert len(dyn) == 8 and list(dict.fromkeys(dyn.step)) == ["4", "final"]
+    assert len(list((store / "curves").glob("pair-*.parquet"))) == 12  # 6 pairs within each step
+    (plane,) = list((store / "planes").rglob("plane-*.parquet"))
+    rows = pd.read_parquet(plane)
+    a, b, c = rows.model_a.iloc[0], rows.model_b.iloc[0], rows.model_c.iloc[0]
+    clusters = pd.read_parquet(store / "clusters.parquet").query("method == 'paper'").set_index("model").cluster
+    assert clusters[a] == clusters[b] != clusters[c]  # two of one basin, one of the other
+    assert {"dynamics.png", "planes.png"} <= {f.name for f in (store / "report").iterdir()}
+    assert "dynamics over steps 4, final" in out
