@@ -184,22 +184,27 @@ def planes(store: Store, a: Analysis) -> bytes | None:
     triples = list(df.groupby(["model_a", "model_b", "model_c"], sort=True))
     if not triples:
         return None
-    fig, axes = plt.subplots(len(triples), 2, figsize=(10, 4.2 * len(triples)), squeeze=False)
+    fig = plt.figure(figsize=(10, 4.6 * len(triples)), layout="constrained")
     cluster = dict(zip(a.names, a.labels()))
-    for row, ((ma, mb, mc), g) in zip(axes, triples):
+    for sub, ((ma, mb, mc), g) in zip(np.atleast_1d(fig.subfigures(len(triples), 1)), triples):
+        row = sub.subplots(1, 2)
+        sub.suptitle(", ".join(f"{v} = {_short([m])[0]} (cluster {cluster[m]})" for v, m in zip("ABC", (ma, mb, mc))))
         grid = g[g.vertex == ""]
         for ax, metric, cmap in zip(row, ("loss", "accuracy"), ("viridis", "viridis_r")):
             table = grid.pivot_table(index="y", columns="x", values=metric)
-            filled = ax.contourf(table.columns, table.index, table.to_numpy(), levels=14, cmap=cmap)
-            fig.colorbar(filled, ax=ax)
-            for _, v in g[g.vertex != ""].iterrows():
-                name = {"A": ma, "B": mb, "C": mc}[v.vertex]
-                ax.plot(v.x, v.y, "o", color="white", markeredgecolor="black")
-                ax.annotate(f"{_short([name])[0]} (cluster {cluster[name]})", (v.x, v.y), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
+            v = table.to_numpy()
+            # The far corners of the margin can be much worse than anything near the models: the colour scale
+            # stops at the 90th percentile (loss) / starts at the 10th (accuracy) so a barrier between them shows.
+            lo, hi = ((np.nanmin(v), np.nanquantile(v, 0.9)) if metric == "loss" else (np.nanquantile(v, 0.1), np.nanmax(v)))
+            levels = np.linspace(lo, hi if hi > lo else lo + 1e-9, 15)
+            filled = ax.contourf(table.columns, table.index, v, levels=levels, cmap=cmap,
+                                 extend="max" if metric == "loss" else "min")
+            sub.colorbar(filled, ax=ax)
+            for _, p in g[g.vertex != ""].iterrows():  # the models as letters; who they are above the row
+                ax.plot(p.x, p.y, "o", color="white", markeredgecolor="black", markersize=13)
+                ax.annotate(p.vertex, (p.x, p.y), ha="center", va="center", fontsize=8, fontweight="bold")
             ax.set_title(f"{metric} on {a.eval_set}")
             ax.set_aspect("equal")
-    fig.tight_layout()
     return _png(fig)
 
 
