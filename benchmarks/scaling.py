@@ -8,7 +8,8 @@ speed); data: the first K real MNLI dev_matched examples; the paper's 10-point Î
 lmc_ray.execution.ray_sweep on a local Ray instance (--actors 2 by default, each holding N / actors resident models, each
 model's weights sent to each actor once). Printed per N: wall seconds, pairs/s, peak memory of the whole
 process tree (driver, raylet, actors; PSS, with summed RSS beside it), and the growth of wall time against N
-and against the number of pairs.
+and against the number of pairs, and how evenly the actors were kept busy (seconds each spent computing: the
+spread is the check that work stays balanced when N is not a multiple of the actors, e.g. --actors 3).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def main():
         with PeakRSS(every=0.5, pss=True) as mem:
             t = time.perf_counter()
             pl = plan.prepare(cfg)
-            ray_sweep.run(pl, progress=False)
+            busy = ray_sweep.run(pl, progress=False)
             wall = time.perf_counter() - t
         pairs = n * (n - 1) // 2
         assert len(Store(pl.cfg.store).done_pairs()) == pairs
@@ -70,7 +71,8 @@ def main():
                      "peak_GiB": mem.peak_pss / 2**30})
         r = rows[-1]
         print(f"N={n:4d}: {pairs:5d} pairs in {wall:7.1f} s, {r['pairs_per_s']:6.2f} pairs/s, peak memory of the "
-              f"whole Ray process tree {r['peak_GiB']:.2f} GiB PSS ({mem.peak / 2**30:.2f} GiB summed RSS)", flush=True)
+              f"whole Ray process tree {r['peak_GiB']:.2f} GiB PSS ({mem.peak / 2**30:.2f} GiB summed RSS); "
+              f"{ray_sweep.balance(busy)}", flush=True)
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
     first = rows[0]

@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 from .errors import ConfigError, first_line
+from .compute import sources
 from .compute.metrics import COLUMNS
 
 
@@ -218,6 +219,12 @@ def expand(ref: str) -> list[str]:
     return out
 
 
+def _at_step(ref: str, step: int) -> str:
+    """Where the checkpoint saved at `step` of the model at `ref` lives: on the hub, a commit of its history
+    (sources.py finds it); elsewhere the folder REF-stepS beside REF (finetune's save_steps)."""
+    return f"{ref}@step:{step}" if sources.kind(ref) == "hub" else f"{ref}-step{step}"
+
+
 def _models(raw) -> list[ModelSpec]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("config: 'models' must be a non-empty list")
@@ -240,9 +247,10 @@ def _models(raw) -> list[ModelSpec]:
             names = expand(item["name"]) if item.get("name") else [same_ref(r) for r in refs]
             if len(names) != len(refs):
                 raise ConfigError(f"{where}: 'name' expands to {len(names)} names for {len(refs)} refs")
+            if steps and sources.kind(refs[0]) == "hub" and "@" in refs[0]:
+                raise ConfigError(f"{where}: steps pick commits on main; give the repository without @revision")
             for r, n in zip(refs, names):
-                # A checkpoint saved at step S of the model at REF lives at REF-stepS (finetune's save_steps).
-                out += [ModelSpec(r if s == "final" else f"{r}-step{s}", f"{n}@{s}", spec.labels, str(s))
+                out += [ModelSpec(r if s == "final" else _at_step(r, s), f"{n}@{s}", spec.labels, str(s))
                         for s in steps] if steps else [ModelSpec(r, n if item.get("name") else "", spec.labels)]
         else:
             raise ConfigError(f"config: model entry {item!r} must be a string or a mapping with 'ref'")

@@ -5,6 +5,7 @@ import pytest
 
 from lmc_ray import config
 from lmc_ray.analysis import dynamics, findings, report
+from lmc_ray.compute import sources
 from lmc_ray.config import EvalSetSpec
 from lmc_ray.execution import local, plan
 from lmc_ray.storage.store import Store
@@ -25,14 +26,27 @@ def test_clusters_are_numbered_to_follow_the_step_before():
         {"model": "a", "step_from": "1", "step_to": "final", "cluster_from": 0, "cluster_to": 1}]
 
 
-def test_steps_expand_to_checkpoints_and_pairs_stay_within_a_step(tmp_path):
+def test_steps_expand_to_checkpoints_and_pairs_stay_within_a_step(tmp_path, monkeypatch):
+    """A local model's step S is the folder REF-stepS beside it; a hub model's, a commit of its history
+    (tests/test_models.py runs that through a hub on loopback)."""
+    monkeypatch.chdir(tmp_path)
+    for k in range(3):
+        (tmp_path / "runs" / f"seed_{k}").mkdir(parents=True)
     raw = {"models": [{"ref": "runs/seed_{0..2}", "name": "s{0..2}", "steps": [40, "final"]}], "store": "x",
            "eval_sets": [{"name": "v", "path": "v.jsonl", "text": "t", "label": "l"}]}
     cfg = config.from_dict(raw)
     assert [(m.name, m.ref, m.step) for m in cfg.models][:3] == [
         ("s0@40", "runs/seed_0-step40", "40"), ("s0@final", "runs/seed_0", "final"), ("s1@40", "runs/seed_1-step40", "40")]
+    hub = config.from_dict(raw | {"models": [{"ref": "connectivity/bert_ft_qqp-{7..8}", "steps": [15000, "final"]}]})
+    assert [(m.name, m.ref) for m in hub.models][:2] == [
+        ("connectivity/bert_ft_qqp-7@15000", "connectivity/bert_ft_qqp-7@step:15000"),
+        ("connectivity/bert_ft_qqp-7@final", "connectivity/bert_ft_qqp-7")]
     with pytest.raises(config.ConfigError, match=r"steps must be a list of positive step numbers and/or final"):
         config.from_dict(raw | {"models": [{"ref": "m{0..1}", "steps": ["last"]}]})
+    with pytest.raises(config.ConfigError, match=r"steps pick commits on main; give the repository without @revision"):
+        config.from_dict(raw | {"models": [{"ref": "org/m{0..1}@dev", "steps": [1, "final"]}]})
+    with pytest.raises(config.ConfigError, match=r"model 'org/m0@step:1': finding the commit of a step needs the hub"):
+        sources.inspect("org/m0@step:1", cache_dir=str(tmp_path / "cache"))  # tests run with HF_HUB_OFFLINE=1
 
 
 def test_checkpoints_at_steps_are_swept_within_each_step_and_followed_across(tmp_path):

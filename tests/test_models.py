@@ -207,3 +207,61 @@ def test_a_flax_only_checkpoint_is_converted_not_refused(tmp_path, population):
     (flax / "flax_model.msgpack").write_bytes(b"\x93not flax")
     with pytest.raises(ConfigError, match="model '.*flax_only': cannot read flax_model.msgpack"):
         sources.inspect(str(flax), str(tmp_path / "cache2"))
+
+
+def test_hub_models_and_their_steps_through_a_hub_on_loopback(tmp_path, population):
+    """The hub path for real (huggingface_hub against lmc_ray.testing.hub on 127.0.0.1, in a fresh process with
+    HF_ENDPOINT set): `steps: [100, final]` sweeps each repository at the newest commit whose message names step
+    100 — not the commit of step 1000, which the paper's substring match would take — and at main; each is
+    pinned to its commit, and its values equal the same weights swept from local folders."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import yaml
+
+    from lmc_ray.testing.hub import LocalHub
+
+    from conftest import sweep_config
+
+    hub = LocalHub()
+    try:
+        pins = {}
+        for k, (early, late) in enumerate([(population[0], population[1]), (population[2], population[3])]):
+            pins[f"m{k}@100"] = hub.commit(f"lmcray/tiny{k}", early, "Saving weights and logs of step 100")
+            hub.commit(f"lmcray/tiny{k}", late, "Saving weights and logs of step 1000")
+            pins[f"m{k}@final"] = hub.commit(f"lmcray/tiny{k}", late, "Added training logs")
+        cfg = sweep_config([], tmp_path / "store", alphas=3)
+        cfg["models"] = [{"ref": "lmcray/tiny{0..1}", "name": "m{0..1}", "steps": [100, "final"]}]
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hf"),
+               "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+
+        def sweep(cfg: dict) -> subprocess.CompletedProcess:
+            (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+            return subprocess.run([sys.executable, "-c", "import lmc_ray, sys; lmc_ray.sweep(sys.argv[1], "
+                                   "executor='local', progress=False)", str(tmp_path / "cfg.yaml")],
+                                  env=env, capture_output=True, text=True, timeout=300)
+
+        done = sweep(cfg)
+        assert done.returncode == 0, done.stderr
+        weights = json.loads((tmp_path / "store" / "run.json").read_text())["weights"]
+        assert weights == {name: f"hub:{sha}" for name, sha in pins.items()}
+
+        bad = sweep(cfg | {"models": [{"ref": "lmcray/tiny0", "steps": [10, "final"]}], "store": str(tmp_path / "bad")})
+        assert bad.returncode != 0
+        assert bad.stderr.strip().splitlines()[-1].endswith("model 'lmcray/tiny0@step:10': no commit on main names step 10")
+        assert not (tmp_path / "bad").exists()
+    finally:
+        hub.close()
+
+    from lmc_ray import sweep as local_sweep
+
+    local_sweep(cfg | {"models": [{"ref": str(p), "name": n} for p, n in zip(
+        population, ["m0@100", "m0@final", "m1@100", "m1@final"])], "store": str(tmp_path / "ref")},
+        executor="local", progress=False)
+    key = ["model_a", "model_b", "alpha", "eval_set", "subset"]
+    got = pd.read_parquet(tmp_path / "store" / "curves").sort_values(key).reset_index(drop=True)
+    want = pd.read_parquet(tmp_path / "ref" / "curves")
+    want = want[want.model_a.str.split("@").str[1] == want.model_b.str.split("@").str[1]]
+    assert sorted(set(zip(got.model_a, got.model_b))) == [("m0@100", "m1@100"), ("m0@final", "m1@final")]
+    pd.testing.assert_frame_equal(got, want.sort_values(key).reset_index(drop=True), check_exact=False, atol=1e-6)

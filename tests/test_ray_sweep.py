@@ -49,8 +49,9 @@ def test_ray_sweep_is_complete_and_equals_the_core(ray_local, tmp_path, populati
 
     cfg = _two_sets(population, tmp_path / "store", actors=2)
     with caplog.at_level(logging.INFO, logger="lmc_ray"):
-        ray_sweep.run(plan.prepare(cfg), progress=False)
-    assert re.search(r"actors busy [\d.]+ to [\d.]+ s \(spread \d+% of the mean\)", caplog.text), caplog.text
+        busy = ray_sweep.run(plan.prepare(cfg), progress=False)
+    assert len(busy) == 2 and min(busy) > 0  # each actor computed; the log says how evenly
+    assert re.search(r"2 actors busy [\d.]+ to [\d.]+ s \(spread \d+% of the mean\)", caplog.text), caplog.text
     got = _table(cfg.store)
     n, n_alpha = len(population), 5
     subsets = 1 + 3 + 1 + 1  # nli: all + 3 labels; hans: all + the one heuristic,label pair in its first 48 rows

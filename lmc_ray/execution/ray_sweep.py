@@ -329,12 +329,14 @@ class _Partners:
             self.published.pop(m, None)
 
 
-def run(plan: Plan, progress: bool = True) -> None:
+def run(plan: Plan, progress: bool = True) -> list[float]:
+    """Compute what the store lacks; returns the seconds each actor spent computing (empty: nothing to do), so
+    a caller can see whether the work was spread evenly (benchmarks/scaling.py prints it)."""
     with Recorder(plan) as rec:
         if rec.complete:
             log.info("store %s is complete: %d pairs, nothing to compute", plan.cfg.store, len(plan.pairs))
-            return
-        _run(plan, rec, progress)
+            return []
+        return _run(plan, rec, progress)
 
 
 def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]], list]:
@@ -359,7 +361,7 @@ def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]], list]:
     return _Pool(actors, names, cfg.max_retries, need, cfg.resource_timeout), residents, data_refs
 
 
-def _run(plan: Plan, rec: Recorder, progress: bool) -> None:
+def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
     cfg, n = plan.cfg, len(plan.names)
     pool, residents, data_refs = _start(plan, len(rec.pairs))  # noqa: F841 (kept alive until the sweep ends)
     actors = pool.actors
@@ -409,12 +411,19 @@ def _run(plan: Plan, rec: Recorder, progress: bool) -> None:
         pool.submit(k, what, make)
     for _, result in track((pool.next() for _ in rec.planes), len(rec.planes), "planes", "plane", not progress):
         rec.plane(result)
-    if len(actors) > 1:  # is the work spread evenly? (an actor restarted mid-sweep counts from its restart)
-        busy = ray.get([a.busy_time.remote() for a in actors])
-        log.info("actors busy %.1f to %.1f s (spread %.0f%% of the mean)", min(busy), max(busy),
-                 100 * (max(busy) - min(busy)) / max(1e-9, sum(busy) / len(busy)))
+    busy = ray.get([a.busy_time.remote() for a in actors])  # an actor restarted mid-sweep counts from its restart
+    if len(actors) > 1:
+        log.info("%s", balance(busy))
     for actor in actors:
         ray.kill(actor)
+    return busy
+
+
+def balance(busy: list[float]) -> str:
+    """Whether the work was spread evenly over the actors, in words."""
+    mean = max(1e-9, sum(busy) / len(busy))
+    return (f"{len(busy)} actors busy {min(busy):.1f} to {max(busy):.1f} s "
+            f"(spread {100 * (max(busy) - min(busy)) / mean:.0f}% of the mean)")
 
 
 def _get(ref):
