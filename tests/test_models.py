@@ -251,6 +251,13 @@ def test_hub_models_and_their_steps_through_a_hub_on_loopback(tmp_path, populati
         assert bad.returncode != 0
         assert bad.stderr.strip().splitlines()[-1].endswith("model 'lmcray/tiny0@step:10': no commit on main names step 10")
         assert not (tmp_path / "bad").exists()
+
+        # A hostile listing: a file whose name climbs out of the cache is refused, and nothing lands outside it.
+        hub.commit("lmcray/evil", population[0], "v1", extra={"../../../escaped.json": b"{}"})
+        evil = sweep(cfg | {"models": ["lmcray/evil", "lmcray/tiny0"], "store": str(tmp_path / "evil")})
+        assert evil.stderr.strip().splitlines()[-1].endswith("model 'lmcray/evil': remote file '../../../escaped.json' "
+                                                             f"would be written outside the cache {tmp_path / 'hf'}; refused")
+        assert not list(tmp_path.rglob("escaped.json")) and not (tmp_path / "evil").exists()
     finally:
         hub.close()
 

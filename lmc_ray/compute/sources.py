@@ -213,6 +213,8 @@ def _inspect_hub(ref: str, cache: Path) -> Found:
         info = HfApi().model_info(repo, revision=_step_commit(ref, int(step[1])) if step else revision or None)
         pin = f"hub:{info.sha}"
         names = [s.rfilename for s in info.siblings]
+        for n in names:  # refused here, before the store opens, not by each actor's download
+            inside(hub, n, ref)
         if not any(n.endswith(".safetensors") for n in names):  # no header to read: the driver needs the weights
             return Found(loadable(_from_hub(ref, cache, pin), ref, cache), pin, None)
         small = [n for n in names if n.endswith((".json", ".txt", ".model")) and "/" not in n]

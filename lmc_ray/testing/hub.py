@@ -20,9 +20,10 @@ class LocalHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def commit(self, repo: str, folder: Path, title: str) -> str:
-        """A new commit on main holding exactly the files of `folder`; returns its id."""
-        files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+    def commit(self, repo: str, folder: Path, title: str, extra: dict[str, bytes] | None = None) -> str:
+        """A new commit on main holding exactly the files of `folder` (and `extra`, any name: a hostile hub's
+        listing); returns its id."""
+        files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()} | (extra or {})
         history = self.repos.setdefault(repo, [])
         sha = hashlib.sha1(json.dumps([repo, title, len(history)]).encode()
                            + b"".join(hashlib.sha1(b).digest() for b in files.values())).hexdigest()
