@@ -37,14 +37,17 @@ class Recorder:
         self._subsets = [(d.name, d.subsets) for d in plan.datas]
         self._ends: dict[tuple[int, int], np.ndarray] = {}  # (config model, config eval set) -> metrics rows
         every, line = tuple(range(len(self.group))), tuple(plan.on_line)
+        # One listing per eval-set group, not one per model or pair (4,950 listings of an S3 store otherwise).
+        ends = {g: self.store.done_endpoints(g) for g in set(self.group)}
         self.endpoints: list[Endpoint] = []  # still to compute, each on the sets its model lacks
         for e in plan.endpoints:
-            lacks = self._lacking(every, lambda g, i=e.model: self.index[i] in self.store.done_endpoints(g))
+            lacks = self._lacking(every, lambda g, i=e.model: self.index[i] in ends[g])
             if lacks:
                 self.endpoints.append(Endpoint(e.model, () if lacks == every else lacks))
+        done = {g: self.store.done_pairs(g) for g in {self.group[k] for k in line}}
         self.pairs: list[Pair] = []  # still to compute, each on the line sets its pair lacks
         for p in plan.pairs:
-            lacks = self._lacking(line, lambda g, p=p: self._key(p) in self.store.done_pairs(g))
+            lacks = self._lacking(line, lambda g, p=p: self._key(p) in done[g])
             if lacks:
                 self.pairs.append(Pair(p.a, p.b, () if lacks == line else lacks))
         self.planes: list[Plane] = [q for q in plan.planes if not self.store.has(self._plane_file(q))]

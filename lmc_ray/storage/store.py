@@ -138,6 +138,7 @@ class Store:
         # One spelling per store (`run1`, `./run1/`): the lease is per path.
         self.root = os.path.abspath(self.root) if self.local else self.root.rstrip("/")
         self.lease: leases.Lease | None = None
+        self._examples: dict[str, list[str]] = {}  # per-example folder -> its files, listed on first read
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -267,9 +268,14 @@ class Store:
         return self.read(self.endpoint_file(i, group=group))
 
     def read_examples(self, i: int, j: int | None = None) -> pa.Table:
-        """Per-example values of a pair (or, j None, of model i alone), every eval-set group's file together."""
-        pattern = self.pair_file(i, j, True) if j is not None else self.endpoint_file(i, True)
-        files = sorted(self.fs.glob(self.path(pattern.replace(".parquet", "*.parquet"))))
+        """Per-example values of a pair (or, j None, of model i alone), every eval-set group's file together. The
+        folder is listed once per Store: read examples from a Store opened after the sweep that wrote them."""
+        folder, name = (self.pair_file(i, j, True) if j is not None else self.endpoint_file(i, True)).rsplit("/", 1)
+        if folder not in self._examples:  # one listing per Store, not one per pair: the bootstrap reads them all
+            d = self.path(folder)
+            self._examples[folder] = sorted(self.fs.ls(d, detail=False)) if self.fs.exists(d) else []
+        mine = re.compile(re.escape(name[:-len(".parquet")]) + r"(-g\d+)?\.parquet$")
+        files = [f for f in self._examples[folder] if mine.fullmatch(f.rsplit("/", 1)[-1])]
         return pa.concat_tables([self.read(f[len(self.root) + 1:]) for f in files])
 
     def done_endpoints(self, group: int | None = 0) -> set[int]:
