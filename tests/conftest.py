@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny real population, real MNLI text, one real local Ray instance per session."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; fail fast instead of retrying
@@ -153,3 +155,58 @@ class S3Relay:
 
     def close(self):
         self.server.close()
+
+
+@contextlib.contextmanager
+def fake_gpu_cluster(tmp_path, max_workers: int):
+    """Ray's fake autoscaling cluster on this machine: a head with no GPU, a worker type advertising one (fake)
+    GPU, none running. Yields (env, address) for a job to run against it; its processes end with the block.
+    The wheel lacks fake_multi_node/example.yaml, the base config AutoscalingCluster reads: this is it, written
+    out; AutoscalingCluster.start() itself is not used, as it runs `ray stop --force` (every Ray on the machine)."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    import psutil
+    import ray
+    import yaml
+
+
+    root = tempfile.mkdtemp(prefix="fk", dir="/tmp")  # short: Ray's socket paths live under it
+    ip = ray._private.services.get_node_ip_address()
+    port = free_port()
+    autoscaler = {
+        "cluster_name": "lmcray-fake", "max_workers": max_workers, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": f"{ip}:{port}"},
+        "auth": {"ssh_user": "ubuntu"}, "head_node_type": "ray.head.default",
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0,
+                           "max_workers": max_workers}},
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [],
+        "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": []}
+    # Where `ray up` leaves the autoscaler's config on a head: the driver reads the cluster's limits from it.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(autoscaler))
+    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_TMPDIR": root,
+           "RAY_AUTH_MODE": "disabled", "HOME": str(home)}  # loopback only, torn down with the test
+    env.pop("RAY_ADDRESS", None)
+    try:
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+                        f"--temp-dir={root}/ray", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                        f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
+                        "--disable-usage-stats", f"--autoscaling-config={home / 'ray_bootstrap_config.yaml'}"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        yield env, f"{ip}:{port}", root
+    finally:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any(root in part for part in proc.info["cmdline"] or []):
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                except psutil.Error:
+                    pass
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,9 +1,11 @@
 """Finetuning on Ray Tune writes loadable HF checkpoints, one per seed, and skips finished ones."""
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +180,34 @@ def test_a_killed_finetune_job_resumes_its_tune_experiment(tmp_path):
     killed = [s for s in range(3) if s not in saved]
     assert all((tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns > max(before.values())
                for s in killed)
+
+
+@pytest.mark.slow
+def test_finetune_trials_get_gpus_an_autoscaler_starts(tmp_path):
+    """On a GPU cluster that starts with no GPU node (Ray's fake autoscaling cluster: a CPU head, GPU workers on
+    demand), `--gpus-per-trial auto` asks 1 GPU per trial from what the autoscaler may start, which starts the
+    workers; each trial trains (on the CPU here: the GPUs are fake) the same weights as the seed trained alone."""
+    from safetensors.torch import load_file
+
+    from conftest import ROOT, fake_gpu_cluster
+
+    data = toynli.write(tmp_path / "data", n_train=200, n_val=32, per_subcase=4)
+    spec = lambda name: {"path": str(data[name]), "text": ["premise", "hypothesis"], "label": "label"}  # noqa: E731
+    raw = {"base": str(_base(tmp_path, toynli.generate(n_train=200)["train"])), "train": spec("train"),
+           "eval_sets": [], "labels": toynli.LABELS, "output": str(tmp_path / "models"), "seeds": 2, "epochs": 1,
+           "reports": 1}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(raw))
+    with fake_gpu_cluster(tmp_path, max_workers=2) as (env, address, _):
+        run = subprocess.run([sys.executable, str(ROOT / "jobs" / "finetune.py"), "--config", str(tmp_path / "ft.yaml"),
+                              "--experiment-dir", str(tmp_path / "tune")], env={**env, "RAY_ADDRESS": address},
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "2 trial(s) to train, each with 1 CPU and 1 GPU" in run.stderr, run.stderr[-3000:]
+        status = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "--address", address], env=env,
+                                capture_output=True, text=True, timeout=60).stdout
+        assert re.search(r"^ *[12] gpu_worker$", status, re.M), status  # started for the trials
+    alone = finetune.from_dict(raw | {"output": str(tmp_path / "alone")})
+    for seed in (0, 1):
+        finetune.train(alone, seed, threads=1)
+        got, want = (load_file(str(tmp_path / d / f"seed_{seed}" / "model.safetensors")) for d in ("models", "alone"))
+        assert all(torch.equal(got[k], want[k]) for k in want), f"seed {seed} differs from the seed trained alone"

@@ -162,8 +162,7 @@ def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, float]:
     than the cluster can ever have cores (or GPUs, with gpus_per_actor auto), they share them rather than wait
     for resources that will never come.
     """
-    now, most = ray.cluster_resources(), _most()
-    cap = {k: max(float(now.get(k, 0)), float(most.get(k) or 0)) for k in ("CPU", "GPU")}
+    cap = reachable()
     gpus = cfg.gpus_per_actor
     if gpus == "auto":
         gpus = 1.0 if cfg.device == "cuda" or (cfg.device == "auto" and cap["GPU"] > 0) else 0.0
@@ -186,6 +185,12 @@ def on_gpus(cfg: SweepConfig) -> bool:
         return cfg.device == "cuda"
     init()
     return layout(cfg, len(cfg.models))[1] > 0
+
+
+def reachable() -> dict[str, float]:
+    """The CPUs and GPUs the cluster has now or its autoscaler may start (a GPU cluster may start with none)."""
+    now, most = ray.cluster_resources(), _most()
+    return {k: max(float(now.get(k, 0)), float(most.get(k) or 0)) for k in ("CPU", "GPU")}
 
 
 def _most() -> dict[str, float]:

@@ -17,12 +17,11 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
     """Train every seed whose model is not in cfg.output yet; return the model references in seed order.
 
     gpus_per_trial: what each trial asks Ray for (a fraction shares a GPU between trials); auto = 1 when the
-    cluster has GPUs and the config's device is not cpu, else 0."""
-    import ray
+    cluster has GPUs or its autoscaler may start some, and the config's device is not cpu, else 0."""
 
     from ray import tune
 
-    from ..execution.ray_sweep import init
+    from ..execution.ray_sweep import init, reachable
 
     finetune.check(cfg)
     cfg = _absolute(cfg)
@@ -33,7 +32,7 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
         return urls
     init()
     if gpus_per_trial == "auto":
-        gpus_per_trial = 1.0 if cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus_per_trial = 1.0 if cfg.device != "cpu" and reachable()["GPU"] > 0 else 0.0
     log.info("finetune: %d trial(s) to train, each with %g CPU and %g GPU", len(todo), cpus_per_trial, gpus_per_trial)
 
     def trial(config):
