@@ -102,7 +102,7 @@ def finetune(argv=None) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", default="auto", type=lambda v: v if v == "auto" else float(v),
                    help="GPUs each trial asks Ray for, e.g. 0.5 for two trials per GPU (default auto: 1 when the "
-                        "cluster has GPUs, else 0)")
+                        "cluster has GPUs or its autoscaler may start some, else 0)")
     args = p.parse_args(argv)
     path = find(args.config)
     try:

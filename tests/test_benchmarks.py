@@ -1,4 +1,4 @@
-"""The GPU benchmark runs end to end at toy size on a CPU, so it is ready when a GPU is there."""
+"""The GPU benchmarks run end to end at toy size on a CPU, so they are ready when a GPU is there."""
 import re
 import subprocess
 import sys
@@ -26,3 +26,14 @@ def test_gpu_benchmark_prints_a_row_per_technique_at_toy_size():
     assert out.stdout.count("skipped: CUDA graphs need a GPU") == 2
     assert re.search(r"fastest: .+, \d+x the paper's procedure; projected full MNLI sweep [\d.]+ min", out.stdout)
     assert re.search(r"sweep: 3 models, 3 pairs .* in [\d.]+ s", out.stdout)
+
+
+def test_gpu_finetune_benchmark_times_both_dtypes_at_toy_size():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_finetune.py"), "--data-dir", str(DATA),
+                          "--layers", "2", "--hidden", "64", "--heads", "2", "--examples", "256", "--steps", "8"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = dict(re.findall(r"^ *(float32|bfloat16) \| +([\d.]+) \|", out.stdout, re.M))
+    assert set(rows) == {"float32", "bfloat16"} and all(float(v) > 0 for v in rows.values()), out.stdout
+    gap = re.search(r"weights [\d.e+-]+ apart, ([\d.]+)% of the", out.stdout)
+    assert gap and 0 < float(gap[1]) < 50, out.stdout  # bf16 moved the weights, a little
