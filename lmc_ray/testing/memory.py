@@ -15,7 +15,7 @@ import psutil
 
 class PeakRSS:
     """Samples every `every` s while the block runs; `.peak` is the largest total RSS seen, in bytes,
-    `.peak_pss` the largest total PSS (with pss=True, on Linux), and `.samples` every (seconds since start,
+    `.peak_pss` the largest total PSS (with pss=True, on Linux), and `.samples` every (seconds since `.start`,
     RSS bytes, probe()) seen."""
 
     def __init__(self, pid: int | None = None, every: float = 0.1, probe=lambda: None, pss: bool = False,
@@ -39,7 +39,7 @@ class PeakRSS:
     def __enter__(self):
         self._stop = threading.Event()
 
-        start = time.time()
+        start = self.start = time.time()
 
         def run():
             last_pss = -float("inf")
