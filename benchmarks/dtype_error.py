@@ -1,4 +1,4 @@
-"""Reduced precision along the paper's lines: how far bf16 and fp16 land from fp32, on real finetuned models.
+"""Reduced precision along the paper's lines: how far bf16, fp16 and TF32 land from fp32, on real finetuned models.
 
     make demo   # once: finetunes the built-in population into results/demo/models
     .venv/bin/python benchmarks/dtype_error.py [--models results/demo/models] [--max-examples 512]
@@ -12,11 +12,12 @@ and rounded once, logits and losses accumulated in fp32). Against the fp32 sweep
 the loss barrier (paper's definition, on the first in-domain set), of the loss and of the accuracy at every α
 (every set on the lines), and whether the paper's clustering gives the same basins. On a CPU this measures the
 formats' rounding; a GPU's bf16 matmuls accumulate in fp32 too, so the same order of error is expected there
-(benchmarks/gpu.py times it).
+(benchmarks/gpu.py times it). TF32 is a GPU matmul mode: on a CPU it is emulated (lmc_ray/testing/tf32.py), rounding
+and truncating, and its wall time says nothing of a GPU's.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -34,24 +35,26 @@ from lmc_ray.analysis import findings
 from lmc_ray import config
 from lmc_ray.execution import local, plan
 from lmc_ray.storage.store import Store
+from lmc_ray.testing import tf32
 from lmc_ray.testing.machine import machine
 
 
 def main():
     p = config.parser(__doc__.splitlines()[0])
     demo_population.arguments(p)
-    p.add_argument("--dtypes", default="bfloat16,float16")
+    p.add_argument("--dtypes", default="bfloat16,float16,tfloat32")
     args = p.parse_args()
     base = config.load(args, None if args.config else _demo(args))
     on_line = next(e.name for e in base.eval_sets if e.role == "in_domain" and not e.endpoints_only)
     torch.set_num_threads(os.cpu_count())
     work = Path(tempfile.mkdtemp(prefix="lmc-dtype-"))
 
-    def sweep(dtype: str):
-        cfg = replace(base, store=str(work / dtype), dtype=dtype)
+    def sweep(dtype: str, name: str, mode=contextlib.nullcontext()):
+        cfg = replace(base, store=str(work / name), dtype=dtype)
         t = time.perf_counter()
         pl = plan.prepare(cfg)
-        local.run(pl, progress=False)
+        with mode:
+            local.run(pl, progress=False)
         wall = time.perf_counter() - t
         a = findings.run(Store(cfg.store), on_line)
         curves = a.curves.query("subset == 'all'").set_index(["model_a", "model_b", "eval_set", "alpha"])
@@ -59,24 +62,34 @@ def main():
         return wall, a, curves.sort_index(), sizes
 
     try:
-        wall32, ref, ref_curves, sizes = sweep("float32")
+        wall32, ref, ref_curves, sizes = sweep("float32", "float32")
         ref_bar = ref.barriers.query("metric == 'loss'").set_index(["model_a", "model_b", "eval_set"]).barrier
         print(machine())
         print(f"{len(base.models)} models, {ref.curves.groupby(['model_a', 'model_b']).ngroups} pairs x "
               f"{len(base.alphas)} α, examples on the lines: {sizes}; fp32 sweep {wall32:.1f} s, loss barriers on "
               f"{on_line} {ref_bar.min():.4f} .. {ref_bar.max():.4f}")
-        print(f"{'dtype':>9} | wall s | max |Δ barrier| | mean |Δ barrier| | max |Δ loss| | max |Δ accuracy| | "
+        print(f"{'dtype':>27} | wall s | max |Δ barrier| | mean |Δ barrier| | max |Δ loss| | max |Δ accuracy| | "
               f"same basins (ARI)")
-        for dtype in args.dtypes.split(","):
-            wall, a, curves, _ = sweep(dtype)
+        for k, (name, dtype, mode) in enumerate(rows(args.dtypes.split(","), torch.cuda.is_available())):
+            wall, a, curves, _ = sweep(dtype, f"row{k}", mode)
             bar = a.barriers.query("metric == 'loss'").set_index(["model_a", "model_b", "eval_set"]).barrier
             d_bar = (bar - ref_bar).abs()
             d = (curves[["loss", "accuracy"]] - ref_curves[["loss", "accuracy"]]).abs()
             ari = adjusted_rand_score(ref.labels("paper"), a.labels("paper"))
-            print(f"{dtype:>9} | {wall:6.1f} | {d_bar.max():16.2e} | {d_bar.mean():16.2e} | {d.loss.max():12.2e} | "
+            print(f"{name:>27} | {wall:6.1f} | {d_bar.max():16.2e} | {d_bar.mean():16.2e} | {d.loss.max():12.2e} | "
                   f"{d.accuracy.max():16.4f} | {ari:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def rows(dtypes: list[str], gpu: bool):
+    """(row name, sweep dtype, context) per row: TF32 is real on a GPU; on a CPU its matmuls are emulated, once
+    rounding and once truncating the dropped bits (lmc_ray/testing/tf32.py: the two bracket what a GPU does)."""
+    for dtype in dtypes:
+        if dtype == "tfloat32" and not gpu:
+            yield from ((f"tfloat32 (emulated, {r})", "float32", tf32.emulated(r)) for r in ("nearest", "truncate"))
+        else:
+            yield dtype, dtype, contextlib.nullcontext()
 
 
 def _demo(args) -> dict:

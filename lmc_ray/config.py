@@ -142,9 +142,10 @@ class SweepConfig:
     per_example: bool = False
     """Keep every example's loss and correctness at every α (STORE/examples/), so the cluster job can put a
     bootstrap confidence interval on each barrier."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "tfloat32"] = "auto"
     """auto: bfloat16 where the sweep runs on GPUs, float32 on CPUs (core.GPU_DTYPE says why); made concrete before
-    the store is opened, so a store records the precision its values were computed in."""
+    the store is opened, so a store records the precision its values were computed in. tfloat32: fp32 weights with
+    TF32 matmuls, GPUs only."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_tokens: Literal["auto"] | Positive = "auto"
     """Padded tokens per batch (dynamic padding, length-sorted); auto: core.BATCH_TOKENS for the device."""

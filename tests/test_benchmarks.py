@@ -23,7 +23,7 @@ def test_gpu_benchmark_prints_a_row_per_technique_at_toy_size():
     assert float(rows["fp32, padded batches (the old default)"][6]) == 0  # the reference row itself
     for name in ("bf16, padded batches", "bf16, packed (FlexAttention)"):
         assert 0 < float(rows[name][6]) < 1e-2  # bf16 moved the losses, a little
-    assert out.stdout.count("skipped: CUDA graphs need a GPU") == 2
+    assert out.stdout.count("skipped: CUDA graphs need a GPU") == 2 and "skipped: TF32 needs a GPU" in out.stdout
     assert re.search(r"fastest: .+, \d+x the paper's procedure; projected full MNLI sweep [\d.]+ min", out.stdout)
     assert re.search(r"sweep: 3 models, 3 pairs .* in [\d.]+ s", out.stdout)
 
@@ -37,3 +37,20 @@ def test_gpu_finetune_benchmark_times_both_dtypes_at_toy_size():
     assert set(rows) == {"float32", "bfloat16"} and all(float(v) > 0 for v in rows.values()), out.stdout
     gap = re.search(r"weights [\d.e+-]+ apart, ([\d.]+)% of the", out.stdout)
     assert gap and 0 < float(gap[1]) < 50, out.stdout  # bf16 moved the weights, a little
+
+
+def test_dtype_error_benchmark_brackets_tf32_on_a_cpu_by_emulation(tmp_path, population):
+    """On a CPU TF32 is two emulated rows (rounded, truncated); both moved the losses, a little."""
+    import yaml
+
+    from conftest import sweep_config
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump(sweep_config(population[:3], tmp_path / "unused", alphas=10)))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dtype_error.py"), "--config", str(cfg),
+                          "--dtypes", "tfloat32"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r: float(loss) for r, loss in re.findall(
+        r"^ *tfloat32 \(emulated, (\w+)\) \| +[\d.]+ \| +[\d.e+-]+ \| +[\d.e+-]+ \| +([\d.e+-]+) \|", out.stdout, re.M)}
+    assert set(rows) == {"nearest", "truncate"} and all(0 < d < 1e-3 for d in rows.values()), out.stdout
+    assert re.search(r"3 models, 3 pairs x 10 α", out.stdout), out.stdout

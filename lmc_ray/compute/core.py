@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import packed
+from ..errors import ConfigError
 from ..analysis.barriers import refine_points
 from .data import EvalData
 from .evaluate import Evaluator, Examples, Metrics
@@ -16,7 +17,8 @@ from .metrics import LOSS
 from .plane import Point, layout
 from .trim import first_token_only
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# tfloat32: fp32 weights and activations, matmuls on TF32 tensor cores (GPUs since Ampere): no CPU has it.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "tfloat32": torch.float32}
 # What `dtype: auto` means on GPUs. bf16 moved no barrier by more than 5e-3 against fp32 on the paper's 10-point
 # lines of real finetuned models (benchmarks/dtype_error.py, docs/performance.md); fp16 came closer, but has
 # not fp32's range, so a large logit can overflow. CPUs keep the paper's fp32.
@@ -44,6 +46,9 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def concrete_dtype(dtype: str, gpus: bool) -> str:
+    if dtype == "tfloat32" and not gpus:
+        raise ConfigError("dtype 'tfloat32': TF32 is a matmul mode of GPUs (Ampere or newer) and this runs on CPUs; "
+                          "use float32")
     return (GPU_DTYPE if gpus else "float32") if dtype == "auto" else dtype
 
 
@@ -65,6 +70,8 @@ class Core:
                  packing: str | bool = "auto", graphs: bool = True):
         self.device = pick_device(device) if isinstance(device, str) else device
         self.dtype = concrete_dtype(dtype, self.device.type == "cuda")
+        if self.device.type == "cuda":  # process-wide; set by each Core so that one dtype never leaks into another's
+            torch.set_float32_matmul_precision("high" if self.dtype == "tfloat32" else "highest")
         model = template.to(self.device, DTYPES[self.dtype]).eval()
         first_token_only(model)
         self.packing = use_packing(packing, model, self.device)

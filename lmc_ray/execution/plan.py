@@ -140,7 +140,7 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
     steps = [m.step for m in cfg.models]
     pairs = [Pair(a, b) for a, b in schedule.chosen_pairs([m.name for m in cfg.models], cfg.pairs)
              if cfg.across_steps or steps[a] == steps[b]]  # a population at several steps: lines within each
-    if cfg.dtype == "auto":
+    if cfg.dtype in ("auto", "tfloat32"):
         cfg = dataclasses.replace(cfg, dtype=concrete_dtype(cfg.dtype, on_gpus(cfg)))
     index = {m.name: i for i, m in enumerate(cfg.models)}
     planes = [Plane(*(index[n] for n in t)) for t in (cfg.planes.triples if cfg.planes else [])]
