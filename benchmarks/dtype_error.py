@@ -68,7 +68,7 @@ def main():
         print(f"{len(base.models)} models, {ref.curves.groupby(['model_a', 'model_b']).ngroups} pairs x "
               f"{len(base.alphas)} α, examples on the lines: {sizes}; fp32 sweep {wall32:.1f} s, loss barriers on "
               f"{on_line} {ref_bar.min():.4f} .. {ref_bar.max():.4f}")
-        print(f"{'dtype':>27} | wall s | max |Δ barrier| | mean |Δ barrier| | max |Δ loss| | max |Δ accuracy| | "
+        print(f"{'dtype':>29} | wall s | max |Δ barrier| | mean |Δ barrier| | max |Δ loss| | max |Δ accuracy| | "
               f"same basins (ARI)")
         for k, (name, dtype, mode) in enumerate(rows(args.dtypes.split(","), torch.cuda.is_available())):
             wall, a, curves, _ = sweep(dtype, f"row{k}", mode)
@@ -76,7 +76,7 @@ def main():
             d_bar = (bar - ref_bar).abs()
             d = (curves[["loss", "accuracy"]] - ref_curves[["loss", "accuracy"]]).abs()
             ari = adjusted_rand_score(ref.labels("paper"), a.labels("paper"))
-            print(f"{name:>27} | {wall:6.1f} | {d_bar.max():16.2e} | {d_bar.mean():16.2e} | {d.loss.max():12.2e} | "
+            print(f"{name:>29} | {wall:6.1f} | {d_bar.max():16.2e} | {d_bar.mean():16.2e} | {d.loss.max():12.2e} | "
                   f"{d.accuracy.max():16.4f} | {ari:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
