@@ -34,6 +34,7 @@ from lmc_ray.execution import local, plan
 from lmc_ray.compute.core import Core
 from lmc_ray.compute.metrics import LOSS
 from lmc_ray.compute.models import quiet
+from lmc_ray.testing.machine import machine
 from lmc_ray.testing.population import make_population
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def main():
     mnli_path, hans_path = data / "mnli" / "dev_matched.tsv", data / "hans" / "heuristics_evaluation_set.regenerated.tsv"
     mnli = pd.read_csv(mnli_path, sep="\t", quoting=3, nrows=3000)
     work = Path(tempfile.mkdtemp(prefix="lmc-gpu-"))
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}")
+    print(machine())
     top = ceiling(device)
     print(f"ceiling: {'8192³ bf16' if device.type == 'cuda' else '2048³ fp32'} matmul {top:.2f} TFLOP/s")
 

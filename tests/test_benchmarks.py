@@ -54,3 +54,6 @@ def test_dtype_error_benchmark_brackets_tf32_on_a_cpu_by_emulation(tmp_path, pop
         r"^ *tfloat32 \(emulated, (\w+)\) \| +[\d.]+ \| +[\d.e+-]+ \| +[\d.e+-]+ \| +([\d.e+-]+) \|", out.stdout, re.M)}
     assert set(rows) == {"nearest", "truncate"} and all(0 < d < 1e-3 for d in rows.values()), out.stdout
     assert re.search(r"3 models, 3 pairs x 10 α", out.stdout), out.stdout
+    # the machine line says whether bf16/fp16 have hardware here: it decides whether they beat fp32 on a CPU
+    assert re.search(r"^machine: \d+ CPUs \(.+, (half precision in hardware: .+|no bf16/fp16 instructions)\)",
+                     out.stdout, re.M), out.stdout

@@ -37,7 +37,7 @@ def test_explicit_alphas_are_sorted():
     ({"models": ["a/m0"]}, "at least 2 models"),
     ({"models": ["a/m0", "a/m0"]}, "'a/m0' appears twice"),
     ({"bogus": 1}, "unknown key 'bogus'"),
-    ({"dtype": "int8"}, "dtype must be 'auto' or 'float32' or 'bfloat16' or 'float16', got 'int8'"),
+    ({"dtype": "int8"}, "dtype must be 'auto' or 'float32' or 'bfloat16' or 'float16' or 'tfloat32', got 'int8'"),
     ({"device": "tpu"}, "device must be 'auto' or 'cpu' or 'cuda', got 'tpu'"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "role": "ood"}]},
      "eval set 's': role must be 'in_domain' or 'diagnostic', got 'ood'"),
