@@ -21,7 +21,8 @@ from .trim import first_token_only
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "tfloat32": torch.float32}
 # What `dtype: auto` means on GPUs. bf16 moved no barrier by more than 5e-3 against fp32 on the paper's 10-point
 # lines of real finetuned models (benchmarks/dtype_error.py, docs/performance.md); fp16 came closer, but has
-# not fp32's range, so a large logit can overflow. CPUs keep the paper's fp32.
+# not fp32's range, so a large logit can overflow; TF32 landed between the two (emulated) at half bf16's tensor-core
+# rate and twice its memory, so it is a choice (`dtype: tfloat32`), not the default. CPUs keep the paper's fp32.
 GPU_DTYPE = "bfloat16"
 # Tokens per batch when the config says auto. On a CPU small padded batches are faster (less padding, and
 # activations stay in cache): 2048 beat 8192 on the 2-core benchmark machine (benchmarks/techniques.py measures
