@@ -1,13 +1,16 @@
-"""The GPU benchmarks run end to end at toy size on a CPU, so they are ready when a GPU is there."""
+"""The GPU benchmarks run end to end at toy size on a CPU, so they are ready when a GPU is there: each runs as on the
+lent GPU machine, without the packages its image lacks (lmc_ray/testing/device_image.py)."""
 import re
 import subprocess
 import sys
 
 from conftest import DATA, ROOT
 
+AS_THERE = [sys.executable, "-m", "lmc_ray.testing.device_image"]
+
 
 def test_gpu_benchmark_prints_a_row_per_technique_at_toy_size():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--data-dir", str(DATA), "--layers", "2",
+    out = subprocess.run([*AS_THERE, str(ROOT / "benchmarks" / "gpu.py"), "--data-dir", str(DATA), "--layers", "2",
                           "--hidden", "64", "--heads", "2", "--examples", "32", "--repeat", "1", "--models", "3"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -29,7 +32,7 @@ def test_gpu_benchmark_prints_a_row_per_technique_at_toy_size():
 
 
 def test_gpu_finetune_benchmark_times_both_dtypes_at_toy_size():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_finetune.py"), "--data-dir", str(DATA),
+    out = subprocess.run([*AS_THERE, str(ROOT / "benchmarks" / "gpu_finetune.py"), "--data-dir", str(DATA),
                           "--layers", "2", "--hidden", "64", "--heads", "2", "--examples", "256", "--steps", "8"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -47,7 +50,7 @@ def test_dtype_error_benchmark_brackets_tf32_on_a_cpu_by_emulation(tmp_path, pop
 
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(yaml.safe_dump(sweep_config(population[:3], tmp_path / "unused", alphas=10)))
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dtype_error.py"), "--config", str(cfg),
+    out = subprocess.run([*AS_THERE, str(ROOT / "benchmarks" / "dtype_error.py"), "--config", str(cfg),
                           "--dtypes", "tfloat32"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {r: float(loss) for r, loss in re.findall(
