@@ -22,8 +22,8 @@ prepare() {
     pins=$(.venv/bin/python -m pip list --format=freeze 2>/dev/null |
            grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions)==')
     rm -f $KIT/whl/*.whl
-    # shellcheck disable=SC2086 # one argument per pinned package
     # DEVICE_PYTHON: the Python there (3.12 on the lent H200s); another to try `run toy` in a Python here
+    # shellcheck disable=SC2086 # one argument per pinned package
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${DEVICE_PYTHON:-3.12}" --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d $KIT/whl $pins

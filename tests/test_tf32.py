@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -55,12 +57,10 @@ def test_a_sweep_under_emulated_tf32_stays_near_float32_and_tfloat32_is_refused_
     tests/test_core.py (both keep 10 mantissa bits, TF32 only in matmul operands). Asking a CPU sweep for the
     real thing is one line before the store opens."""
     curves = {}
-    for name, mode in (("float32", None), ("nearest", emulated("nearest")), ("truncate", emulated("truncate"))):
+    for name, mode in (("float32", contextlib.nullcontext()), ("nearest", emulated("nearest")),
+                       ("truncate", emulated("truncate"))):
         p = plan.prepare(config.from_dict(sweep_config(population[:3], tmp_path / name, alphas=5)))
-        if mode:
-            with mode:
-                local.run(p, progress=False)
-        else:
+        with mode:
             local.run(p, progress=False)
         curves[name] = Store(p.cfg.store).curves().to_table().to_pandas().sort_values(
             ["model_a", "model_b", "alpha", "subset"]).loss.to_numpy()

@@ -5,7 +5,9 @@ exponent with a 10-bit mantissa (fp32 has 23), products accumulated in fp32. `em
 matmul a BERT-style model makes — its linear layers and both products of attention — by rounding the operands
 to 10 mantissa bits and multiplying in fp32. Whether a GPU rounds to nearest or truncates the dropped bits
 depends on the library path (a kernel can hand raw fp32 bits to the tensor cores, which ignore the low 13), so
-both are offered: truncation's error is about twice rounding's, and the two bracket what a GPU does.
+both are offered: they bracket what a GPU does. Per operand truncation's error is at most twice rounding's, but it
+always shrinks magnitudes, so it adds up over a layer's sums instead of cancelling (docs/performance.md: from about
+the same to 25 times rounding's largest barrier error).
 Used by benchmarks/dtype_error.py; only fp32 operands are touched.
 """
 from __future__ import annotations
