@@ -7,11 +7,13 @@ from lmc_ray import config
 from lmc_ray.compute import packed, sources
 from lmc_ray.execution import plan
 from lmc_ray.compute.core import Core, use_packing
-from lmc_ray.compute.data import EvalData
+from lmc_ray.compute.data import EvalData, prepare
 from lmc_ray.errors import ConfigError
 from lmc_ray.task.pretrain import build_tokenizer
 
-from conftest import MNLI, sweep_config
+from conftest import DATA, MNLI, NLI_LABELS, sweep_config
+
+HANS = DATA / "hans" / "heuristics_evaluation_set.regenerated.tsv"
 
 
 def _data(tok, premises, hypotheses, pair_types: bool) -> EvalData:
@@ -22,13 +24,13 @@ def _data(tok, premises, hypotheses, pair_types: bool) -> EvalData:
                     [[0], [1], [2]], ["all"], np.ones((1, n), np.float32), tok.pad_token_id)
 
 
-def _packed_logits(model, data: EvalData, budget: int) -> torch.Tensor:
-    forward = packed.PackedForward(model, torch.device("cpu"))
-    out = torch.full((len(data), model.config.num_labels), float("nan"))
+def _packed_logits(model, data: EvalData, budget: int, **levers) -> torch.Tensor:
+    forward = packed.PackedForward(model, **levers)
+    out = torch.full((len(data) + 1, model.config.num_labels), float("nan"))  # + the spare rows' slot
     with torch.no_grad():
         for batch in packed.batches(data, budget, torch.device("cpu"), packed.position_offset(model)):
             out[batch["index"]] = forward(batch)
-    return out
+    return out[:-1]
 
 
 def _padded_logits(model, data: EvalData) -> torch.Tensor:
@@ -80,19 +82,94 @@ def test_other_bert_family_encoders_equal_the_hf_model(kind, mnli, mnli_texts):
     torch.testing.assert_close(_packed_logits(model, data, 400), _padded_logits(model, data), atol=1e-5, rtol=0)
 
 
-def test_streams_hold_every_example_once_within_the_budget(mnli, mnli_texts):
+def test_streams_hold_every_example_once_in_streams_of_fixed_sizes(mnli, mnli_texts):
     tok = build_tokenizer(mnli_texts, 1500)
     data = _data(tok, mnli.premise, mnli.hypothesis, pair_types=True)
     lengths = np.array([len(x) for x in data.input_ids])
-    streams = packed.batches(data, 300, torch.device("cpu"), 2)
+    streams = packed.batches(data, 1024, torch.device("cpu"), 2)
     seen = np.concatenate([b["index"].numpy() for b in streams])
-    assert sorted(seen) == list(range(len(data))) and len(streams) > 1
+    assert sorted(seen[seen < len(data)]) == list(range(len(data))) and len(streams) > 1
+    assert set(seen[seen >= len(data)]) <= {len(data)}  # spare rows go to the slot past the set
     for b in streams:
         idx, ids = b["index"].numpy(), b["input_ids"][0].numpy()
-        assert ids.size == lengths[idx].sum() <= 300  # no padding, under the budget
-        for i, start in zip(idx, b["first"].numpy()):  # each example whole, its positions from the offset
+        size = ids.size
+        assert size in packed.stream_sizes(1024) and len(idx) == packed.capacity(size)
+        real = idx[idx < len(data)]
+        assert lengths[real].sum() <= size and (ids[lengths[real].sum():] == tok.pad_token_id).all()
+        for i, start in zip(real, b["first"].numpy()):  # each example whole, its positions from the offset
             assert (ids[start:start + lengths[i]] == data.input_ids[i]).all()
             assert b["position_ids"][0, start].item() == 2
+    processed = sum(b["input_ids"].numel() for b in streams)
+    assert lengths.sum() / processed > 0.8  # the tail went into the small streams
+
+
+def test_fused_qkv_and_a_compiled_forward_give_the_same_logits(mnli, mnli_texts):
+    """The two performance levers (benchmarks/gpu.py measures them) change no logit beyond float rounding; the
+    compiled forward is traced by dynamo as on a GPU, with the eager backend."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = build_tokenizer(mnli_texts, 1500)
+    torch.manual_seed(2)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(tok), num_labels=3, hidden_size=64,
+                                                     num_hidden_layers=2, num_attention_heads=4,
+                                                     intermediate_size=128)).eval()
+    data = _data(tok, mnli.premise, mnli.hypothesis, pair_types=True)
+    want = _padded_logits(model, data)
+    torch.testing.assert_close(_packed_logits(model, data, 1024, fused=True), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_packed_logits(model, data, 1024, backend="eager", whole=True), want, atol=1e-5, rtol=0)
+
+
+class CountingBackend:
+    """A torch.compile backend that counts the graphs dynamo compiles (one per new shape) and runs them eagerly:
+    the compiled path's shape logic, on a CPU."""
+
+    def __init__(self):
+        self.compiles = 0
+
+    def __call__(self, gm, inputs):
+        self.compiles += 1
+        return gm.forward
+
+
+def test_compiles_are_bounded_whatever_the_size_of_the_set(population):
+    """5,000 real HANS rows compile at most one shape per stream size and attention call site, and give the HF
+    model's values. (Streams cut at the budget alone made 78 shapes of these rows at 2,048 tokens, each
+    compiled anew: on a GPU, past torch's recompile limit of 8, FlexAttention falls back to a dense score matrix.)"""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    spec = config.eval_set({"name": "hans", "path": str(HANS), "text": ["sentence1", "sentence2"],
+                            "label": "gold_label", "max_examples": 5000,
+                            "label_map": {"entailment": "entailment", "non-entailment": ["neutral", "contradiction"]}}, 0)
+    data = prepare(spec, AutoTokenizer.from_pretrained(population[0]), NLI_LABELS)
+    model = AutoModelForSequenceClassification.from_pretrained(population[0])
+    at_2048 = packed.batches(data, 2048, torch.device("cpu"), 0)
+    assert len(at_2048) > 100 and len({b["input_ids"].shape for b in at_2048}) <= packed.STREAM_SIZES
+    counter = CountingBackend()
+    compiled = Core(model, [data], "cpu", batch_tokens=1024, packing=True, compiler=counter)  # eager FlexAttention
+    compiled.working.set(compiled.resident(model.state_dict()))  # is dense on a CPU: small streams run faster
+    got = compiled.evaluators[0]()
+    assert len(compiled.evaluators[0].batches) > 200
+    assert 0 < counter.compiles <= 2 * packed.STREAM_SIZES, counter.compiles
+    padded = Core(model, [data], "cpu", packing=False)
+    padded.working.set(padded.resident(model.state_dict()))
+    np.testing.assert_allclose(got, padded.evaluators[0](), atol=1e-5, rtol=0)
+
+
+def test_all_30000_hans_rows_pack_into_few_shapes_and_little_padding(population):
+    """The MNLI config's hans_full (every row, endpoints only) at the GPU's 32,768-token streams."""
+    import pandas as pd
+
+    df = pd.read_csv(HANS, sep="\t", quoting=3, dtype=str)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(population[0])
+    lengths = np.array([len(x) for x in tok(list(df.sentence1), list(df.sentence2))["input_ids"]])
+    assert len(lengths) == 30000
+    streams = packed.plan_streams(lengths, 32768)
+    assert sum(len(i) for i, _ in streams) == 30000
+    assert len({size for _, size in streams}) <= packed.STREAM_SIZES
+    assert all(len(i) <= packed.capacity(size) and lengths[i].sum() <= size for i, size in streams)
+    assert lengths.sum() / sum(size for _, size in streams) > 0.95
 
 
 def test_packing_auto_is_off_on_a_cpu_and_true_refuses_other_architectures(tmp_path, population):

@@ -1,6 +1,7 @@
 """The compute core: one working model, evaluated at the endpoints, along each line and over planes. Imports no Ray."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -68,18 +69,29 @@ class Core:
 
     def __init__(self, template: torch.nn.Module, datas: list[EvalData], device="cpu", dtype="float32",
                  batch_tokens: int | str = "auto", max_batch_size: int = 256, line: list[bool] | None = None,
-                 packing: str | bool = "auto", graphs: bool = True):
+                 packing: str | bool = "auto", graphs: bool = True, compiler="auto", compile_whole: bool = False,
+                 fused_qkv: bool = True):
+        """`template` is copied, never changed: its weights may still be read as a model's resident ones.
+        Packed only: `compiler` is the torch.compile backend of the attention (auto: inductor on GPUs, none on
+        CPUs, where eager FlexAttention is exact), `compile_whole` compiles the whole forward with it, `fused_qkv`
+        projects queries, keys and values in one matmul (benchmarks/gpu.py measures both levers)."""
         self.device = pick_device(device) if isinstance(device, str) else device
         self.dtype = concrete_dtype(dtype, self.device.type == "cuda")
         if self.device.type == "cuda":  # process-wide; set by each Core so that one dtype never leaks into another's
             torch.set_float32_matmul_precision("high" if self.dtype == "tfloat32" else "highest")
-        model = template.to(self.device, DTYPES[self.dtype]).eval()
+        model = copy.deepcopy(template).to(self.device, DTYPES[self.dtype]).eval()
         first_token_only(model)
         self.packing = use_packing(packing, model, self.device)
         if batch_tokens == "auto":
             batch_tokens = PACKED_TOKENS if self.packing else BATCH_TOKENS.get(self.device.type, 8192)
-        self.working = WorkingModel(model)
-        self.evaluators = [Evaluator(d, model, self.device, batch_tokens, max_batch_size, self.packing, graphs)
+        forward = None
+        if self.packing:
+            batch_tokens = packed.stream_tokens(batch_tokens, datas)
+            if compiler == "auto":
+                compiler = "inductor" if self.device.type == "cuda" else None
+            forward = packed.PackedForward(model, compiler, compile_whole, fused_qkv)
+        self.working = WorkingModel(model)  # after fusing: it writes into the parameters the forward reads
+        self.evaluators = [Evaluator(d, model, self.device, batch_tokens, max_batch_size, forward, graphs)
                            for d in datas]
         self.line = line or [True] * len(datas)  # which sets are evaluated along the lines (not endpoints_only)
 

@@ -30,21 +30,24 @@ class Evaluator:
     """An evaluation set with its batches already on the device, evaluated on one model whose weights change."""
 
     def __init__(self, data: EvalData, model: torch.nn.Module, device, batch_tokens: int, max_batch_size: int,
-                 packing: bool = False, graphs: bool = False):
+                 packed_forward: packed.PackedForward | None = None, graphs: bool = False):
+        """With `packed_forward`, the set is evaluated in streams of at most `batch_tokens` (packed.stream_tokens);
+        otherwise in padded batches."""
         device = torch.device(device)
         self.data, self.model = data, model
-        if packing:
-            self.forward = packed.PackedForward(model, device)
+        if packed_forward is not None:
+            self.forward = packed_forward
             self.batches = packed.batches(data, batch_tokens, device, packed.position_offset(model))
         else:
             self.forward = lambda batch: model(**{k: v for k, v in batch.items() if k != "index"}).logits
             self.batches = data.batches(batch_tokens, max_batch_size, device)
-        self.labels = torch.tensor(data.labels, device=device)
+        # One slot past the set: where a packed stream's spare rows are scored, read by no metric.
+        self.labels = torch.tensor(np.append(data.labels, 0), device=device)
         self.membership = torch.tensor(data.membership, device=device, dtype=torch.float64)
         self.counts = data.membership.sum(1).astype(np.float64)
         self.classes = [torch.tensor(c, device=device) for c in data.classes] if data.pooled() else None
-        self.losses = torch.zeros(len(data), dtype=torch.float64, device=device)
-        self.predicted = torch.zeros(len(data), dtype=torch.long, device=device)
+        self.losses = torch.zeros(len(data) + 1, dtype=torch.float64, device=device)
+        self.predicted = torch.zeros(len(data) + 1, dtype=torch.long, device=device)
         self.summary = Replay(self._summary) if graphs and device.type == "cuda" else self._summary
 
     @torch.inference_mode()
@@ -57,13 +60,14 @@ class Evaluator:
                 logits = torch.stack([logits[:, c].amax(-1) for c in self.classes], dim=-1)
             self.losses[idx] = F.cross_entropy(logits, self.labels[idx], reduction="none").double()
             self.predicted[idx] = logits.argmax(-1)
-        k = len(self.data.classes)
-        pairs = F.one_hot(self.labels * k + self.predicted, k * k).double()
-        return torch.cat([self.membership @ self.losses[:, None], self.membership @ pairs], 1)
+        k, n = len(self.data.classes), len(self.data)
+        pairs = F.one_hot(self.labels[:n] * k + self.predicted[:n], k * k).double()
+        return torch.cat([self.membership @ self.losses[:n, None], self.membership @ pairs], 1)
 
     def per_example(self) -> torch.Tensor:
         """(2, n) on the device, after a summary: each example's loss and whether it was predicted right."""
-        return torch.stack([self.losses, (self.predicted == self.labels).double()]).float()
+        n = len(self.data)
+        return torch.stack([self.losses[:n], (self.predicted[:n] == self.labels[:n]).double()]).float()
 
     def metrics(self, summary: np.ndarray) -> Metrics:
         k = len(self.data.classes)
