@@ -159,8 +159,9 @@ class SweepConfig:
     """Number of actors; auto = as many as the population and the cluster's largest size allow (what the autoscaler
     may add counts, not only what runs now): one per gpus_per_actor GPUs, or per cpus_per_actor cores."""
     gpus_per_actor: Literal["auto"] | NonNegativeNumber = "auto"
-    """GPUs each actor asks Ray for (fractions share a GPU); auto = 1 when the sweep runs on GPUs (device cuda, or
-    auto on a cluster that has or can add GPUs), else 0. Asking is what makes an autoscaler start GPU workers."""
+    """GPUs each actor asks Ray for: 1, or 1/k to share a GPU among k actors; auto = 1 when the sweep runs on GPUs
+    (device cuda, or auto on a cluster that has or can add GPUs), 1/k when there are more actors than GPUs, else 0.
+    Asking is what makes an autoscaler start GPU workers."""
     cpus_per_actor: Positive = 2
     """Threads per actor on CPUs (docs/performance.md measures 1 and 2)."""
     resource_timeout: PositiveNumber = 900.0
@@ -364,6 +365,10 @@ def validate(cfg: SweepConfig) -> None:
         if unknown or len(set(triple)) < 3:
             raise ConfigError(f"config: planes: {triple!r}: " + (f"{unknown[0]!r} is not a model name" if unknown
                                                                   else "three different models make a plane"))
+    share = cfg.gpus_per_actor
+    if share not in ("auto", 0) and (share > 1 or abs(share * round(1 / share) - 1) > 1e-3):
+        raise ConfigError(f"config: gpus_per_actor {share:g}: an actor computes on one GPU, alone (1) or shared by k "
+                          "actors (1/k: 0.5, 0.3333, 0.25, ...)")
     alphas = [float(a) for a in cfg.alphas]
     if len(alphas) < 2:
         raise ConfigError(f"config: alphas {cfg.alphas!r}: a line needs at least 2 points for a barrier")

@@ -489,3 +489,80 @@ def test_a_node_that_dies_with_its_actor_is_replaced(tmp_path, slow_population, 
         assert job.returncode == 0, err[-3000:]
         assert re.search(r"actor models:.* died \(1 of 3 restarts\)", err), err[-3000:]
     pd.testing.assert_frame_equal(_table(str(store)), slow_reference, check_exact=False, atol=1e-6, rtol=0)
+
+
+def test_gpu_shares_are_1_over_k_so_every_actor_fits():
+    """12 actors on 8 GPUs ask for 1/2 each (8/12 each fit one a GPU: 4 waited forever); every mix of GPUs and
+    actors fits, with Ray's resource unit of 1e-4 rounded down."""
+    for gpus in range(1, 9):
+        for actors in range(1, 41):
+            cfg = config.SweepConfig(**{**_MINIMAL, "actors": actors})
+            n, share, _ = ray_sweep.layout(cfg, 100, {"GPU": gpus, "CPU": 16})
+            per_gpu = int(1 / share + 1e-9)
+            assert n == actors and per_gpu * share <= 1 and n <= gpus * per_gpu and (per_gpu - 1) * gpus < n
+    cfg = config.SweepConfig(**{**_MINIMAL, "actors": 12})
+    assert ray_sweep.layout(cfg, 100, {"GPU": 8, "CPU": 16})[1] == 0.5
+    assert ray_sweep.layout(config.SweepConfig(**{**_MINIMAL, "actors": 3}), 100, {"GPU": 1, "CPU": 16})[1] == 0.3333
+    auto = config.SweepConfig(**_MINIMAL)  # actors auto: one per GPU, or k per GPU when 1/k is asked for
+    assert ray_sweep.layout(auto, 100, {"GPU": 8, "CPU": 16})[:2] == (8, 1.0)
+    assert ray_sweep.layout(config.SweepConfig(**{**_MINIMAL, "gpus_per_actor": 0.25}), 100,
+                            {"GPU": 8, "CPU": 16})[:2] == (32, 0.25)
+
+
+_MINIMAL = dict(models=[config.ModelSpec("a", "a"), config.ModelSpec("b", "b")], store="s", device="cuda",
+                eval_sets=[config.EvalSetSpec("e", "p", ["t"], "y")])
+
+
+def test_gpu_shares_that_cannot_fit_are_refused_in_one_line(tmp_path, population):
+    for share in (0.3, 1.5, 2):
+        with pytest.raises(config.ConfigError) as e:
+            config.from_dict(sweep_config(population[:2], tmp_path / "s", gpus_per_actor=share))
+        assert str(e.value) == (f"config: gpus_per_actor {share:g}: an actor computes on one GPU, alone (1) or shared "
+                                "by k actors (1/k: 0.5, 0.3333, 0.25, ...)")
+    config.from_dict(sweep_config(population[:2], tmp_path / "s", gpus_per_actor=0.3333))
+    cfg = config.SweepConfig(**{**_MINIMAL, "actors": 12, "gpus_per_actor": 1})
+    with pytest.raises(config.ConfigError) as e:
+        ray_sweep.layout(cfg, 100, {"GPU": 8, "CPU": 16})
+    assert str(e.value) == ("config: actors 12 with gpus_per_actor 1 need 12 GPUs and the cluster has at most 8 "
+                            "(set gpus_per_actor auto or 1/2, or actors 8)")
+
+
+def test_every_actor_of_a_computed_share_starts_on_a_real_ray_with_8_gpus():
+    """Ray itself, with 8 (logical) GPUs: the 12 actors of layout()'s share all start within seconds."""
+    import subprocess
+    import sys
+
+    script = f"""
+import ray, time
+from lmc_ray import config
+from lmc_ray.execution import ray_sweep
+import test_ray_sweep as t
+ray.init(address="local", num_cpus=1, num_gpus=8, include_dashboard=False, logging_level="ERROR")
+n, share, _ = ray_sweep.layout(config.SweepConfig(**{{**t._MINIMAL, "actors": 12}}), 100)
+A = ray.remote(num_cpus=0)(type("A", (), {{"pid": lambda self: 1}}))
+actors = [A.options(num_gpus=share).remote() for _ in range(n)]
+ready, waiting = ray.wait([a.pid.remote() for a in actors], num_returns=n, timeout=30)
+print()
+print(n, share, len(ready), len(waiting))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                         cwd=Path(__file__).parent)
+    assert out.stdout.splitlines()[-1:] == ["12 0.5 12 0"], out.stdout + out.stderr[-2000:]
+
+
+def test_an_actor_bounds_its_compile_workers_by_its_cores(ray_local, tmp_path, population):
+    import ray
+
+    from lmc_ray.execution.ray_sweep import ModelActor
+
+    cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store"))
+    p = plan.prepare(cfg)
+    actor = ModelActor.options(num_cpus=1).remote(cfg, [0], p.labels, [ray.put(d) for d in p.datas], p.revisions, 1,
+                                                  "probe")
+    try:
+        threads = ray.get(actor.__ray_call__.remote(
+            lambda self: (__import__("torch").get_num_threads(),
+                          __import__("torch._inductor.config").__dict__["_inductor"].config.compile_threads)))
+        assert threads == (1, 1)
+    finally:
+        ray.kill(actor)

@@ -41,6 +41,15 @@ class Line:
     distance: float  # ‖θ_B − θ_A‖₂ over every floating tensor of the state (the paper logs it per pair)
 
 
+def use_threads(n: int) -> None:
+    """n torch threads in this process, and n inductor compile workers: its default, one per core of the machine,
+    makes N actors on one node fork N × cores compilers when they first compile."""
+    import torch._inductor.config as inductor
+
+    torch.set_num_threads(n)
+    inductor.compile_threads = n
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -6,6 +6,7 @@ runs, keeps a bounded amount of work in flight, and streams each finished pair i
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -21,6 +22,7 @@ from ..errors import SweepError, first_line
 from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan, Plane, PlaneResult
 from .progress import bar as progress_bar, track
 from ..storage.recorder import Recorder
+from ..compute.core import use_threads
 from ..compute.residents import Residents
 
 log = logging.getLogger("lmc_ray")
@@ -55,10 +57,9 @@ class _Metrics:
 class ModelActor:
     def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas, revisions: list[str],
                  threads: int, name: str):
-        import torch
         from ray.util.metrics import Counter
 
-        torch.set_num_threads(threads)
+        use_threads(threads)
         # Bad input found here (NaN weights) is kept for the driver's first call rather than raised: a failing
         # constructor would print its traceback into the job's log and be restarted max_retries times.
         self.refused = None
@@ -152,39 +153,54 @@ def dashboard() -> str:
     return ray.init(ignore_reinit_error=True, logging_level=logging.WARNING).dashboard_url or "(dashboard not running)"
 
 
-def layout(cfg: SweepConfig, n_models: int) -> tuple[int, float, float]:
+def layout(cfg: SweepConfig, n_models: int, cap: dict[str, float] | None = None) -> tuple[int, float, float]:
     """(actors, GPUs per actor, CPUs per actor), from the config, the population and the largest size the
-    cluster can reach — its autoscaler's limits, not what happens to run when the job starts: actors that do
-    not fit yet wait, and their requests are what make the autoscaler add nodes.
+    cluster can reach (`cap`; default: reachable()) — its autoscaler's limits, not what happens to run when the
+    job starts: actors that do not fit yet wait, and their requests are what make the autoscaler add nodes.
 
     One process per GPU (CUDA contexts and time-slicing make more cost), or one per `cpus_per_actor` cores;
-    each process holds several resident models when N exceeds the processes. When more actors are asked for
-    than the cluster can ever have cores (or GPUs, with gpus_per_actor auto), they share them rather than wait
-    for resources that will never come.
+    each process holds several resident models when N exceeds the processes. More actors than GPUs share them
+    k to a GPU, each asking for 1/k (a share that is not 1/k leaves part of every GPU unusable: 12 actors of
+    8/12 on 8 GPUs fit one a GPU, and 4 wait forever). Actors that cannot all fit the GPUs the cluster can ever
+    have are refused in one line; with more actors than cores, they share the cores rather than wait.
     """
-    cap = reachable()
-    gpus = cfg.gpus_per_actor
-    if gpus == "auto":
-        gpus = 1.0 if cfg.device == "cuda" or (cfg.device == "auto" and cap["GPU"] > 0) else 0.0
+    cap = reachable() if cap is None else cap
+    share = cfg.gpus_per_actor
+    if share == "auto":
+        share = 1.0 if cfg.device == "cuda" or (cfg.device == "auto" and cap["GPU"] > 0) else 0.0
+    per_gpu, gpus = (round(1 / share) if share else 0), int(cap["GPU"])
     if cfg.actors != "auto":
         n = cfg.actors
-    elif gpus:
-        n = max(1, int(cap["GPU"] // gpus))
+    elif share:
+        n = max(1, gpus * per_gpu)
     else:
         n = max(1, int(cap["CPU"] // cfg.cpus_per_actor))
     n = min(n, n_models)
-    if cfg.gpus_per_actor == "auto" and gpus and cap["GPU"]:
-        gpus = min(1.0, cap["GPU"] / n)
-    return n, float(gpus), min(float(cfg.cpus_per_actor), max(1.0, cap["CPU"]) / n)
+    if share and gpus:
+        if cfg.gpus_per_actor == "auto":
+            per_gpu = -(-n // gpus)
+        elif n > gpus * per_gpu:
+            raise ConfigError(f"config: actors {n} with gpus_per_actor {cfg.gpus_per_actor:g} need {-(-n // per_gpu)} "
+                              f"GPUs and the cluster has at most {gpus} (set gpus_per_actor auto or 1/{-(-n // gpus)}, "
+                              f"or actors {gpus * per_gpu})")
+    return n, gpu_share(per_gpu) if share else 0.0, min(float(cfg.cpus_per_actor), max(1.0, cap["CPU"]) / n)
+
+
+def gpu_share(per_gpu: int) -> float:
+    """1/k of a GPU, rounded down to Ray's resource unit (1e-4), so that k of them fit on one GPU."""
+    return math.floor(1e4 / per_gpu) / 1e4
 
 
 def on_gpus(cfg: SweepConfig) -> bool:
     """Whether the sweep's actors will compute on GPUs: device cuda, or auto and the layout asks the cluster this
-    job joins (starting Ray if need be) for GPUs. device: cpu computes on CPUs whatever the actors reserve."""
-    if cfg.device != "auto":
+    job joins (starting Ray if need be) for GPUs. device: cpu computes on CPUs whatever the actors reserve. The
+    layout is checked here, before the store opens, whenever the config fixes both actors and GPU shares."""
+    fixed = cfg.actors != "auto" and cfg.gpus_per_actor not in ("auto", 0)
+    if cfg.device != "auto" and not fixed:
         return cfg.device == "cuda"
     init()
-    return layout(cfg, len(cfg.models))[1] > 0
+    gpus = layout(cfg, len(cfg.models))[1] > 0
+    return cfg.device == "cuda" if cfg.device != "auto" else gpus
 
 
 def reachable() -> dict[str, float]:
