@@ -11,24 +11,32 @@ AS_THERE = [sys.executable, "-m", "lmc_ray.testing.device_image"]
 
 def test_gpu_benchmark_prints_a_row_per_technique_at_toy_size():
     out = subprocess.run([*AS_THERE, str(ROOT / "benchmarks" / "gpu.py"), "--data-dir", str(DATA), "--layers", "2",
-                          "--hidden", "64", "--heads", "2", "--examples", "32", "--repeat", "1", "--models", "3"],
+                          "--hidden", "64", "--heads", "2", "--examples", "32", "--repeat", "1", "--models", "3",
+                          "--full-hans", "2000", "--batch-tokens", "2048"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {}
     for line in out.stdout.splitlines():
-        m = re.match(r"(.+?)\s+\|\s+([\d.]+) \|\s+(\d+)% \|\s+([\d.]+) \|\s+([\d.]+)% \|\s+([\d.]+) (min|h) \|\s*(\S*)", line)
+        m = re.match(r"(.+?)\s+\|\s+([\d.]+) \|\s+(\d+)% \|\s+([\d.]+) \|\s+([\d.]+)% \|\s+([\d.]+) (min|h) \|"
+                     r"\s*(\S*)(?: \|\s+(\S+) \| (.*))?$", line)
         if m:
             rows[m.group(1)] = m.groups()[1:]
     assert set(rows) == {"paper (fp32, pad 512, batch 512, reloads)", "fp32, padded batches (the old default)",
-                         "bf16, padded batches", "bf16, packed (FlexAttention)"}, out.stdout
-    assert rows["bf16, packed (FlexAttention)"][1] == "100"  # no padding at all
+                         "bf16, padded batches", "bf16, packed, separate QKV", "bf16, packed, fused QKV"}, out.stdout
+    packed = rows["bf16, packed, fused QKV"]
     assert int(rows["bf16, padded batches"][1]) > int(rows["paper (fp32, pad 512, batch 512, reloads)"][1])
     assert float(rows["fp32, padded batches (the old default)"][6]) == 0  # the reference row itself
-    for name in ("bf16, padded batches", "bf16, packed (FlexAttention)"):
+    for name in ("bf16, padded batches", "bf16, packed, separate QKV", "bf16, packed, fused QKV"):
         assert 0 < float(rows[name][6]) < 1e-2  # bf16 moved the losses, a little
-    assert out.stdout.count("skipped: CUDA graphs need a GPU") == 2 and "skipped: TF32 needs a GPU" in out.stdout
+    assert packed[7] == "-" and re.fullmatch(r"mnli \d+, hans \d+", packed[8]), packed  # no graphs on a CPU
+    assert out.stdout.count("skipped: CUDA graphs need a GPU") == 3 and "skipped: TF32 needs a GPU" in out.stdout
     assert re.search(r"fastest: .+, \d+x the paper's procedure; projected full MNLI sweep [\d.]+ min", out.stdout)
+    shape = re.search(r"^paper shape: float32, packing False; line on mnli 32 \+ hans 32 .* hans_full 2000 rows "
+                      r"endpoints-only in \d+ streams .* loss [\d.]+$", out.stdout, re.M)
+    assert shape, out.stdout
     assert re.search(r"sweep: 3 models, 3 pairs .* in [\d.]+ s", out.stdout)
+    assert re.search(r"^versions: Python [\d.]+, torch .+, transformers .+; no GPU$", out.stdout, re.M)
+    assert re.search(r"^done in \d+ s$", out.stdout, re.M)
 
 
 def test_gpu_finetune_benchmark_times_both_dtypes_at_toy_size():

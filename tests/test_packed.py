@@ -119,6 +119,41 @@ def test_fused_qkv_and_a_compiled_forward_give_the_same_logits(mnli, mnli_texts)
     torch.testing.assert_close(_packed_logits(model, data, 1024, backend="eager", whole=True), want, atol=1e-5, rtol=0)
 
 
+def test_block_masks_list_every_block_the_dense_mask_needs(mnli, mnli_texts):
+    """The stream's BlockMasks, built from id ranges, against create_block_mask's from the dense mask: every block
+    it marks (partial or full) is listed, and not many more. Eager FlexAttention ignores the blocks (it applies
+    the mask to every pair), so this and the inductor test below are what check them."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    tok = build_tokenizer(mnli_texts, 1500)
+    data = _data(tok, mnli.premise, mnli.hypothesis, pair_types=True)
+    for b in packed.batches(data, 2048, torch.device("cpu"), 0):
+        size, rows = b["input_ids"].shape[1], b["index"].numel()
+        for ours, q_len in ((b["mask"], size), (b["last"], rows)):
+            dense = create_block_mask(ours.mask_mod, None, None, q_len, size, device="cpu")
+            blocks = [m.to_dense()[0, 0].bool() for m in (ours, dense)]
+            assert (blocks[0] | ~blocks[1]).all()  # a superset of what the dense mask needs
+            assert blocks[0].sum() <= 2 * blocks[1].sum()
+
+
+def test_packed_logits_with_inductor_compiled_attention_equal_the_hf_model(mnli, mnli_texts):
+    """Inductor's FlexAttention kernel (the CPU one here, as on a GPU the Triton one) skips the blocks the mask
+    does not list: the logits must still be the HF model's."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = build_tokenizer(mnli_texts, 1500)
+    torch.manual_seed(3)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(tok), num_labels=3, hidden_size=32,
+                                                     num_hidden_layers=2, num_attention_heads=2,
+                                                     intermediate_size=64)).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 2.0)
+    data = _data(tok, mnli.premise, mnli.hypothesis, pair_types=True)
+    want = _padded_logits(model, data)
+    torch.testing.assert_close(_packed_logits(model, data, 1024, backend="inductor"), want, atol=1e-5, rtol=0)
+    assert want.std() > 0.1
+
+
 class CountingBackend:
     """A torch.compile backend that counts the graphs dynamo compiles (one per new shape) and runs them eagerly:
     the compiled path's shape logic, on a CPU."""

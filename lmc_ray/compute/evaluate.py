@@ -86,13 +86,15 @@ class Replay:
 
     def __init__(self, fn):
         self.fn, self.graph, self.out = fn, None, None
+        self.failure: str | None = None  # why recording failed (benchmarks/gpu.py prints it)
 
     def __call__(self) -> torch.Tensor:
         if self.graph is None:
             try:
                 self._record()
             except RuntimeError as e:
-                log.warning("CUDA graph recording failed, evaluating without it: %s", first_line(e))
+                self.failure = first_line(e)
+                log.warning("CUDA graph recording failed, evaluating without it: %s", self.failure)
                 torch.cuda.synchronize()
                 self.graph = False
         if self.graph is False:

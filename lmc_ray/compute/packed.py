@@ -11,7 +11,7 @@ each example's first token only: all the head reads.
 Shapes are few and fixed. A compiled kernel is specialised to its shapes, and torch stops recompiling after a
 few (torch._dynamo.config.recompile_limit, 8), falling back to eager FlexAttention, which materialises the dense
 score matrix (~51 GB at 32,768 tokens and 12 heads). So a stream is one of STREAM_SIZES lengths (T, T/2, T/4,
-T/8: the tail of a set goes into the smaller ones, so little is padded), filled up with a padding document, and
+T/8: the tail of a set goes into the smaller ones, so little is padded), filled up with padding tokens, and
 its last layer has a fixed number of rows for its length (capacity()). Whatever the size of a set or the number
 of sets, a process compiles at most len(stream_sizes(T)) shapes per attention call site (tests/test_packed.py
 counts them).
@@ -88,16 +88,14 @@ def batches(data: EvalData, tokens: int, device: torch.device, position_offset: 
     """The set as streams (plan_streams), each with the document masks its attention needs, built once for the
     whole sweep. Rows past a stream's examples read the last example again and are scored into slot len(data),
     which no metric reads."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     lengths = np.array([len(x) for x in data.input_ids])
     out = []
     for idx, size in plan_streams(lengths, tokens):
         n, rows = lengths[idx], capacity(size)
         starts = np.concatenate([[0], np.cumsum(n)[:-1]])
         pad = size - int(n.sum())
-        # which example each token is in; the padding is a document of its own
-        doc = torch.from_numpy(np.repeat(np.arange(len(idx) + 1), np.append(n, pad))).to(device)
+        # which example each token is in; -1: padding
+        doc = torch.from_numpy(np.append(np.repeat(np.arange(len(idx)), n), np.full(pad, -1))).to(device)
         batch = {
             "input_ids": np.concatenate([data.input_ids[i] for i in idx] + [np.full(pad, data.pad_id)]),
             "position_ids": np.concatenate([np.arange(k) for k in n] + [np.zeros(pad, np.int64)]) + position_offset,
@@ -111,16 +109,40 @@ def batches(data: EvalData, tokens: int, device: torch.device, position_offset: 
             if k in batch:
                 batch[k] = batch[k][None]  # (1, tokens): one sequence
         same, first = _document_masks(doc, batch["first"])
-        batch["mask"] = create_block_mask(same, None, None, size, size, device=device)
-        batch["last"] = create_block_mask(first, None, None, rows, size, device=device)
+        # Token ids that rise along the stream, one per example and one per padding token: a block of queries
+        # may attend a block of keys only where their id ranges meet.
+        ids = torch.where(doc >= 0, doc, len(idx) + torch.arange(size, device=device))
+        batch["mask"] = _block_mask(same, ids, ids)
+        batch["last"] = _block_mask(first, ids[batch["first"]], ids)
         out.append(batch)
     return out
 
 
 def _document_masks(doc: torch.Tensor, first: torch.Tensor):
-    """Mask functions for one stream whose token t belongs to example doc[t]: every layer but the last lets a
-    token attend within its own example; in the last, query row i is the token first[i]."""
-    return (lambda b, h, q, kv: doc[q] == doc[kv]), (lambda b, h, q, kv: doc[kv] == doc[first[q]])
+    """Mask functions for one stream whose token t belongs to example doc[t] (-1: padding): every layer but the
+    last lets a token attend within its own example, and a padding token to itself alone (no row is empty, and
+    the padding costs one block of attention per block of tokens, not its square); in the last, query row i is
+    the token first[i]."""
+    return ((lambda b, h, q, kv: (doc[q] == doc[kv]) & ((doc[q] >= 0) | (q == kv))),
+            lambda b, h, q, kv: doc[kv] == doc[first[q]])
+
+
+def _block_mask(mask_mod, q_ids: torch.Tensor, kv_ids: torch.Tensor, block: int = 128):
+    """The BlockMask of `mask_mod`, built from block ranges of non-decreasing ids (O(blocks²) memory) instead of
+    evaluating the mask at every (query, key) as create_block_mask does (a 32,768² stream is 1 GiB a temporary,
+    ~10 GiB at peak). Every block with a pair that may attend is listed; mask_mod decides within it."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    def ranges(ids):
+        starts = torch.arange(0, len(ids), block, device=ids.device)
+        return ids[starts], ids[(starts + block - 1).clamp(max=len(ids) - 1)]
+
+    (q_lo, q_hi), (kv_lo, kv_hi) = ranges(q_ids), ranges(kv_ids)
+    meet = (q_lo[:, None] <= kv_hi[None, :]) & (kv_lo[None, :] <= q_hi[:, None])
+    num = meet.sum(-1, dtype=torch.int32)
+    indices = torch.argsort((~meet).to(torch.int8), dim=-1, stable=True).to(torch.int32)  # the met blocks first
+    return BlockMask.from_kv_blocks(num[None, None], indices[None, None], BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(len(q_ids), len(kv_ids)), compute_q_blocks=False)
 
 
 def position_offset(model: torch.nn.Module) -> int:

@@ -2,8 +2,8 @@
 
     python -m lmc_ray.testing.device_image benchmarks/gpu.py --layers 2 ...
 
-That machine's image has torch, transformers, pandas, pyarrow, scikit-learn, matplotlib, fsspec, psutil, tqdm and
-pyyaml, but none of the packages below (pydantic travels as wheels: benchmarks/device.sh). A benchmark that comes
+That machine's image has torch, transformers, pandas, pyarrow, scikit-learn, matplotlib, fsspec, tqdm and pyyaml,
+but none of the packages below, nor surely psutil or pip (pydantic travels as wheels: benchmarks/device.sh). A benchmark that comes
 to import one of them, at its top or halfway through, would fail there and waste a device session; the toy runs
 in tests/test_benchmarks.py go through this runner so that such an import fails here first.
 """
@@ -14,7 +14,7 @@ import runpy
 import sys
 from pathlib import Path
 
-ABSENT = {"ray", "datasets", "s3fs", "duckdb", "moto", "boto3", "botocore", "aiobotocore"}
+ABSENT = {"ray", "datasets", "s3fs", "duckdb", "moto", "boto3", "botocore", "aiobotocore", "psutil", "pip"}
 
 
 class _Hiding(importlib.abc.MetaPathFinder):

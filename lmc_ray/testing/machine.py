@@ -22,10 +22,10 @@ def cpu() -> str:
 
 
 def machine() -> str:
-    import psutil
     import torch
 
     gpu = (f"GPU {torch.cuda.get_device_name()} ({torch.cuda.device_count()})" if torch.cuda.is_available()
            else "no GPU")
-    return (f"machine: {os.cpu_count()} CPUs ({cpu()}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # no psutil: the GPU machine may lack it
+    return (f"machine: {os.cpu_count()} CPUs ({cpu()}), {memory / 2**30:.0f} GiB, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}")
