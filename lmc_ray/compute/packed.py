@@ -129,8 +129,8 @@ def _document_masks(doc: torch.Tensor, first: torch.Tensor):
 
 def _block_mask(mask_mod, q_ids: torch.Tensor, kv_ids: torch.Tensor, block: int = 128):
     """The BlockMask of `mask_mod`, built from block ranges of non-decreasing ids (O(blocks²) memory) instead of
-    evaluating the mask at every (query, key) as create_block_mask does (a 32,768² stream is 1 GiB a temporary,
-    ~10 GiB at peak). Every block with a pair that may attend is listed; mask_mod decides within it."""
+    evaluating the mask at every (query, key) as create_block_mask does (1 GiB per boolean temporary at 32,768
+    tokens). Every block with a pair that may attend is listed; mask_mod decides within it."""
     from torch.nn.attention.flex_attention import BlockMask
 
     def ranges(ids):
