@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+import textwrap
 
 from .errors import ConfigError, Interrupted, SweepError
 
@@ -158,8 +160,20 @@ def configs(argv=None) -> None:
         print(json.dumps(schema(), indent=1))
         return
     for name in shipped():
-        first = (CONFIGS / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
-        print(f"{name:24} {first}")
+        print(textwrap.fill(_summary((CONFIGS / f"{name}.yaml").read_text()), 110, initial_indent=f"{name:24} ",
+                            subsequent_indent=" " * 25, break_on_hyphens=False))
+
+
+def _summary(text: str) -> str:
+    """The first sentence of a YAML file's leading comment, whole (it may span several comment lines)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    words = " ".join(lines)
+    end = re.search(r"(?<!e\.g)(?<!i\.e)\.(\s|$)", words)
+    return words[:end.end()].strip() if end else words
 
 
 # "cluster" is the Ray cluster everywhere else; the basins job keeps that name only as an alias of `analyse`.
@@ -171,11 +185,16 @@ ALIASES = {"cluster": "analyse"}
 def entry(argv=None) -> None:
     """`lmc-ray COMMAND ...`"""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-V"]):
+        from importlib.metadata import version
+
+        print(f"lmc-ray {version('lmc-ray')}")
+        return
     if argv and argv[0] in ALIASES:
         argv = [ALIASES[argv[0]], *argv[1:]]
     if not argv or argv[0] not in COMMANDS:
         lines = "\n".join(f"  {name:9} {fn.__doc__.splitlines()[0]}" for name, fn in COMMANDS.items())
-        print(f"usage: lmc-ray COMMAND [options]   (lmc-ray COMMAND --help)\n\n{lines}",
+        print(f"usage: lmc-ray COMMAND [options]   (lmc-ray COMMAND --help; lmc-ray --version)\n\n{lines}",
               file=sys.stderr if argv else sys.stdout)
         sys.exit(2 if argv and argv[0] not in ("-h", "--help") else 0)
     sys.argv[0] = f"lmc-ray {argv[0]}"  # what argparse names in usage lines and errors: `lmc-ray sweep`, not `lmc-ray`

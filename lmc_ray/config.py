@@ -63,11 +63,13 @@ def same_ref(ref: str) -> str:
 @dataclass(config=TYPED)
 class EvalSetSpec:
     name: str
+    """How the set is named in the store and the report."""
     path: str
     """Local file (jsonl/csv/tsv/parquet) or a hub dataset id."""
     text: list[str]
     """The text field, or two for sentence pairs."""
     label: str
+    """The field holding each example's label (a name, or a class id)."""
     subsets: list[str | list[str]] = field(default_factory=list)
     """Each entry is a field or a list of fields; scores are also reported per value (combination)."""
     label_map: dict[Any, str | list[str]] | None = None
@@ -123,16 +125,19 @@ class PlanesSpec:
 @dataclass(config=TYPED)
 class SweepConfig:
     models: list[ModelSpec]
+    """The population: model references (strings) or mappings with ref, name, labels, steps; all one architecture."""
     eval_sets: list[EvalSetSpec]
+    """The sets each model is scored on; the first is on every line and decides the barriers by default."""
     store: str
     """Output store: a local path or s3://bucket/prefix."""
     alphas: list[float] = field(default_factory=lambda: grid(10))
-    """Grid size (10, the paper's) or a list such as [0, 0.5, 1]."""
+    """Points on each line: a count of evenly spaced points with both models included (10, the paper's; at least
+    3), or a list of α in [0, 1] such as [0, 0.5, 1]."""
     pairs: str | dict[str, Any] = "all"
+    """Which pairs get a line: all (the paper's N(N−1)/2), {anchors: [model names]} (every model against each
+    anchor), or {file: PATH} (two model names a line). `analyse` needs all for basins."""
     across_steps: bool = False
     """With models at several training steps (`steps:`), also the pairs between steps (default: within each)."""
-    """Which pairs get a line: all (the paper's N(N−1)/2), {anchors: [model names]} (every model against each
-    anchor), or {file: PATH} (two model names a line). The cluster job needs all for basins."""
     planes: PlanesSpec | None = None
     """Planes through three models, evaluated on the line sets after the pairs (STORE/planes/, contour plots in the
     report); null = none."""
@@ -147,14 +152,18 @@ class SweepConfig:
     the store is opened, so a store records the precision its values were computed in. tfloat32: fp32 weights with
     TF32 matmuls, GPUs only."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where each actor computes; auto = its node's GPU if it has one, else its CPUs."""
     batch_tokens: Literal["auto"] | Positive = "auto"
-    """Padded tokens per batch (dynamic padding, length-sorted); auto: core.BATCH_TOKENS for the device."""
+    """Tokens per batch: padded tokens (dynamic padding, length-sorted), or with packing the longest stream; auto:
+    core.BATCH_TOKENS for the device, packed core.PACKED_TOKENS."""
     max_batch_size: Positive = 256
+    """Most examples in one padded batch, whatever the token budget allows."""
     packing: Literal["auto"] | bool = "auto"
     """Padding-free evaluation (lmc_ray/compute/packed.py): auto = on GPUs for BERT-family encoders; true fails on others.
     Changes no value beyond float rounding, so stores resume across it."""
-    max_length: Positive = 512
-    """Truncation only; never padded to."""
+    max_length: Literal["auto"] | Positive = "auto"
+    """Tokens kept per example (truncation only; never padded to); auto = 512 or the models' positions if fewer.
+    More than the models' positions is refused."""
     actors: Literal["auto"] | Positive = "auto"
     """Number of actors; auto = as many as the population and the cluster's largest size allow (what the autoscaler
     may add counts, not only what runs now): one per gpus_per_actor GPUs, or per cpus_per_actor cores."""
@@ -173,6 +182,8 @@ class SweepConfig:
     lease_timeout: PositiveNumber = 120.0
     """Seconds without a heartbeat after which another sweep may take over an S3 store's lease (lmc_ray/storage/lease.py)."""
     cache_dir: str = "~/.cache/lmc_ray"
+    """Where models read from S3, and converted checkpoints, are cached; hub files go to huggingface_hub's own cache
+    (HF_HUB_CACHE, else HF_HOME/hub), shared with the user's other tools."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options for s3:// paths."""
     tokenizer: str | None = None
@@ -281,7 +292,7 @@ def _describe(hint) -> str:
     if origin is list:
         return f"a list of ({_describe(args[0])})"
     if origin is dict:
-        return "a mapping"
+        return f"a mapping to ({_describe(args[1])})" if args and args[1] is not Any else "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
 
@@ -296,13 +307,31 @@ def build(cls, raw: dict, where: str):
         if err["type"] == "unexpected_keyword_argument":
             known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
             problem = f"unknown key {key!r} (known: {known})"
-        elif err["type"] == "missing_argument":
+        elif err["type"] in ("missing", "missing_argument"):
             problem = f"missing required key {key!r}"
         elif key in raw:
-            problem = f"{key} must be {_describe(typing.get_type_hints(cls, include_extras=True)[key])}, got {raw[key]!r}"
+            allowed = _describe(typing.get_type_hints(cls, include_extras=True)[key])
+            problem = f"{key} must be {allowed}, got {raw[key]!r}"
+            inner = _culprit(raw[key], err["loc"][1:])
+            if inner:
+                problem = f"{key}{inner[0]} is {inner[1]!r}: {key} must be {allowed}"
         else:
             problem = first_line(e)
         raise ConfigError(f"{where}: {problem}") from None
+
+
+def _culprit(value, loc) -> tuple[str, Any] | None:
+    """The innermost entry of a list or mapping that pydantic's error location points into, as (path, value):
+    `label_map['a']` and its 3, rather than the whole mapping. None when the value itself is the culprit."""
+    path = ""
+    for part in loc:
+        if isinstance(value, dict) and part in value:
+            value, path = value[part], f"{path}[{part!r}]"
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value, path = value[part], f"{path}[{part}]"
+        else:
+            break
+    return (path, value) if path else None
 
 
 def eval_set(e, where) -> EvalSetSpec:
@@ -327,8 +356,9 @@ def from_dict(raw: dict) -> SweepConfig:
     raw["eval_sets"] = [eval_set(e, i) for i, e in enumerate(raw["eval_sets"])]
     alphas = raw.get("alphas")
     if isinstance(alphas, int) and not isinstance(alphas, bool):
-        if alphas < 2:
-            raise ConfigError(f"config: alphas = {alphas}: a grid needs at least 2 points")
+        if alphas < 3:
+            raise ConfigError(f"config: alphas = {alphas}: a barrier needs at least 3 points (the two models and "
+                              "one between)")
         raw["alphas"] = grid(alphas)
     elif alphas is not None and not (isinstance(alphas, list) and all(
             isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas)):
@@ -370,11 +400,12 @@ def validate(cfg: SweepConfig) -> None:
         raise ConfigError(f"config: gpus_per_actor {share:g}: an actor computes on one GPU, alone (1) or shared by k "
                           "actors (1/k: 0.5, 0.3333, 0.25, ...)")
     alphas = [float(a) for a in cfg.alphas]
-    if len(alphas) < 2:
-        raise ConfigError(f"config: alphas {cfg.alphas!r}: a line needs at least 2 points for a barrier")
     for a in alphas:
         if not (0.0 <= a <= 1.0):
             raise ConfigError(f"config: alpha {a} is outside [0, 1]")
+    if len(alphas) < 3 or not any(0.0 < a < 1.0 for a in alphas):
+        raise ConfigError(f"config: alphas {cfg.alphas!r}: a barrier needs at least 3 points, one of them between the "
+                          "two models (e.g. [0, 0.5, 1])")
     if len(set(alphas)) != len(alphas):
         raise ConfigError("config: alphas contain a duplicate value")
     cfg.alphas = sorted(alphas)
@@ -514,7 +545,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     for f in _flags():
         info = SweepConfig.__pydantic_fields__[f.name]
         words = _describe(hints[f.name])
-        text = f"{info.description or ''} ({words})".strip().replace("%", "%%")
+        if f.name == "alphas":  # the flag takes a count as often as a list
+            words, default = "a count, or a list in YAML syntax", len(info.get_default(call_default_factory=True))
+        else:
+            default = None if info.is_required() else info.get_default(call_default_factory=True)
+        text = f"{info.description or ''} ({words}{'' if info.is_required() else f'; default: {default}'})"
+        text = text.strip().replace("%", "%%")
         if hints[f.name] is bool:  # a switch: --per-example, or --per-example false
             p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, nargs="?", const=True, type=_parse_value,
                            metavar="BOOL", help=text)

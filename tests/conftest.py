@@ -54,6 +54,15 @@ def population(tmp_path_factory, mnli_texts) -> list[Path]:
                            heads=2, noise=0.05, vocab_size=1500)
 
 
+@pytest.fixture(scope="session")
+def short_population(tmp_path_factory, mnli_texts) -> list[Path]:
+    """Two tiny BERTs of 128 positions: a model that cannot take the paper's 512 tokens."""
+    from lmc_ray.testing.population import make_population
+
+    return make_population(tmp_path_factory.mktemp("short"), 2, mnli_texts, NLI_LABELS, layers=1, hidden=32,
+                           heads=2, noise=0.05, vocab_size=1500, positions=128)
+
+
 def sweep_config(models, store, **over) -> dict:
     """The README's minimal config form, on real MNLI dev text."""
     cfg = {

@@ -1,5 +1,6 @@
 """The job's contract on the process, as a user sees it: one line on stderr, an exit code, nothing half written."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,3 +107,73 @@ def test_a_failed_sweep_exits_1_with_one_line(tmp_path, population):
     (line,) = _ours(run.stderr)
     assert line.startswith("lmc-ray: sweep failed: 1 of 1 actors never started in ") and "each needs 1.00 GPU" in line
     assert line.endswith("(rerun the same command to resume)") and "Traceback" not in run.stderr
+
+
+def _refused(tmp_path, models, *flags, **over):
+    """The sweep command on a config with `over` and `flags`: (its stderr lines of ours, exit code, seconds)."""
+    start = time.monotonic()
+    run = subprocess.run(SWEEP + [_config(tmp_path, models, **over), *flags], capture_output=True, text=True,
+                         timeout=120)
+    return _ours(run.stderr), run.returncode, time.monotonic() - start, run.stderr
+
+
+BAD_INPUT = [
+    # (config keys, flags, the one line)
+    ({}, ["--alphas", "2"], "config: alphas = 2: a barrier needs at least 3 points (the two models and one between)"),
+    ({"alphas": [0, 1]}, [], "config: alphas [0.0, 1.0]: a barrier needs at least 3 points, one of them between "
+                             "the two models (e.g. [0, 0.5, 1])"),
+    ({"eval_sets": [{"name": "nli", "path": "x.tsv", "text": ["premise"]}]}, [],
+     "config: eval set 'nli': missing required key 'label'"),
+    ({"eval_sets": [{"name": "nli", "path": "x.tsv", "text": ["premise"], "label": "y", "label_map": {"a": 3}}]}, [],
+     "config: eval set 'nli': label_map['a'] is 3: label_map must be a mapping to (a string or a list of (a "
+     "string)) or null"),
+    ({}, ["--gpus-per-actor", "0.3"], "config: gpus_per_actor 0.3: an actor computes on one GPU, alone (1) or "
+                                      "shared by k actors (1/k: 0.5, 0.3333, 0.25, ...)"),
+    ({}, ["--max-length", "200"], "config: max_length 200 is more than model 'M0' has positions (128); set "
+                                  "max_length 128 or less, or auto"),
+]
+
+
+def test_bad_input_is_one_line_within_seconds_and_writes_nothing(tmp_path, population, short_population):
+    """Each mistake a new user makes first: one line naming the culprit and what is allowed, exit 2, within 10 s
+    (before Ray starts), and no store."""
+    for k, (over, flags, line) in enumerate(BAD_INPUT):
+        where = tmp_path / str(k)
+        where.mkdir()
+        models = short_population if "max-length" in " ".join(flags) else population[:2]
+        ours, code, seconds, stderr = _refused(where, models, *flags, **over)
+        line = line.replace("'M0'", repr(str(models[0])))
+        assert ours == [f"lmc-ray: error: {line}"] and code == 2, stderr[-2000:]
+        assert seconds < 10, (line, seconds)
+        assert not (where / "store").exists()
+
+
+def test_max_length_auto_is_capped_by_the_models_positions(tmp_path, short_population):
+    """A model of 128 positions: max_length auto keeps 128 tokens (512 would fail inside the actor), and run.json
+    records the number it used."""
+    import json
+
+    from lmc_ray import config
+    from lmc_ray.execution import local, plan
+
+    cfg = config.from_dict(sweep_config(short_population, tmp_path / "store", alphas=3,
+                                        eval_sets=[{"name": "long", "path": str(tmp_path / "long.jsonl"),
+                                                    "text": ["t"], "label": "y"}]))
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps({"t": "word " * 300, "y": lab}) + "\n"
+                                                 for lab in ("entailment", "neutral")))
+    p = plan.prepare(cfg)
+    assert p.cfg.max_length == 128 and max(len(x) for x in p.datas[0].input_ids) == 128
+    local.run(p, progress=False)
+    assert json.loads((tmp_path / "store" / "run.json").read_text())["fingerprint"]["max_length"] == 128
+
+
+def test_version_and_shipped_configs_read_whole():
+    run = subprocess.run([sys.executable, "-c", "from lmc_ray.cli import entry; entry(['--version'])"],
+                         capture_output=True, text=True, timeout=60)
+    from importlib.metadata import version
+
+    assert run.returncode == 0 and run.stdout == f"lmc-ray {version('lmc-ray')}\n", run
+    listing = subprocess.run([sys.executable, "-c", "from lmc_ray.cli import entry; entry(['configs'])"],
+                             capture_output=True, text=True, timeout=60).stdout
+    entries = re.split(r"\n(?=\S)", listing.strip())
+    assert len(entries) >= 10 and all(e.rstrip().endswith((".", ")")) for e in entries), listing  # whole sentences

@@ -33,7 +33,8 @@ def test_explicit_alphas_are_sorted():
 @pytest.mark.parametrize("over, culprit", [
     ({"alphas": [0, 1.5]}, "alpha 1.5 is outside [0, 1]"),
     ({"alphas": [-0.1, 1]}, "alpha -0.1 is outside [0, 1]"),
-    ({"alphas": 1}, "at least 2 points"),
+    ({"alphas": 1}, "at least 3 points"),
+    ({"alphas": 2}, "alphas = 2: a barrier needs at least 3 points"),
     ({"models": ["a/m0"]}, "at least 2 models"),
     ({"models": ["a/m0", "a/m0"]}, "'a/m0' appears twice"),
     ({"bogus": 1}, "unknown key 'bogus'"),
@@ -42,15 +43,17 @@ def test_explicit_alphas_are_sorted():
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "role": "ood"}]},
      "eval set 's': role must be 'in_domain' or 'diagnostic', got 'ood'"),
     ({"refine": -1}, "refine must be a non-negative integer, got -1"),
-    ({"refine": 1, "alphas": [0, 1]}, "refine needs alphas with both endpoints and at least one interior point"),
+    ({"refine": 1, "alphas": [0.2, 0.5, 0.8]}, "refine needs alphas with both endpoints and at least one interior point"),
     ({"batch_tokens": "many"}, "batch_tokens must be 'auto' or a positive integer, got 'many'"),
     ({"max_batch_size": 0}, "max_batch_size must be a positive integer, got 0"),
     ({"per_example": "yes"}, "per_example must be true or false, got 'yes'"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": ["a", "b", "c"], "label": "l"}]}, "one or two fields"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "colour": 1}]}, "unknown key 'colour'"),
     # Every key's type, before anything is written (these gave tracebacks, two after writing run.json).
-    ({"alphas": []}, "alphas []: a line needs at least 2 points"),
-    ({"alphas": [0.5]}, "alphas [0.5]: a line needs at least 2 points"),
+    ({"alphas": []}, "alphas []: a barrier needs at least 3 points"),
+    ({"alphas": [0.5]}, "alphas [0.5]: a barrier needs at least 3 points"),
+    ({"alphas": [0, 1]}, "alphas [0.0, 1.0]: a barrier needs at least 3 points, one of them between"),
+    ({"alphas": [0, 0.5, 0.5]}, "duplicate"),
     ({"alphas": "x"}, "alphas must be a number of grid points or a list of numbers, got 'x'"),
     ({"max_retries": "x"}, "max_retries must be a non-negative integer, got 'x'"),
     ({"max_retries": -1}, "max_retries must be a non-negative integer, got -1"),
@@ -173,7 +176,17 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
     for f in dataclasses.fields(config.SweepConfig):
         if f.name not in ("models", "eval_sets", "storage_options", "planes"):
             assert f"--{f.name.replace('_', '-')}" in help_text, f.name
-    assert "Actor restarts / task retries" in help_text and "(a non-negative integer)" in help_text
+    flat = "".join(help_text.split())  # argparse wraps lines, at hyphens too
+    schema = config.schema()["properties"]
+    for f in dataclasses.fields(config.SweepConfig):  # each described, in --help and in the JSON schema
+        text = "".join((config.SweepConfig.__pydantic_fields__[f.name].description or "").split())
+        assert text and text in "".join(schema[f.name].get("description", "").split()), f.name
+        if f.name not in ("models", "eval_sets", "storage_options", "planes"):
+            assert text in flat, f.name
+    for cls in (config.ModelSpec, config.EvalSetSpec, config.PlanesSpec):  # and the entries' fields
+        for name, info in cls.__pydantic_fields__.items():
+            assert info.description, f"{cls.__name__}.{name}"
+    assert "(anon-negativeinteger;default:3)" in flat and "(astring)" in flat  # max_retries; store: required
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_raw(per_example=True)))
     parse = lambda *a: config.load(config.parser("t").parse_args(["--config", str(path), *a]))

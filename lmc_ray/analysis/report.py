@@ -231,8 +231,9 @@ def write(store: Store, a: Analysis, ood: str | None = None) -> str:
     figures = {"heatmap.png": heatmap(a), "curves.png": curves(a), "diagnostic_histograms.png": histograms(a)}
     ood = ood or ood_key(a)
     if ood is not None:
-        if ood not in a.per_model:
-            raise ConfigError(f"--ood {ood!r}: no such per-model score (have: {', '.join(a.per_model.columns[1:])})")
+        scores = [c for c in a.per_model.columns if c not in ("model", "cluster")]
+        if ood not in scores:
+            raise ConfigError(f"--ood {ood!r}: no such per-model score (have: {', '.join(scores)})")
         figures.update({"ood_heatmap.png": ood_heatmap(a, ood), "extremes.png": extremes(a, ood),
                         "scatter.png": scatter(a, ood)})
     if "barrier_lo" in a.barriers:

@@ -24,6 +24,7 @@ class ModelInfo:
     labels: list[str]  # id2label in the checkpoint's own order
     shapes: dict[str, tuple[int, ...]]
     model_type: str | None = None
+    positions: int | None = None  # tokens an input may have (max_position_embeddings, less RoBERTa's offset)
 
 
 _GENERIC = re.compile(r"^LABEL_\d+$")
@@ -54,8 +55,11 @@ def read_info(name: str, path: Path, declared: list[str] | None = None,
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     id2label = cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(cfg.get("num_labels", 2))}
     labels = own_labels(name, id2label, declared)
+    positions = cfg.get("max_position_embeddings")
+    if positions and cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= (cfg.get("pad_token_id") or 1) + 1  # positions count from padding_idx + 1
     if shapes is not None:
-        return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"))
+        return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"), positions)
     files = checkpoint_files(path)
     if not files:
         raise ConfigError(f"model {name!r}: no *.safetensors or pytorch_model*.bin in {path}")
@@ -65,7 +69,19 @@ def read_info(name: str, path: Path, declared: list[str] | None = None,
             shapes.update(_header_shapes(f))
         except Exception as e:  # the formats raise many types for a damaged file
             raise ConfigError(f"model {name!r}: cannot read checkpoint {f.name} ({cause(e)})") from None
-    return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"))
+    return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"), positions)
+
+
+def max_length(asked: int | str, infos: list[ModelInfo]) -> int:
+    """The tokens kept per example: `asked`, or for auto the paper's 512 unless the models have fewer positions."""
+    limit = min((m.positions for m in infos if m.positions), default=None)
+    if asked == "auto":
+        return min(512, limit or 512)
+    if limit is not None and asked > limit:
+        short = next(m for m in infos if m.positions == limit)
+        raise ConfigError(f"config: max_length {asked} is more than model {short.name!r} has positions ({limit}); "
+                          f"set max_length {limit} or less, or auto")
+    return asked
 
 
 def _header_shapes(f: Path) -> dict[str, tuple[int, ...]]:

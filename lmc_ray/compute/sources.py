@@ -191,17 +191,26 @@ def _hub_failure(ref: str, e: Exception) -> ConfigError:
     return ConfigError(f"model {ref!r}: not a local directory and not downloadable from the hub ({first_line(e)})")
 
 
-def _hub_cache(cache: Path) -> Path:
-    """Where hub files go: HF_HUB_CACHE when the user set it (shared with their other tools), else cache_dir/hub."""
-    return Path(os.environ["HF_HUB_CACHE"]).expanduser() if os.environ.get("HF_HUB_CACHE") else cache / "hub"
+def _hub_cache() -> Path:
+    """Where huggingface_hub itself keeps hub files (HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME or ~/.cache,
+    then huggingface/hub), read when asked: models a user already has are not downloaded again."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (1, ON, YES, TRUE, any case)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _inspect_hub(ref: str, cache: Path) -> Found:
     from huggingface_hub import HfApi, get_safetensors_metadata, hf_hub_download
 
-    hub = _hub_cache(cache)
+    hub = _hub_cache()
     repo, _, revision = ref.partition("@")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if hub_offline():
         if _STEP.match(revision):
             raise ConfigError(f"model {ref!r}: finding the commit of a step needs the hub's history (HF_HUB_OFFLINE is "
                               f"set); name the commit instead (org/name@COMMIT)")
@@ -249,7 +258,7 @@ def _step_commit(ref: str, step: int) -> str:
 def _from_hub(ref: str, cache: Path, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    hub = _hub_cache(cache)
+    hub = _hub_cache()
     repo, _, asked = ref.partition("@")
     try:
         if revision is None and _STEP.match(asked):

@@ -126,6 +126,7 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
     found = _inspect_all(cfg)
     infos = [M.read_info(m.name, f.folder, m.labels, f.shapes) for m, f in zip(cfg.models, found)]
     labels = M.preflight(infos)
+    cfg = dataclasses.replace(cfg, max_length=M.max_length(cfg.max_length, infos))  # concrete before the store opens
     if cfg.packing is True and infos[0].model_type not in PACKABLE:
         raise packed.refusal(infos[0].model_type)
     source = cfg.tokenizer or cfg.models[0].ref

@@ -14,13 +14,13 @@ from ..task.pretrain import bert_config, build_tokenizer
 
 def make_population(out_dir: str | Path, n: int, texts: list[str], labels: list[str], layers: int = 2,
                     hidden: int = 64, heads: int = 2, noise: float = 0.02, seed: int = 0,
-                    vocab_size: int = 2000) -> list[Path]:
+                    vocab_size: int = 2000, positions: int = 512) -> list[Path]:
     """n classifiers saved with save_pretrained (model + tokenizer) under out_dir/m{k}."""
     from transformers import BertForSequenceClassification
 
     out = Path(out_dir)
     tok = build_tokenizer(texts, vocab_size)
-    cfg = bert_config(len(tok), labels, layers, hidden, heads)
+    cfg = bert_config(len(tok), labels, layers, hidden, heads, max_positions=positions)
     torch.manual_seed(seed)
     base = BertForSequenceClassification(cfg).eval()
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
