@@ -2,6 +2,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -149,3 +150,21 @@ def test_the_tokenizer_from_another_reference(tmp_path, population, mnli_texts):
         tok = AutoTokenizer.from_pretrained(name)
         ids = [tok(a, b)["input_ids"] for a, b in zip(df.premise, df.hypothesis)]
         assert all(list(x) == y for x, y in zip(p.datas[0].input_ids, ids)) == same, name
+
+
+def test_hub_files_go_where_huggingface_hub_keeps_them(monkeypatch, tmp_path):
+    """Models a user already has in huggingface_hub's cache are found there, not downloaded again to our own."""
+    from lmc_ray.compute import sources
+
+    for var in ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    assert sources._hub_cache() == Path("~/.cache/huggingface/hub").expanduser()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert sources._hub_cache() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert sources._hub_cache() == tmp_path / "home" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert sources._hub_cache() == tmp_path / "hub"
+    for value, offline in (("1", True), ("ON", True), ("yes", True), ("true", True), ("0", False), ("", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert sources.hub_offline() is offline, value
