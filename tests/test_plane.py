@@ -98,5 +98,5 @@ def test_a_plane_names_three_models_of_the_config(tmp_path, population):
     with pytest.raises(ConfigError, match="three different models make a plane"):
         config.from_dict(raw)
     raw["planes"] = {"triples": [[str(population[0])] * 2]}
-    with pytest.raises(ConfigError, match=r"^config: planes: triples must be a list of"):
+    with pytest.raises(ConfigError, match=r"^config: planes: triples\[0\] is \[.*\]: triples must be a list of"):
         config.from_dict(raw)
