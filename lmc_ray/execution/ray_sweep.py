@@ -230,29 +230,6 @@ def _most() -> dict[str, float]:
     return total
 
 
-def _started(actors, need: str, timeout: float) -> list[int]:
-    """Each actor's process id once it runs. Actors wait for resources the cluster may not have yet (an
-    autoscaler starting GPU nodes): say so every 30 s; after `timeout`, stop in one line naming what is missing."""
-    refs, start = [a.pid.remote() for a in actors], time.monotonic()
-    while True:
-        waited = time.monotonic() - start
-        ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=max(0.1, min(30.0, timeout - waited)))
-        for ref in ready:
-            _get(ref)  # where bad input found in an actor (NaN weights) surfaces
-        if not waiting:
-            return [_get(r) for r in refs]
-        waited, have = time.monotonic() - start, ray.cluster_resources()
-        have = f"{have.get('GPU', 0):g} GPU, {have.get('CPU', 0):g} CPU"
-        if waited >= timeout:
-            for actor in actors:
-                ray.kill(actor)
-            raise SweepError(f"{len(waiting)} of {len(refs)} actors never started in {waited:.0f} s: each needs {need} "
-                             f"and the cluster has {have} (no node offers that, or none came up; see `ray status`; "
-                             "resource_timeout sets the wait). Nothing stored was lost")
-        log.info("waiting for %d of %d actors (each needs %s) for %.0f s; the cluster has %s now — see `ray status`",
-                 len(waiting), len(refs), need, waited, have)
-
-
 def _name(plan: Plan, indices: list[int]) -> str:
     names = [plan.names[i] for i in indices]
     return f"model:{names[0]}" if len(names) == 1 else f"models:{names[0]}..{names[-1]} ({len(names)})"
@@ -273,9 +250,36 @@ class _Pool:
 
     def __init__(self, actors, names: list[str], max_retries: int, need: str, timeout: float):
         self.actors, self.names, self.max_retries = actors, names, max_retries
-        self.pids = _started(actors, need, timeout)
-        self.deaths = [0] * len(actors)
+        self.pids, self.deaths = [None] * len(actors), [0] * len(actors)
         self.tasks = {}  # ref -> (actor index, what, make, attempt)
+        self._start(need, timeout)
+
+    def _start(self, need: str, timeout: float) -> None:
+        """Wait until every actor runs and note its process id. Actors wait for resources the cluster may not
+        have yet (an autoscaler starting GPU nodes): say so every 30 s; after `timeout`, stop in one line naming
+        what is missing. An actor that dies while starting counts a death, as it would later."""
+        refs, start = {a.pid.remote(): k for k, a in enumerate(self.actors)}, time.monotonic()
+        while True:
+            waited = time.monotonic() - start
+            ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=max(0.1, min(30.0, timeout - waited)))
+            for ref in ready:
+                k = refs.pop(ref)
+                try:
+                    self.pids[k] = _get(ref)  # where bad input found in an actor (NaN weights) surfaces
+                except ray.exceptions.RayActorError as e:
+                    self._recover(k, e)
+            if not waiting:
+                return
+            waited, have = time.monotonic() - start, ray.cluster_resources()
+            have = f"{have.get('GPU', 0):g} GPU, {have.get('CPU', 0):g} CPU"
+            if waited >= timeout:
+                for actor in self.actors:
+                    ray.kill(actor)
+                raise SweepError(f"{len(waiting)} of {len(self.actors)} actors never started in {waited:.0f} s: each "
+                                 f"needs {need} and the cluster has {have} (no node offers that, or none came up; see "
+                                 "`ray status`; resource_timeout sets the wait). Nothing stored was lost")
+            log.info("waiting for %d of %d actors (each needs %s) for %.0f s; the cluster has %s now — see `ray status`",
+                     len(waiting), len(self.actors), need, waited, have)
 
     def submit(self, k: int, what: str, make, attempt: int = 0) -> None:
         """make(actor, attempt) -> ObjectRef; called again, with attempt + 1, for a retry."""
@@ -432,12 +436,21 @@ def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
         pool.submit(k, what, make)
     for _, result in track((pool.next() for _ in rec.planes), len(rec.planes), "planes", "plane", not progress):
         rec.plane(result)
-    busy = ray.get([a.busy_time.remote() for a in actors])  # an actor restarted mid-sweep counts from its restart
+    busy = [_busy(a) for a in actors]
     if len(actors) > 1:
         log.info("%s", balance(busy))
     for actor in actors:
         ray.kill(actor)
     return busy
+
+
+def _busy(actor) -> float:
+    """Seconds the actor computed; one restarted mid-sweep counts from its restart, one that died after its last
+    task (its results are stored) as 0."""
+    try:
+        return ray.get(actor.busy_time.remote())
+    except ray.exceptions.RayActorError:
+        return 0.0
 
 
 def balance(busy: list[float]) -> str:
