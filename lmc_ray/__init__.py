@@ -45,13 +45,22 @@ def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: boo
     return Store(p.cfg.store, p.cfg.storage_options)
 
 
-def analyse(store: str | Store, **options) -> Analysis:
+def analyse(store: str | Store, out: str | None = None, **options) -> Analysis:
     """Barriers, clusters and per-cluster generalization of a finished store (options as analysis.findings.run takes them:
-    eval_set, metric, bootstrap, level, scores_file); also writes barriers.parquet and the other tables beside it."""
+    eval_set, metric, bootstrap, level, scores_file); also writes barriers.parquet and the other tables beside the
+    curves, or into folder `out`."""
     from .analysis import findings
     from .storage.store import Store
 
     store = Store(store) if isinstance(store, str) else store
-    result = findings.run(store, **options)
-    findings.write(store, result)
+    target = Store(out) if out else store
+    try:
+        try:
+            result = findings.run(store, **options)
+        except findings.BarriersOnly as e:  # chosen pairs: their barriers are all there is to write
+            findings.write(target, e)
+            raise
+        findings.write(target, result)
+    finally:
+        target.close()  # no empty _tmp/ left
     return result

@@ -76,15 +76,24 @@ def analyse(argv=None) -> None:
                    "diagnostic set's whole-set score, endpoints_only sets first)")
     p.add_argument("--scores", metavar="FILE", help="per-model results from elsewhere (CSV/Parquet: a model column, "
                                                      "then numeric columns), joined to the clusters")
+    p.add_argument("--out", metavar="DIR", help="write the tables and report/ here (local or s3://) instead of "
+                                                 "into the store, e.g. for a read-only store")
     args = p.parse_args(argv)
     store = Store(args.store)
+    store.meta()  # not a store: say so before anything is created at --out
+    out = Store(args.out) if args.out else store
+    out.check_writable("" if args.out else "; write the analysis elsewhere with --out DIR")
     try:
-        a = findings.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
-    except findings.BarriersOnly as e:
-        print(e)
-        return
-    findings.write(store, a)
-    index = report.write(store, a, args.ood)
+        try:
+            a = findings.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
+        except findings.BarriersOnly as e:
+            findings.write(out, e)
+            print(f"{e} (in {out.url})")
+            return
+        findings.write(out, a)
+        index = report.write(store, a, args.ood, out)
+    finally:
+        out.close()
     print(findings.text_summary(a))
     print(f"report: {index}")
 

@@ -234,3 +234,34 @@ def test_clustering_on_the_error_barrier(store):
     for r in rows.itertuples():
         assert a.matrix[idx[r.model_a], idx[r.model_b]] == a.matrix[idx[r.model_b], idx[r.model_a]] == r.barrier
     assert a.metric == "error" and not np.allclose(a.matrix, findings.run(Store(str(store))).matrix)
+
+
+def test_a_read_only_store_is_refused_in_one_line_and_analysed_into_out(tmp_path, store):
+    """The store bind-mounted read-only (a real read-only file system, in a private mount namespace): `analyse`
+    says so in one line and points to --out; with --out everything goes there, the store is untouched, and no
+    empty _tmp/ is left in either."""
+    ro = tmp_path / "ro"
+    shutil.copytree(store, ro, ignore=shutil.ignore_patterns("report", "barrier*.parquet", "clusters.parquet"))
+    before = sorted(p.relative_to(ro) for p in ro.rglob("*"))
+    analyse = f"{sys.executable} {ROOT / 'jobs' / 'analyse.py'} --store {ro}"
+
+    def in_read_only(args: str) -> subprocess.CompletedProcess:
+        script = f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && {analyse} {args}"
+        return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=300)
+
+    run = in_read_only("")
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.splitlines() == [f"lmc-ray: error: store {str(ro)!r}: not writable (Read-only file system); "
+                                       "write the analysis elsewhere with --out DIR"]
+    out = tmp_path / "out"
+    run = in_read_only(f"--out {out}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"report: {out}/report/index.html" in run.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["barrier_matrix.parquet", "barriers.parquet", "clusters.parquet",
+                                                     "report"]
+    assert "heatmap.png" in (out / "report" / "index.html").read_text()
+    assert sorted(p.relative_to(ro) for p in ro.rglob("*")) == before
+    # Into a writable store too, nothing but the tables and report/ is added.
+    run = subprocess.run(analyse.split(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and not (ro / "_tmp").exists(), run.stderr[-2000:]

@@ -42,7 +42,12 @@ class Analysis:
 
 
 class BarriersOnly(Exception):
-    """The store's sweep chose its pairs: barriers.parquet is written; basins need every pair. One line, said."""
+    """The store's sweep chose its pairs: basins need every pair, so only the barriers (`.barriers`) are
+    computed. Its message is one line for the user."""
+
+    def __init__(self, message: str, barriers: pd.DataFrame):
+        super().__init__(message)
+        self.barriers = barriers
 
 
 def _read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
@@ -130,10 +135,9 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
     ends = every_end[every_end.model.isin(names)]
     n_pairs = curves.groupby(["model_a", "model_b"]).ngroups
     if fp.get("pairs", "all") != "all":
-        store.put_table("barriers.parquet", pa.Table.from_pandas(B.table(curves), preserve_index=False))
         raise BarriersOnly(f"store {store.url!r} swept chosen pairs ({fp['pairs']}): barriers of its {n_pairs} stored "
                            f"pairs are in barriers.parquet; basins, correlations and the report need every pair of the "
-                           f"{len(names)} models, so they are not computed")
+                           f"{len(names)} models, so they are not computed", B.table(curves))
     want = len(names) * (len(names) - 1) // 2
     if n_pairs < want:
         raise ConfigError(f"store {store.url!r}: {n_pairs} of {want} pairs stored; finish the sweep first (rerun it)")
@@ -209,13 +213,17 @@ def plane_triples(a: Analysis, k: int = 1) -> list[list[str]]:
     return out
 
 
-def write(store: Store, a: Analysis) -> None:
-    """barriers.parquet, clusters.parquet, barrier_matrix.parquet beside the curves (atomic, like the curves)."""
-    matrix = pd.DataFrame(a.matrix, columns=a.names).assign(model=a.names)[["model", *a.names]]
-    for rel, df in (("barriers.parquet", a.barriers), ("barrier_matrix.parquet", matrix),
-                    ("clusters.parquet", a.clusters.assign(eval_set=a.eval_set, metric=a.metric)),
-                    *([("dynamics.parquet", a.dynamics)] if a.dynamics is not None else [])):
-        store.put_table(rel, pa.Table.from_pandas(df, preserve_index=False))
+def write(out: Store, a: Analysis | BarriersOnly) -> None:
+    """barriers.parquet, and of a whole analysis clusters.parquet and barrier_matrix.parquet, into `out` (the
+    store itself, beside the curves, or another folder), each written atomically like the curves."""
+    tables = [("barriers.parquet", a.barriers)]
+    if isinstance(a, Analysis):
+        matrix = pd.DataFrame(a.matrix, columns=a.names).assign(model=a.names)[["model", *a.names]]
+        tables += [("barrier_matrix.parquet", matrix),
+                   ("clusters.parquet", a.clusters.assign(eval_set=a.eval_set, metric=a.metric)),
+                   *([("dynamics.parquet", a.dynamics)] if a.dynamics is not None else [])]
+    for rel, df in tables:
+        out.put_table(rel, pa.Table.from_pandas(df, preserve_index=False))
 
 
 def text_summary(a: Analysis) -> str:

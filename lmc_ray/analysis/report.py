@@ -226,8 +226,10 @@ def dynamics(a: Analysis) -> bytes:
     return _png(fig)
 
 
-def write(store: Store, a: Analysis, ood: str | None = None) -> str:
-    """STORE/report/index.html and its PNGs; returns the index path. `ood`: a per-model column (default ood_key)."""
+def write(store: Store, a: Analysis, ood: str | None = None, out: Store | None = None) -> str:
+    """OUT/report/index.html and its PNGs (OUT: the store unless given); returns the index path. `ood`: a
+    per-model column (default ood_key)."""
+    out = out or store
     figures = {"heatmap.png": heatmap(a), "curves.png": curves(a), "diagnostic_histograms.png": histograms(a)}
     ood = ood or ood_key(a)
     if ood is not None:
@@ -244,7 +246,7 @@ def write(store: Store, a: Analysis, ood: str | None = None) -> str:
     if plane_figure is not None:
         figures["planes.png"] = plane_figure
     for name, data in figures.items():
-        store.put(f"report/{name}", data)
+        out.put(f"report/{name}", data)
     summary = pd.DataFrame([{"key": k, "value": v} for k, v in a.summary.items()])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lmc-ray report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} table.t td,table.t th{{padding:2px 8px}}
@@ -265,5 +267,5 @@ img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}
 <h3>Clustering</h3>{_table(summary)}
 <h3>Per model</h3>{_table(a.per_model)}
 </body></html>"""
-    store.put("report/index.html", page.encode())
-    return store.path("report", "index.html")
+    out.put("report/index.html", page.encode())
+    return out.path("report", "index.html")

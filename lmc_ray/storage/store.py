@@ -198,6 +198,18 @@ class Store:
             self.fs.rm(tmp, recursive=True)
 
     # -- writing -------------------------------------------------------------------------------
+    def check_writable(self, advice: str = "") -> None:
+        """One line now, rather than a traceback after the work, when nothing can be written here."""
+        probe = self.path(f".probe-{uuid.uuid4().hex}")
+        try:
+            if self.local:
+                os.makedirs(self.root, exist_ok=True)
+            self.fs.pipe_file(probe, b"")
+            self.fs.rm_file(probe)
+        except Exception as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else cause(e)
+            raise ConfigError(f"store {self.url!r}: not writable ({reason}){advice}") from None
+
     def put(self, rel: str, data: bytes) -> None:
         if self.lease is not None:
             self.lease.check()
