@@ -43,20 +43,17 @@ def main(fn, argv=None) -> None:
 
 def sweep(argv=None) -> None:
     """Sweep every pair of models along the straight line between them; results stream into a Parquet store."""
-    from . import config
-    from .task import demo
-    from .execution import plan, ray_sweep
+    from . import config, sweep as run
 
-    parser = config.parser(sweep.__doc__.splitlines()[0])
-    parser.add_argument("--demo-models", type=int, default=demo.DemoConfig.n_models,
-                        help="without --config: how many models the demo finetunes")
+    parser = config.parser(sweep.__doc__.splitlines()[0] + " (without --config: `lmc-ray demo`)")
+    parser.add_argument("--executor", choices=("ray", "local"), default="ray",
+                        help="ray: actors on the Ray cluster this job joins or starts; local: in this process, "
+                             "without Ray (small runs, debugging)")
     args = parser.parse_args(argv)
     if not args.config:
-        demo.run(demo.DemoConfig(n_models=args.demo_models))
+        demo([])
         return
-    cfg = config.load(args)
-    ray_sweep.run(plan.prepare(cfg, ray_sweep.on_gpus))
-    print(f"store: {cfg.store}")
+    print(f"store: {run(config.load(args), executor=args.executor).url}")
 
 
 def analyse(argv=None) -> None:

@@ -343,10 +343,51 @@ def eval_set(e, where) -> EvalSetSpec:
     return build(EvalSetSpec, e, f"config: eval set {e.get('name', where)!r}")
 
 
+# A data file's format by its extension (EvalSetSpec.format says it for other names).
+FILE_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+
+
+def local_path(value, base: Path, what: Literal["model", "data", "folder"] = "model"):
+    """`value` resolved against `base` when it names a local path: one that exists there, or one that cannot be
+    anything else (a model ref that is no hub id, a data file with an extension, a folder). Hub ids, URLs, ~
+    and absolute paths are left as they are, so a missing local folder is named in full, not sought on the hub."""
+    if not isinstance(value, str) or "://" in value or value.startswith("~") or os.path.isabs(value):
+        return value
+    first = expand(value)[0]  # a range, m{0..9}, is local or not as its first member is
+    remote = {"model": lambda: sources.hub_id(first), "folder": lambda: False,
+              "data": lambda: os.path.splitext(first)[1].lower() not in FILE_FORMATS}[what]()
+    return value if remote and not (base / first).exists() else os.path.normpath(base / value)
+
+
+def resolve_paths(raw: dict, base: Path) -> dict:
+    """The config's local paths (models, tokenizer, eval-set files, store, cache_dir) made absolute against
+    `base`: the folder of the YAML file they were written in (the working directory for flags, API dicts and
+    shipped configurations), so run.json records paths every later command finds wherever it runs. A model
+    keeps the name it was written with."""
+    raw = dict(raw)
+    if isinstance(raw.get("models"), list):
+        raw["models"] = [_resolve_model(m, base) for m in raw["models"]]
+    if isinstance(raw.get("eval_sets"), list):
+        raw["eval_sets"] = [{**e, "path": local_path(e["path"], base, "data")}
+                            if isinstance(e, dict) and "path" in e else e for e in raw["eval_sets"]]
+    for key in ("tokenizer", "store", "cache_dir"):
+        if key in raw:
+            raw[key] = local_path(raw[key], base, "model" if key == "tokenizer" else "folder")
+    return raw
+
+
+def _resolve_model(item, base: Path):
+    ref = item if isinstance(item, str) else item.get("ref") if isinstance(item, dict) else None
+    at = local_path(ref, base)
+    if at == ref:
+        return item
+    return {"ref": at, "name": same_ref(ref)} if isinstance(item, str) else {"name": same_ref(ref), **item, "ref": at}
+
+
 def from_dict(raw: dict) -> SweepConfig:
     if not isinstance(raw, dict):
         raise ConfigError("config: top level must be a mapping")
-    raw = dict(raw)
+    raw = resolve_paths(raw, Path.cwd())
     for key in ("models", "eval_sets", "store"):
         if key not in raw:
             raise ConfigError(f"config: missing required key {key!r}")
@@ -494,6 +535,8 @@ def find(path: str) -> Path:
 
 
 def _read_yaml(path: str) -> dict:
+    """A YAML file's mapping, its paths relative to the file (a shipped one's to the working directory: they
+    are templates, `store: results/mnli` meant for where the user runs them)."""
     p = find(path)
     try:
         raw = yaml.safe_load(p.read_text()) or {}
@@ -501,7 +544,7 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"config: {p}: not valid YAML ({first_line(e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config: {p}: top level must be a mapping")
-    return raw
+    return raw if p.resolve().is_relative_to(CONFIGS.resolve()) else resolve_paths(raw, p.resolve().parent)
 
 
 def merge(base: dict, overlay: dict, where: str) -> dict:

@@ -177,3 +177,76 @@ def test_version_and_shipped_configs_read_whole():
                              capture_output=True, text=True, timeout=60).stdout
     entries = re.split(r"\n(?=\S)", listing.strip())
     assert len(entries) >= 10 and all(e.rstrip().endswith((".", ")")) for e in entries), listing  # whole sentences
+
+
+def test_store_problems_are_found_before_ray_starts(tmp_path, population):
+    """A finished store, a store another sweep holds, a read-only store: each answered within 10 s (a local Ray
+    instance takes longer than that to start here), and `--executor local` sweeps without Ray at all."""
+    from lmc_ray.storage import lease
+
+    config, store = _config(tmp_path, population[:2]), tmp_path / "store"
+    start = time.monotonic()
+    run = subprocess.run(SWEEP + [config, "--executor", "local"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.splitlines()[-1] == f"store: {store}", run.stderr[-2000:]
+    assert len(os.listdir(store / "curves")) == 1 and "Ray dashboard" not in run.stderr, run.stderr[-2000:]
+    print(f"--executor local: {time.monotonic() - start:.1f} s")
+
+    def sweep(*prefix):
+        start = time.monotonic()
+        run = subprocess.run([*prefix, *SWEEP, config], capture_output=True, text=True, timeout=300)
+        return run, time.monotonic() - start
+
+    run, seconds = sweep()
+    assert run.returncode == 0 and "is complete: 1 pairs, nothing to compute" in run.stderr, run.stderr[-2000:]
+    assert seconds < 10, seconds
+    held = lease.acquire(None, str(store / "_lease.json"), str(store), 120, True)
+    try:
+        run, seconds = sweep()
+    finally:
+        held.release()
+    assert run.returncode == 2 and seconds < 10, (seconds, run.stderr[-2000:])
+    (line,) = _ours(run.stderr)
+    assert line.startswith(f"lmc-ray: error: store {str(store)!r} is being written by another sweep, pid {os.getpid()}")
+    before = sorted(os.listdir(store))
+    run, seconds = sweep("unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                         f'mount --bind {store} {store} && mount -o remount,bind,ro {store} && exec "$@"', "sh")
+    assert run.returncode == 2 and seconds < 10, (seconds, run.stderr[-2000:])
+    assert _ours(run.stderr) == [f"lmc-ray: error: store {str(store)!r}: not writable (Read-only file system)"]
+    assert sorted(os.listdir(store)) == before
+
+
+def test_paths_relative_to_the_config_file_reach_every_later_command(tmp_path, population):
+    """A config written beside its models and data, swept from another folder, exported from a third: run.json
+    records absolute paths. A missing local model is named in full, without a trip to the hub."""
+    import json
+
+    from conftest import MNLI
+
+    exp = tmp_path / "exp"
+    for k in (0, 1):
+        shutil.copytree(population[k], exp / f"m{k}")
+    (exp / "data").mkdir()
+    shutil.copy(MNLI, exp / "data" / "dev.tsv")
+    raw = sweep_config(["m0", "m1"], "store", alphas=3)
+    raw["eval_sets"][0]["path"], raw["cache_dir"] = "data/dev.tsv", "cache"
+    (exp / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    for name in ("run", "later"):
+        (tmp_path / name).mkdir()
+    run = subprocess.run(SWEEP + [str(exp / "sweep.yaml"), "--executor", "local"], cwd=tmp_path / "run",
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.splitlines()[-1] == f"store: {exp}/store", run.stderr[-2000:]
+    stored = json.loads((exp / "store" / "run.json").read_text())
+    assert [(m["name"], m["ref"]) for m in stored["registry"]["models"]] == [("m0", f"{exp}/m0"), ("m1", f"{exp}/m1")]
+    assert stored["registry"]["eval_sets"][0]["path"] == f"{exp}/data/dev.tsv"
+    export = subprocess.run([sys.executable, str(ROOT / "jobs" / "export.py"), "--store", str(exp / "store"),
+                             "--pair", "m0", "m1", "--alpha", "0.5", "--out", "mid"], cwd=tmp_path / "later",
+                            capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0 and (tmp_path / "later" / "mid" / "config.json").is_file(), export.stderr[-2000:]
+
+    (exp / "gone.yaml").write_text(yaml.safe_dump({**raw, "models": ["./gone", "m1"], "store": "store2"}))
+    start = time.monotonic()
+    run = subprocess.run(SWEEP + [str(exp / "gone.yaml")], cwd=tmp_path / "run", capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and time.monotonic() - start < 10, run.stderr[-2000:]
+    assert _ours(run.stderr) == [f"lmc-ray: error: model '{exp}/gone': no such directory"]
+    assert not (exp / "store2").exists()

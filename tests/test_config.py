@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from lmc_ray import config
@@ -67,7 +69,7 @@ def test_explicit_alphas_are_sorted():
     ({"models": [{"ref": 5}, "a/m1"]}, "ref must be a string, got 5"),
     # One model under two spellings is one model.
     ({"models": ["m0", "m0/"]}, "model name 'm0' appears twice"),
-    ({"models": [{"ref": "m0", "name": "a"}, {"ref": "./m0/", "name": "b"}]}, "model ref 'm0' appears twice (as 'a' and 'b')"),
+    ({"models": [{"ref": "m0", "name": "a"}, {"ref": "./m0/", "name": "b"}]}, "/m0' appears twice (as 'a' and 'b')"),
     ({"models": ["s3://b/m0", "s3://b/m0/"]}, "model name 's3://b/m0' appears twice"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "endpoints_only": True}]},
      "eval set 's': the first eval set is on the lines"),
@@ -107,7 +109,7 @@ def test_flags_override_the_file(tmp_path):
                                           "--per-example"])
     cfg = config.load(args)
     assert (cfg.store, cfg.alphas, cfg.eval_sets[0].max_examples, cfg.batch_tokens, cfg.refine, cfg.per_example) == \
-        ("elsewhere", [0, 0.5, 1], 7, 123, 2, True)
+        (os.path.abspath("elsewhere"), [0, 0.5, 1], 7, 123, 2, True)  # a flag: from the working dir
     # Settings added after stores existed enter the fingerprint only when used, so those stores still resume.
     assert cfg.fingerprint()["per_example"] is True
     assert "per_example" not in config.load(config.parser("t").parse_args(["--config", str(path)])).fingerprint()
@@ -193,7 +195,7 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
     cfg = parse("--packing", "false", "--max-retries", "5", "--per-example", "false", "--lease-timeout", "30",
                 "--pairs", "{anchors: [a/m0]}", "--store", "123")
     assert (cfg.packing, cfg.max_retries, cfg.per_example, cfg.lease_timeout, cfg.pairs, cfg.store) == \
-        (False, 5, False, 30, {"anchors": ["a/m0"]}, "123")
+        (False, 5, False, 30, {"anchors": ["a/m0"]}, os.path.abspath("123"))
     with pytest.raises(ConfigError, match=r"^config: max_in_flight must be a positive integer, got 0$"):
         parse("--max-in-flight", "0")
 
@@ -212,3 +214,31 @@ def test_bad_finetune_config_names_the_culprit(over, culprit):
     with pytest.raises(ConfigError) as e:
         finetune.from_dict(raw | over)
     assert str(e.value).startswith(culprit)
+
+
+def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
+    """Models, data, store, tokenizer and cache written relative to the YAML file resolve against its folder,
+    whatever the working directory; a model keeps the name it was written with; hub ids and URLs stay as they
+    are; shipped configurations and flags resolve against the working directory."""
+    import yaml
+
+    exp = tmp_path / "exp"
+    (exp / "m0").mkdir(parents=True)
+    (exp / "data").mkdir()
+    (exp / "data" / "dev.tsv").write_text("x\n")
+    (exp / "sweep.yaml").write_text(yaml.safe_dump({
+        "models": ["m0", "./m{1..2}", {"ref": "../elsewhere/m3", "name": "third"}, "org/model", "s3://b/m4"],
+        "eval_sets": [{"name": "a", "path": "data/dev.tsv", "text": ["x"], "label": "y"},
+                      {"name": "b", "path": "nyu-mll/glue", "text": ["x"], "label": "y"}],
+        "store": "results/run", "tokenizer": "m0", "cache_dir": "cache"}))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = config.load(config.parser("").parse_args(["--config", str(exp / "sweep.yaml"), "--cache-dir", "c2"]))
+    assert [(m.ref, m.name) for m in cfg.models] == [
+        (f"{exp}/m0", "m0"), (f"{exp}/m1", "m1"), (f"{exp}/m2", "m2"), (f"{tmp_path}/elsewhere/m3", "third"),
+        ("org/model", "org/model"), ("s3://b/m4", "s3://b/m4")]
+    assert [e.path for e in cfg.eval_sets] == [f"{exp}/data/dev.tsv", "nyu-mll/glue"]
+    assert (cfg.store, cfg.tokenizer, cfg.cache_dir) == (f"{exp}/results/run", f"{exp}/m0", f"{elsewhere}/c2")
+    shipped = config.load(config.parser("").parse_args(["--config", "mnli"]))
+    assert shipped.store == f"{elsewhere}/results/mnli" and shipped.models[0].ref == "connectivity/feather_berts_0"

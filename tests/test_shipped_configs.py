@@ -41,7 +41,7 @@ def test_shipped_configuration_validates(task, monkeypatch):
     labels, metrics = TASKS[task]
     assert len(cfg.models) == 100 and len({m.name for m in cfg.models}) == 100
     assert all(sources.kind(m.ref) == "hub" and m.labels == labels for m in cfg.models)
-    assert cfg.alphas == config.grid(10) and cfg.tokenizer == "bert-base-uncased"
+    assert cfg.alphas == config.grid(10) and cfg.tokenizer == "google-bert/bert-base-uncased"
     assert {e.name: e.metrics for e in cfg.eval_sets} == metrics
     assert [(e.max_examples, e.endpoints_only) for e in cfg.eval_sets] == [(512, False), (512, False), (None, True)]
     assert [e.role for e in cfg.eval_sets] == ["in_domain", "diagnostic", "diagnostic"]

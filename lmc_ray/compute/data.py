@@ -12,11 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import EvalSetSpec
+from ..config import FILE_FORMATS, EvalSetSpec
 from ..errors import ConfigError, cause, first_line
-
-_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
-
 
 def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
     """The rows of the set as a DataFrame: the first max_examples rows, as the paper took them.
@@ -29,7 +26,7 @@ def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
     where = f"eval set {spec.name!r}"
     remote = "://" in spec.path
     path = spec.path if remote else os.path.expanduser(spec.path)
-    fmt = spec.format or _FORMATS.get(os.path.splitext(path)[1].lower())
+    fmt = spec.format or FILE_FORMATS.get(os.path.splitext(path)[1].lower())
     # Filtering, shuffling and balancing need every row to choose from; otherwise only the first K rows are read.
     nrows = spec.max_examples if _first_rows(spec) else None
     if remote or os.path.exists(path) or fmt:

@@ -45,9 +45,14 @@ def kind(ref: str) -> str:
         return "s3"
     if ref.startswith("pkg://"):
         return "pkg"
-    if os.path.isdir(os.path.expanduser(ref)) or ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
+    if os.path.isdir(os.path.expanduser(ref)) or not hub_id(ref):
         return "local"
     return "hub"
+
+
+def hub_id(ref: str) -> bool:
+    """Whether `ref` can name a hub repository (org/name[@revision]); ./x, ../x, /x and ~/x never do."""
+    return not ref.startswith((".", "/", "~")) and bool(_HUB_ID.match(ref))
 
 
 def checkpoint_files(path: Path) -> list[Path]:

@@ -14,6 +14,7 @@ from collections import Counter, deque
 from pathlib import Path
 
 import ray
+import torch
 import yaml
 
 from . import schedule
@@ -112,14 +113,14 @@ def init() -> str:
     return dashboard()
 
 
-def _address() -> str | None:
+def _address(warn: bool = True) -> str | None:
     """What to pass to ray.init(), after checking the cluster it would join: Ray retries a dead address for
-    many minutes.
+    many minutes. "local" when a new instance would start on this machine.
 
     An address the user gave (RAY_ADDRESS) that nothing answers is an error; one Ray found by itself in
-    /tmp/ray/ray_current_cluster (a `ray start` cluster that died without `ray stop`) is reported and a local
-    instance started instead, as if it were not there. A live one is left for Ray to find (None): Ray sends its
-    token only to a cluster it found itself, never to an address it was handed.
+    /tmp/ray/ray_current_cluster (a `ray start` cluster that died without `ray stop`) is reported (`warn`) and a
+    local instance started instead, as if it were not there. A live one is left for Ray to find (None): Ray
+    sends its token only to a cluster it found itself, never to an address it was handed.
     """
     from ray._common.utils import get_ray_address_file
     from ray._private.services import get_ray_address_from_environment
@@ -131,7 +132,7 @@ def _address() -> str | None:
         raise ConfigError(f"RAY_ADDRESS={given}: no running Ray cluster found; start one (`ray start --head`) or "
                           "unset RAY_ADDRESS to run on a local instance") from None
     if address in (None, "local"):
-        return None
+        return "local"
     host, _, port = address.split("://")[-1].rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
@@ -141,8 +142,9 @@ def _address() -> str | None:
     if given:
         raise ConfigError(f"RAY_ADDRESS={given}: no Ray cluster answers at {host}:{port}; start it (`ray start --head`) "
                           "or unset RAY_ADDRESS to run on a local instance")
-    log.warning("no Ray cluster answers at %s:%s, the address a `ray start` left in %s (stopped without `ray stop`?); "
-                "starting a local Ray instance instead", host, port, get_ray_address_file(None))
+    if warn:
+        log.warning("no Ray cluster answers at %s:%s, the address a `ray start` left in %s (stopped without `ray "
+                    "stop`?); starting a local Ray instance instead", host, port, get_ray_address_file(None))
     return "local"
 
 
@@ -193,13 +195,20 @@ def gpu_share(per_gpu: int) -> float:
 
 def on_gpus(cfg: SweepConfig) -> bool:
     """Whether the sweep's actors will compute on GPUs: device cuda, or auto and the layout asks the cluster this
-    job joins (starting Ray if need be) for GPUs. device: cpu computes on CPUs whatever the actors reserve. The
-    layout is checked here, before the store opens, whenever the config fixes both actors and GPU shares."""
+    job joins for GPUs. device: cpu computes on CPUs whatever the actors reserve. The layout is checked here,
+    before the store opens, whenever the config fixes both actors and GPU shares.
+
+    A local instance is not started to be asked (that takes half a minute): it would have this machine's CPUs
+    and GPUs, so the store is checked (lease, complete) before Ray starts."""
     fixed = cfg.actors != "auto" and cfg.gpus_per_actor not in ("auto", 0)
     if cfg.device != "auto" and not fixed:
         return cfg.device == "cuda"
-    init()
-    gpus = layout(cfg, len(cfg.models))[1] > 0
+    if ray.is_initialized() or _address(warn=False) != "local":
+        init()
+        cap = None
+    else:
+        cap = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    gpus = layout(cfg, len(cfg.models), cap)[1] > 0
     return cfg.device == "cuda" if cfg.device != "auto" else gpus
 
 

@@ -26,6 +26,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -34,6 +35,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from . import lease as leases
+from ..config import local_path
 from ..errors import ConfigError, cause
 from ..compute.metrics import COLUMNS
 
@@ -89,6 +91,9 @@ class Registry:
             "models": [{**m, "weights": old.get("weights", {}).get(m["name"])} for m in old["fingerprint"]["models"]],
             "eval_sets": [{**e, "group": 0} for e in old["fingerprint"]["eval_sets"]]}
         before = {k: v for k, v in old["fingerprint"].items() if k in SETTINGS_KEYS}
+        # Paths a store written before configs resolved them recorded as given: read from here, as then.
+        if "tokenizer" in before:
+            before["tokenizer"] = local_path(before["tokenizer"], Path.cwd())
         after = {k: v for k, v in now["fingerprint"].items() if k in SETTINGS_KEYS}
         if before != after:
             key = next(k for k in [*after, *before] if before.get(k) != after.get(k))
@@ -108,7 +113,8 @@ class Registry:
                                   f"configured with {m.get('labels')}; one name, one model")
             else:
                 was.update(m)  # same weights: a new ref (a moved folder) or a first-recorded pin
-        sets = [dict(e) for e in reg["eval_sets"]]
+        sets = [{**e, "path": local_path(e["path"], Path.cwd(), "data")} if "path" in e else dict(e)
+                for e in reg["eval_sets"]]
         known = {e["name"]: e for e in sets}
         group = max((e["group"] for e in sets), default=-1) + 1 if has_data else 0
         for e in now["eval_sets"]:
@@ -155,7 +161,7 @@ class Store:
         except ConfigError:
             raise
         except Exception as e:  # the lease is the store's first write: an unwritable store ends here
-            raise ConfigError(f"store {self.url!r}: not writable ({cause(e)})") from None
+            raise self._unwritable(e) from None
         run = self.path("run.json")
         try:
             old = json.loads(self.fs.cat_file(run)) if self.fs.exists(run) else None
@@ -170,7 +176,7 @@ class Store:
             if old != new:
                 self.put("run.json", json.dumps(new, indent=2, sort_keys=True).encode())
         except Exception as e:
-            raise ConfigError(f"store {self.url!r}: not writable ({cause(e)})") from None
+            raise self._unwritable(e) from None
         return registry
 
     def close(self) -> None:
@@ -207,8 +213,11 @@ class Store:
             self.fs.pipe_file(probe, b"")
             self.fs.rm_file(probe)
         except Exception as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else cause(e)
-            raise ConfigError(f"store {self.url!r}: not writable ({reason}){advice}") from None
+            raise self._unwritable(e, advice) from None
+
+    def _unwritable(self, e: Exception, advice: str = "") -> ConfigError:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else cause(e)
+        return ConfigError(f"store {self.url!r}: not writable ({reason}){advice}")
 
     def put(self, rel: str, data: bytes) -> None:
         if self.lease is not None:
