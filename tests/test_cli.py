@@ -250,3 +250,14 @@ def test_paths_relative_to_the_config_file_reach_every_later_command(tmp_path, p
     assert run.returncode == 2 and time.monotonic() - start < 10, run.stderr[-2000:]
     assert _ours(run.stderr) == [f"lmc-ray: error: model '{exp}/gone': no such directory"]
     assert not (exp / "store2").exists()
+
+
+def test_a_sweep_shows_what_lmc_ray_says_and_no_ray_noise(tmp_path, population):
+    """What a user sees of a sweep on a local Ray instance: our lines, the dashboard as a link to open, and
+    none of Ray's start-up notices (its token-auth warning, the core worker's restart note)."""
+    run = subprocess.run(SWEEP + [_config(tmp_path, population[:2], alphas=3)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stderr.splitlines()
+    assert not [line for line in lines if "core_worker" in line or "WARNING" in line or "Token auth" in line], lines
+    assert re.fullmatch(r"Ray dashboard: http://127\.0\.0\.1:\d+", lines[0]), lines

@@ -169,7 +169,7 @@ def test_ray_up_and_a_sweep_on_the_head_with_its_api_closed(tmp_path, mnli_texts
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         out = run.stdout + run.stderr
         assert run.returncode == 0, out[-3000:]
-        assert f"Ray dashboard: 127.0.0.1:{ports['dashboard']}" in out  # the driver joined the launched head
+        assert f"Ray dashboard: http://127.0.0.1:{ports['dashboard']}" in out  # the driver joined the launched head
         assert "6 of 6 pairs to compute" in out and token not in out
         curves = Store(str(store)).curves().to_table().to_pandas()
         assert curves.groupby(["model_a", "model_b"]).alpha.nunique().tolist() == [5] * 6

@@ -56,25 +56,29 @@ class _Metrics:
 
 @ray.remote
 class ModelActor:
-    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas, revisions: list[str],
+    """Holds its block of models and computes what it is sent. Every call carries the eval data's refs, and the
+    models are loaded on the first: constructor arguments in the object store are what a restarted actor may
+    not find again (Ray logs an error for them, ray-project/ray#53727), while a call brings its own."""
+
+    def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], revisions: list[str],
                  threads: int, name: str):
         from ray.util.metrics import Counter
 
         use_threads(threads)
-        # Bad input found here (NaN weights) is kept for the driver's first call rather than raised: a failing
-        # constructor would print its traceback into the job's log and be restarted max_retries times.
-        self.refused = None
-        try:
-            self.res = Residents(cfg, indices, labels, ray.get(datas), revisions)  # refs in a list arrive unresolved
-        except ConfigError as e:
-            self.refused = e
+        self.args, self.res = (cfg, indices, labels, revisions), None
         self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing", tag_keys=("actor",))
         self.busy.set_default_tags({"actor": name})
         self.busy_seconds = 0.0  # since this incarnation started
 
-    def pid(self) -> int:
-        if self.refused:
-            raise self.refused
+    def _residents(self, datas: list) -> Residents:
+        if self.res is None:  # refs in a list arrive unresolved
+            cfg, indices, labels, revisions = self.args
+            self.res = Residents(cfg, indices, labels, ray.get(datas), revisions)
+        return self.res
+
+    def pid(self, datas: list) -> int:
+        """This incarnation's process id, once its models are loaded (bad input, NaN weights, is raised here)."""
+        self._residents(datas)
         return os.getpid()
 
     def _timed(self, fn, *args):
@@ -88,19 +92,20 @@ class ModelActor:
     def busy_time(self) -> float:
         return self.busy_seconds
 
-    def endpoint(self, e: Endpoint) -> EndpointResult:
-        return self._timed(self.res.endpoint, e)
+    def endpoint(self, e: Endpoint, datas: list) -> EndpointResult:
+        return self._timed(self._residents(datas).endpoint, e)
 
-    def weights(self, i: int):
-        return self.res.export(i)
+    def weights(self, i: int, datas: list):
+        return self._residents(datas).export(i)
 
-    def pair(self, pair: Pair, end_losses: tuple[float, float], partner: list) -> PairResult:
+    def pair(self, pair: Pair, end_losses: tuple[float, float], partner: list, datas: list) -> PairResult:
         # The partner's ref arrives wrapped in a list so Ray does not fetch it unless it is needed.
-        return self._timed(self.res.pair, pair, end_losses, lambda: ray.get(partner[0]))
+        return self._timed(self._residents(datas).pair, pair, end_losses, lambda: ray.get(partner[0]))
 
-    def plane(self, plane: Plane, partners: list) -> PlaneResult:
+    def plane(self, plane: Plane, partners: list, datas: list) -> PlaneResult:
         """partners: [ref to b's weights or None, the same for c] (None: resident here)."""
-        return self._timed(self.res.plane, plane, lambda: ray.get(partners[0]), lambda: ray.get(partners[1]))
+        return self._timed(self._residents(datas).plane, plane, lambda: ray.get(partners[0]),
+                           lambda: ray.get(partners[1]))
 
 
 def init() -> str:
@@ -109,8 +114,15 @@ def init() -> str:
     Returns the dashboard address, so users know where to watch.
     """
     if not ray.is_initialized():
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_quiet)
         ray.init(address=_address(), logging_level=logging.WARNING)
     return dashboard()
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    """Ray's notice, on every start, that token authentication is on (as it should be): left out of what the
+    user reads. Its warning that authentication is off is kept."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def _address(warn: bool = True) -> str | None:
@@ -152,7 +164,8 @@ def dashboard() -> str:
     if not ray.is_initialized():
         return "(Ray not started: nothing to compute)"
     # ray.init on a connected process returns its context, whoever started it (the caller, `ray submit`, us).
-    return ray.init(ignore_reinit_error=True, logging_level=logging.WARNING).dashboard_url or "(dashboard not running)"
+    url = ray.init(ignore_reinit_error=True, logging_level=logging.WARNING).dashboard_url
+    return (url if "://" in url else f"http://{url}") if url else "(dashboard not running)"  # a link to open
 
 
 def layout(cfg: SweepConfig, n_models: int, cap: dict[str, float] | None = None) -> tuple[int, float, float]:
@@ -257,8 +270,10 @@ class _Pool:
     death takes down count once.
     """
 
-    def __init__(self, actors, names: list[str], max_retries: int, need: str, timeout: float):
-        self.actors, self.names, self.max_retries = actors, names, max_retries
+    def __init__(self, actors, datas: list, names: list[str], max_retries: int, need: str, timeout: float):
+        # `datas`: the eval data's refs, which every call carries; held here for the whole sweep, since an actor
+        # still waiting for its node, or restarted, reads them then, and Ray frees an object nobody refers to.
+        self.actors, self.datas, self.names, self.max_retries = actors, datas, names, max_retries
         self.pids, self.deaths = [None] * len(actors), [0] * len(actors)
         self.tasks = {}  # ref -> (actor index, what, make, attempt)
         self._start(need, timeout)
@@ -267,7 +282,7 @@ class _Pool:
         """Wait until every actor runs and note its process id. Actors wait for resources the cluster may not
         have yet (an autoscaler starting GPU nodes): say so every 30 s; after `timeout`, stop in one line naming
         what is missing. An actor that dies while starting counts a death, as it would later."""
-        refs, start = {a.pid.remote(): k for k, a in enumerate(self.actors)}, time.monotonic()
+        refs, start = {a.pid.remote(self.datas): k for k, a in enumerate(self.actors)}, time.monotonic()
         while True:
             waited = time.monotonic() - start
             ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=max(0.1, min(30.0, timeout - waited)))
@@ -316,7 +331,7 @@ class _Pool:
         """Wait until actor k is back from its restart; count the death; give up after max_retries."""
         while True:
             try:
-                pid = _get(self.actors[k].pid.remote())
+                pid = _get(self.actors[k].pid.remote(self.datas))
                 break
             except ray.exceptions.ActorUnavailableError:
                 time.sleep(0.2)  # restarting: its models are being reloaded
@@ -339,8 +354,8 @@ class _Partners:
     actor holding it), published afresh if a task lost it, and dropped once no queued pair needs it, so the
     object store holds a few models' weights at a time, not all N."""
 
-    def __init__(self, actors, actor_of: dict[int, int], queues: list[deque]):
-        self.actors, self.actor_of = actors, actor_of
+    def __init__(self, actors, datas: list, actor_of: dict[int, int], queues: list[deque]):
+        self.actors, self.datas, self.actor_of = actors, datas, actor_of
         self.uses = Counter(self.of(k, p) for k, q in enumerate(queues) for p in q)
         self.published = {}
 
@@ -353,7 +368,7 @@ class _Partners:
         if m is None:
             return []
         if fresh or m not in self.published:
-            self.published[m] = self.actors[self.actor_of[m]].weights.remote(m)
+            self.published[m] = self.actors[self.actor_of[m]].weights.remote(m, self.datas)
         return [self.published[m]]
 
     def done(self, k: int, pair: Pair) -> None:
@@ -373,10 +388,9 @@ def run(plan: Plan, progress: bool = True) -> list[float]:
         return _run(plan, rec, progress)
 
 
-def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]], list]:
-    """The actors, each holding its block of models, behind a retry pool that waits until they run; which models
-    each holds; and the refs of the eval data they were given, which the caller must keep for the whole sweep: an
-    actor still waiting for its node, or restarted, reads them then, and Ray frees an object nobody refers to."""
+def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
+    """The actors, each holding its block of models, behind a retry pool that waits until they run; and which
+    models each holds."""
     cfg, n = plan.cfg, len(plan.names)
     dashboard = init()
     n_actors, gpu_share, cpu_share = layout(cfg, n)
@@ -385,39 +399,39 @@ def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]], list]:
     names = [_name(plan, ms) for ms in residents]
     actors = [
         ModelActor.options(name=name, num_cpus=cpu_share, num_gpus=gpu_share, max_restarts=cfg.max_retries)
-        .remote(cfg, ms, plan.labels, data_refs, plan.revisions, max(1, int(cpu_share)), name)
+        .remote(cfg, ms, plan.labels, plan.revisions, max(1, int(cpu_share)), name)
         for name, ms in zip(names, residents)
     ]
     log.info("Ray dashboard: %s", dashboard)
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
              gpu_share, cpu_share, to_compute, len(plan.pairs))
     need = f"{gpu_share:.2f} GPU, {cpu_share:.2f} CPU"
-    return _Pool(actors, names, cfg.max_retries, need, cfg.resource_timeout), residents, data_refs
+    return _Pool(actors, data_refs, names, cfg.max_retries, need, cfg.resource_timeout), residents
 
 
 def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
     cfg, n = plan.cfg, len(plan.names)
-    pool, residents, data_refs = _start(plan, len(rec.pairs))  # noqa: F841 (kept alive until the sweep ends)
-    actors = pool.actors
+    pool, residents = _start(plan, len(rec.pairs))
+    actors, datas = pool.actors, pool.datas
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).
     for e in rec.endpoints:
         what = f"endpoint:{plan.names[e.model]}"
-        pool.submit(actor_of[e.model], what, lambda actor, _, e=e, what=what: actor.endpoint.options(name=what).remote(e))
+        pool.submit(actor_of[e.model], what, lambda actor, _, e=e, what=what: actor.endpoint.options(name=what).remote(e, datas))
     for _, result in track((pool.next() for _ in rec.endpoints), len(rec.endpoints), "endpoints", "model",
                            not progress):
         rec.endpoint(result)
 
     # Pairs: each actor works through its own queue, a few tasks in flight.
     queues = [deque(q) for q in schedule.queues(n, residents, set(rec.pairs))]
-    partners = _Partners(actors, actor_of, queues)
+    partners = _Partners(actors, datas, actor_of, queues)
 
     def submit(k: int) -> None:
         pair = queues[k].popleft()
         what = f"pair:{plan.names[pair.a]}|{plan.names[pair.b]}"
         make = (lambda actor, attempt: actor.pair.options(name=what)
-                .remote(pair, rec.end_losses(pair), partners.ref(partners.of(k, pair), fresh=attempt > 0)))
+                .remote(pair, rec.end_losses(pair), partners.ref(partners.of(k, pair), fresh=attempt > 0), datas))
         pool.submit(k, what, make)
 
     for k in range(len(actors)):
@@ -441,7 +455,8 @@ def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
     for q in rec.planes:
         k, what = actor_of[q.a], f"plane:{'|'.join(plan.names[m] for m in q)}"
         make = (lambda actor, _, q=q, k=k, what=what: actor.plane.options(name=what).remote(
-            q, [actors[actor_of[m]].weights.remote(m) if actor_of[m] != k else None for m in (q.b, q.c)]))
+            q, [actors[actor_of[m]].weights.remote(m, datas) if actor_of[m] != k else None for m in (q.b, q.c)],
+            datas))
         pool.submit(k, what, make)
     for _, result in track((pool.next() for _ in rec.planes), len(rec.planes), "planes", "plane", not progress):
         rec.plane(result)
