@@ -36,7 +36,8 @@ def test_steps_expand_to_checkpoints_and_pairs_stay_within_a_step(tmp_path, monk
            "eval_sets": [{"name": "v", "path": "v.jsonl", "text": "t", "label": "l"}]}
     cfg = config.from_dict(raw)
     assert [(m.name, m.ref, m.step) for m in cfg.models][:3] == [
-        ("s0@40", "runs/seed_0-step40", "40"), ("s0@final", "runs/seed_0", "final"), ("s1@40", "runs/seed_1-step40", "40")]
+        ("s0@40", f"{tmp_path}/runs/seed_0-step40", "40"), ("s0@final", f"{tmp_path}/runs/seed_0", "final"),
+        ("s1@40", f"{tmp_path}/runs/seed_1-step40", "40")]
     hub = config.from_dict(raw | {"models": [{"ref": "connectivity/bert_ft_qqp-{7..8}", "steps": [15000, "final"]}]})
     assert [(m.name, m.ref) for m in hub.models][:2] == [
         ("connectivity/bert_ft_qqp-7@15000", "connectivity/bert_ft_qqp-7@step:15000"),

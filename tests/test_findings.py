@@ -1,4 +1,5 @@
 """The cluster job on a real store: barriers, clusters and a report with its figures."""
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,20 @@ document.getElementById("f").onload = () => {
 </script></body></html>"""
 
 
+# The report in a frame of the window's width: its document must not scroll sideways; a wide table may, in
+# its box.
+LAYOUT = """<!doctype html><html><body style="margin:0"><iframe id="f" src="index.html"
+style="width:1400px;height:1500px;border:0"></iframe><script>
+document.getElementById("f").onload = () => {
+  const d = document.getElementById("f").contentDocument;
+  const over = [...d.querySelectorAll("body *")].filter(e => !e.closest(".scroll")
+      && e.getBoundingClientRect().right > 1400 + 1);
+  document.body.insertAdjacentHTML("beforeend", "<p>page " + d.documentElement.clientWidth + " widest-outside-scroll "
+      + (over.length ? "bad " + over[0].tagName + " " + over[0].getBoundingClientRect().right : "ok") + "</p>");
+};
+</script></body></html>"""
+
+
 def _chromium():
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -111,22 +126,32 @@ def _chromium():
 def test_report_renders_in_a_real_browser(store, tmp_path):
     a = findings.run(Store(str(store)))
     index = Path(report.write(Store(str(store)), a))
-    chrome = _chromium() + [f"--user-data-dir={tmp_path / 'profile'}"]
-    probe = index.parent / "_probe.html"
-    probe.write_text(PROBE)
-    try:
-        dom = subprocess.run(chrome + ["--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
-                                       probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    finally:
-        probe.unlink()
-    assert "images 6 loaded 6" in dom  # heatmap, curves, by OOD score, extremes, scatter, histograms
+    chrome = _chromium() + [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1600"]
+
+    def dom(page: str) -> str:
+        """What `page`, placed beside the report so it may frame it, shows once its script ran."""
+        probe = index.parent / "_probe.html"
+        probe.write_text(page)
+        try:
+            return subprocess.run(chrome + ["--allow-file-access-from-files", "--virtual-time-budget=10000",
+                                            "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                                  timeout=120).stdout
+        finally:
+            probe.unlink()
+
+    assert "images 6 loaded 6" in dom(PROBE)  # heatmap, curves, by OOD score, extremes, scatter, histograms
+    layout = dom(LAYOUT)
+    width = re.search(r"page (\d+) widest-outside-scroll (\w+)", layout)  # 1400 less a scroll bar
+    assert width and int(width.group(1)) > 1350 and width.group(2) == "ok", layout[-1500:]
     shot = tmp_path / "report.png"
-    subprocess.run(chrome + ["--window-size=1200,1600", f"--screenshot={shot}", index.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(chrome + [f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=120)
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("L"))
-    assert pixels.shape == (1600, 1200) and pixels.std() > 10  # a rendered page, not a blank one
+    assert pixels.shape == (1600, 1400) and pixels.std() > 10  # a rendered page, not a blank one
+    html = index.read_text()
+    assert 'class="verdict">Not supported: the recipe splits' in html  # four close copies: one basin
+    assert "<th>nli/all/accuracy</th>" in html and "cluster 1" in html and "all models" in html
 
 
 def test_nan_losses_are_stored_and_flagged_not_fatal(tmp_path, population):
@@ -265,3 +290,34 @@ def test_a_read_only_store_is_refused_in_one_line_and_analysed_into_out(tmp_path
     # Into a writable store too, nothing but the tables and report/ is added.
     run = subprocess.run(analyse.split(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and not (ro / "_tmp").exists(), run.stderr[-2000:]
+
+
+def _synthetic(between: float, within: float, n: int = 8, split: int = 4):
+    """An Analysis of a synthetic barrier matrix: two blocks of models, `within` inside, `between` across,
+    endpoint losses 0.5."""
+    from lmc_ray.analysis import clusters as C
+
+    names = [f"m{k}" for k in range(n)]
+    side = np.arange(n) < split
+    jitter = np.random.default_rng(0).uniform(0.9, 1.1, (n, n))
+    m = np.where(side[:, None] == side[None, :], within, between) * (jitter + jitter.T) / 2
+    np.fill_diagonal(m, 0)
+    clusters, summary = C.analyse(m, names)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    barriers = pd.DataFrame({"model_a": [names[i] for i, _ in pairs], "model_b": [names[j] for _, j in pairs],
+                             "eval_set": "nli", "metric": "loss", "barrier": [m[i, j] for i, j in pairs]})
+    curves = pd.DataFrame([{"model_a": names[i], "model_b": names[j], "alpha": al, "eval_set": "nli",
+                            "subset": "all", "loss": 0.5} for i, j in pairs for al in (0.0, 1.0)])
+    return findings.Analysis(names, "nli", "loss", curves, barriers, m, clusters, summary, pd.DataFrame(),
+                             pd.DataFrame(), pd.DataFrame(), [], [])
+
+
+def test_the_verdict_says_whether_the_data_supports_basins():
+    supported, words = findings.verdict(_synthetic(between=0.3, within=0.01))
+    assert supported and words.startswith("Supported: 2 clusters of 4, 4 models;"), words
+    supported, words = findings.verdict(_synthetic(between=0.0004, within=0.0001))
+    assert not supported and "barriers between them are tiny" in words and "one basin" in words, words
+    supported, words = findings.verdict(_synthetic(between=0.03, within=0.025))
+    assert not supported and "hardly above those within" in words, words
+    supported, words = findings.verdict(_synthetic(between=0.3, within=0.01, n=3, split=1))
+    assert not supported and "stability cannot be measured" in words, words

@@ -184,13 +184,15 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
                           "min": np.nanmin(v), "max": np.nanmax(v)})
     # The paper's score uses δ = 1 (get_sc_centroid_dists); with small barriers δ from the data separates more.
     spectral = {"paper_delta1": C.spectral_score(mat, 1.0), "knn_delta": C.spectral_score(mat, C.knn_delta(mat))}
+    # A score every model shares (a subset all get right) correlates with nothing: left out, not NaN.
+    varied = [key for key in wide.columns if np.nanstd(wide[key].to_numpy(dtype=float)) > 0]
     corr = [{"metric": key, "score": name,
              **dict(zip(("pearson_r", "p_value"), C.correlation(score, wide[key].to_numpy())))}
-            for key in wide.columns for name, score in spectral.items()]
+            for key in varied for name, score in spectral.items()]
     moves = (dynamics.run(fp, every_curve, every_end, eval_set, metric) if len(dynamics.steps(fp["models"])) > 1
              else None)
     return Analysis(names, eval_set, metric, curves, bar, mat, clusters, summary, per_model, pd.DataFrame(stats),
-                    pd.DataFrame(corr), diag_sets, [e["name"] for e in fp["eval_sets"] if e.get("endpoints_only")],
+                    pd.DataFrame(corr, columns=["metric", "score", "pearson_r", "p_value"]), diag_sets, [e["name"] for e in fp["eval_sets"] if e.get("endpoints_only")],
                     moves)
 
 
@@ -226,20 +228,64 @@ def write(out: Store, a: Analysis | BarriersOnly) -> None:
         out.put_table(rel, pa.Table.from_pandas(df, preserve_index=False))
 
 
+# Below these the data does not support basins: barriers between clusters under 1% of the models' own loss (or
+# one point of error), hardly above those within, or a split that changes when a fifth of the models is left out.
+TINY, SEPARATION, STABLE = 0.01, 2.0, 0.6
+
+
+def verdict(a: Analysis) -> tuple[bool, str]:
+    """Whether the data supports the basins the paper's recipe found, and why, in plain words."""
+    labels = a.labels("paper")
+    sizes = np.bincount(labels)
+    if len(sizes) < 2:
+        return False, f"One basin: the paper's recipe puts all {len(a.names)} models in one cluster."
+    cluster = dict(zip(a.names, labels))
+    bar = a.barriers[(a.barriers.eval_set == a.eval_set) & (a.barriers.metric == a.metric)]
+    across = bar.model_a.map(cluster) != bar.model_b.map(cluster)
+    between, within = bar.barrier[across].median(), bar.barrier[~across].median()
+    ends = a.curves[(a.curves.eval_set == a.eval_set) & (a.curves.subset == "all") & a.curves.alpha.isin([0.0, 1.0])]
+    scale = float(ends.loss.mean()) if a.metric == "loss" else 1.0
+    split = f"{len(sizes)} clusters of {', '.join(map(str, sizes))} models"
+    stability = a.summary["stability_paper"]
+    if not between >= TINY * scale:
+        return False, (f"Not supported: the recipe splits the models into {split}, but the barriers between them are "
+                       f"tiny (median {between:.4g}, under {TINY:.0%} of the models' own {a.metric} of "
+                       f"{scale:.3g}): the models are linearly connected, one basin.")
+    if within > 0 and between < SEPARATION * within:
+        return False, (f"Not supported: {split}, but the barriers between clusters (median {between:.4g}) are "
+                       f"hardly above those within (median {within:.4g}).")
+    if np.isnan(stability):
+        return False, (f"Not established: {split}, barriers between clusters {between:.4g} (median) against "
+                       f"{within:.4g} within; with {len(a.names)} models the split's stability cannot be measured "
+                       "(it needs at least 4).")
+    if stability < STABLE:
+        return False, (f"Not supported: {split}, but the split is unstable: clustering random 80% subsets of the "
+                       f"models agrees with it at ARI {stability:.2f} on average (1 = always the same).")
+    return True, (f"Supported: {split}; barriers between clusters (median {between:.4g}) are "
+                  f"{between / within if within > 0 else float('inf'):.1f}× those within (median {within:.4g}), and "
+                  f"the split holds on random 80% subsets of the models (ARI {stability:.2f}).")
+
+
+def stability_words(summary: dict) -> str:
+    v = summary["stability_paper"]
+    return "not measurable (fewer than 4 models)" if np.isnan(v) else f"{v:.2f}"
+
+
 def text_summary(a: Analysis) -> str:
     s = a.summary
-    lines = [f"{s['n_models']} models, barriers on {a.eval_set} ({a.metric}); "
+    lines = [verdict(a)[1], f"{s['n_models']} models, barriers on {a.eval_set} ({a.metric}); "
              f"paper's recipe: {np.bincount(a.labels('paper')).tolist()} models per cluster; "
              f"eigengap suggests k = {s['k_eigengap']} (δ = {s['delta_knn']:.3g}); "
-             f"ARI paper vs linkage {s['ari_paper_vs_linkage']:.2f}; stability {s['stability_paper']:.2f}"]
+             f"ARI paper vs linkage {s['ari_paper_vs_linkage']:.2f}; stability {stability_words(s)}"]
     top = a.barriers[(a.barriers.eval_set == a.eval_set) & (a.barriers.metric == a.metric)].nlargest(5, "barrier")
     lines.append("highest barriers: " + "; ".join(f"{r.model_a}|{r.model_b} {r.barrier:.4f}" for r in top.itertuples()))
     r = a.correlations.set_index(["metric", "score"]).pearson_r
     for key in a.per_cluster.metric.unique():
         sub = a.per_cluster[a.per_cluster.metric == key]
         means = ", ".join(f"cluster {c}: {m:.3f}±{sd:.3f}" for c, m, sd in zip(sub.cluster, sub["mean"], sub["std"]))
-        lines.append(f"{key}: {means}; Pearson r with the spectral score {r[key, 'paper_delta1']:.2f} "
-                     f"(paper's, δ = 1), {r[key, 'knn_delta']:.2f} (δ from the data)")
+        lines.append(f"{key}: {means}; " + (f"Pearson r with the spectral score {r[key, 'paper_delta1']:.2f} "
+                                            f"(paper's, δ = 1), {r[key, 'knn_delta']:.2f} (δ from the data)"
+                                            if (key, "knn_delta") in r.index else "the same for every model"))
     if s.get("bootstrap"):
         lines.append(f"{s['level']:.0%} bootstrap intervals ({s['bootstrap']} resamples of the examples): median width "
                      f"{s['median_interval_width']:.4f}; barrier_lo / barrier_hi in barriers.parquet")

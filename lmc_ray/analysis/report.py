@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 
 import matplotlib
 
@@ -13,7 +14,7 @@ import pandas as pd  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram  # noqa: E402
 
 from . import clusters as C  # noqa: E402
-from .findings import Analysis, text_summary  # noqa: E402
+from .findings import Analysis, stability_words, text_summary, verdict  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..storage.store import Store  # noqa: E402
 
@@ -94,17 +95,36 @@ def extremes(a: Analysis, ood: str, k: int = 3) -> bytes:
     return _png(fig)
 
 
-def scatter(a: Analysis, ood: str) -> bytes:
-    """The paper's spectral score (δ = 1) against the OOD score, with Pearson r."""
+def scatter(a: Analysis, ood: str, label: int = 3) -> bytes:
+    """The paper's spectral score (δ = 1) against the OOD score, with Pearson r: one colour per cluster, the
+    `label` best and worst models by the OOD score named."""
     x = C.spectral_score(a.matrix, 1.0)
     y = a.per_model.set_index("model").loc[a.names, ood].to_numpy()
     r = a.correlations.set_index(["metric", "score"]).pearson_r.get((ood, "paper_delta1"), float("nan"))
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter(x, y, c=a.labels("paper"), cmap="tab10", vmin=0, vmax=9, s=18)
+    labels = a.labels("paper")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for c in np.unique(labels):
+        at = labels == c
+        ax.scatter(x[at], y[at], color=plt.cm.tab10(c % 10), s=24, label=f"cluster {c} ({at.sum()} models)")
+    order = np.argsort(y, kind="stable")
+    for i in {*order[:label], *order[-label:]}:
+        ax.annotate(_short([a.names[i]])[0], (x[i], y[i]), xytext=(4, 3), textcoords="offset points", fontsize=8)
     ax.set_xlabel("spectral score (paper's, δ = 1)")
-    ax.set_ylabel(ood, fontsize=8)
-    ax.set_title(f"Pearson r = {r:.2f}")
+    ax.set_ylabel(_wrap(ood), fontsize=9)
+    ax.set_title(f"Pearson r = {r:.2f}" if np.isfinite(r) else "Pearson r undefined (a constant score)")
+    ax.legend(fontsize=8)
     return _png(fig)
+
+
+def _wrap(text: str, width: int = 40) -> str:
+    """A long score key over several lines, broken at its slashes and commas, so a title stays legible."""
+    lines, line = [], ""
+    for part in re.split(r"(?<=[/,])", text):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join([*lines, line])
 
 
 def curves(a: Analysis) -> bytes:
@@ -148,20 +168,51 @@ def intervals(a: Analysis) -> bytes:
     return _png(fig)
 
 
-def histograms(a: Analysis) -> bytes:
-    keys = list(a.per_cluster.metric.unique())[:6]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4 * max(1, len(keys)), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+def histograms(a: Analysis, keys: list[str]) -> bytes:
+    """Each score's distribution per cluster, three panels across."""
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False, layout="constrained")
+    for ax, key in zip(axes.flat, keys):
         for c, g in a.per_model.groupby("cluster"):
-            ax.hist(g[key].dropna(), bins=np.linspace(0, 1, 21), alpha=0.6, label=f"cluster {c}")
-        ax.set_title(key, fontsize=8)
-        ax.set_xlabel("accuracy")
+            ax.hist(g[key].dropna(), bins=np.linspace(0, 1, 21), alpha=0.6, color=plt.cm.tab10(c % 10),
+                    label=f"cluster {c}")
+        ax.set_title(_wrap(key), fontsize=9)
+        ax.set_xlabel(key.rsplit("/", 1)[-1])
+        ax.set_ylabel("models")
         ax.legend(fontsize=8)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
     return _png(fig)
 
 
+def summary_table(a: Analysis) -> pd.DataFrame:
+    """One row per cluster (and all models): its size and, for each eval set scored whole, the mean ± sd and
+    range of its models' scores."""
+    keys = [k for k in a.per_model.columns if k.split("/")[1:2] == ["all"]]
+    groups = [(f"cluster {c}", g) for c, g in a.per_model.groupby("cluster")] + [("all models", a.per_model)]
+    rows = []
+    for name, g in groups:
+        row = {"": name, "models": len(g)}
+        for k in keys:
+            v = g[k].dropna()
+            row[k] = f"{v.mean():.3f} ± {v.std(ddof=0):.3f} ({v.min():.3f}–{v.max():.3f})" if len(v) else "–"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def correlation_table(a: Analysis) -> pd.DataFrame:
+    """Pearson r (p) of each varying score with the spectral score, paper's δ = 1 and δ from the data."""
+    c = a.correlations.pivot(index="metric", columns="score", values=["pearson_r", "p_value"])
+    return pd.DataFrame({"score": c.index,
+                         **{f"r (p), {words}": [f"{r:.2f} (p = {p:.2g})" for r, p in
+                                                zip(c["pearson_r", name], c["p_value", name])]
+                            for name, words in (("paper_delta1", "paper's δ = 1"), ("knn_delta", "δ from the data"))}})
+
+
 def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="t")
+    """An HTML table in a box that scrolls sideways when it is wider than the page."""
+    return f'<div class="scroll">{df.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="t")}</div>'
 
 
 def ood_key(a: Analysis) -> str | None:
@@ -230,7 +281,7 @@ def write(store: Store, a: Analysis, ood: str | None = None, out: Store | None =
     """OUT/report/index.html and its PNGs (OUT: the store unless given); returns the index path. `ood`: a
     per-model column (default ood_key)."""
     out = out or store
-    figures = {"heatmap.png": heatmap(a), "curves.png": curves(a), "diagnostic_histograms.png": histograms(a)}
+    figures = {"heatmap.png": heatmap(a), "curves.png": curves(a)}
     ood = ood or ood_key(a)
     if ood is not None:
         scores = [c for c in a.per_model.columns if c not in ("model", "cluster")]
@@ -238,6 +289,9 @@ def write(store: Store, a: Analysis, ood: str | None = None, out: Store | None =
             raise ConfigError(f"--ood {ood!r}: no such per-model score (have: {', '.join(scores)})")
         figures.update({"ood_heatmap.png": ood_heatmap(a, ood), "extremes.png": extremes(a, ood),
                         "scatter.png": scatter(a, ood)})
+    diagnostic = [k for k in a.per_model.columns if k.split("/")[0] in a.diagnostic][:9]
+    if diagnostic:
+        figures["diagnostic_histograms.png"] = histograms(a, diagnostic)
     if "barrier_lo" in a.barriers:
         figures["intervals.png"] = intervals(a)
     if a.dynamics is not None:
@@ -247,25 +301,45 @@ def write(store: Store, a: Analysis, ood: str | None = None, out: Store | None =
         figures["planes.png"] = plane_figure
     for name, data in figures.items():
         out.put(f"report/{name}", data)
-    summary = pd.DataFrame([{"key": k, "value": v} for k, v in a.summary.items()])
+    supported, words = verdict(a)
+    s = a.summary
+    facts = pd.DataFrame([
+        ("barriers", f"{a.metric} on {a.eval_set}, {s['n_models']} models"),
+        ("clusters (paper's recipe: spectral, δ = 1, k = 2)", ", ".join(map(str, np.bincount(a.labels("paper"))))),
+        ("clusters the eigengap suggests", f"{s['k_eigengap']} (δ = {s['delta_knn']:.3g}, from the data)"),
+        ("agreement with average linkage (ARI)", f"{s['ari_paper_vs_linkage']:.2f}"),
+        ("stability (ARI on random 80% subsets)", stability_words(s)),
+        *([("NaN barriers", f"{s['nan_pairs']} pairs")] if s["nan_pairs"] else []),
+        *([(f"{s['level']:.0%} bootstrap intervals", f"{s['bootstrap']} resamples, median width "
+                                                     f"{s['median_interval_width']:.4f}")] if s.get("bootstrap") else [])],
+        columns=["", ""])
+    warnings = [line for line in text_summary(a).splitlines() if line.startswith("warning:")]
+    section = lambda title, png, alt: (f'<h2>{title}</h2><img src="{png}" alt="{alt}">' if png in figures else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lmc-ray report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} table.t td,table.t th{{padding:2px 8px}}
-img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}</style></head><body>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}}
+table.t{{border-collapse:collapse}} table.t td,table.t th{{padding:3px 10px;text-align:left;white-space:nowrap}}
+table.t tr:nth-child(even){{background:#f6f6f6}} .scroll{{overflow-x:auto;max-width:100%}} img{{max-width:100%}}
+.verdict{{padding:.8em 1em;border-left:5px solid {"#2a7" if supported else "#d80"};background:#f6f6f6}}</style>
+</head><body>
 <h1>Linear mode connectivity: {len(a.names)} models</h1>
-<pre>{html.escape(text_summary(a))}</pre>
-<h2>Barrier matrix</h2><img src="heatmap.png" alt="barrier heatmap">
-<h2>Interpolation curves within and between clusters</h2><img src="curves.png" alt="mean curves">
-{f'<h2>Ordered by {html.escape(ood)}</h2><img src="ood_heatmap.png" alt="barriers by OOD score">' if ood else ""}
-{'<h2>The best and worst models out of distribution</h2><img src="extremes.png" alt="extremes">' if ood else ""}
-{'<h2>Spectral score against the OOD score</h2><img src="scatter.png" alt="scatter">' if ood else ""}
-{'<h2>Barriers with bootstrap intervals</h2><img src="intervals.png" alt="intervals">' if "intervals.png" in figures else ""}
-{'<h2>Basins during training: who moved where</h2><img src="dynamics.png" alt="dynamics">' if a.dynamics is not None else ""}
-{'<h2>Planes through three models</h2><img src="planes.png" alt="planes">' if "planes.png" in figures else ""}
-<h2>Diagnostic accuracy per cluster</h2><img src="diagnostic_histograms.png" alt="histograms">
-<h3>Per cluster</h3>{_table(a.per_cluster)}
-<h3>Correlation with the spectral score</h3>{_table(a.correlations)}
-<h3>Clustering</h3>{_table(summary)}
-<h3>Per model</h3>{_table(a.per_model)}
+<p class="verdict">{html.escape(words)}</p>
+{"".join(f'<p class="verdict">{html.escape(w)}</p>' for w in warnings)}
+<h2>Clusters and their scores</h2>
+<p>Mean ± standard deviation (range) over each cluster's models, each eval set scored whole.</p>
+{_table(summary_table(a))}
+{f"<h3>Correlation with the spectral score</h3>{_table(correlation_table(a))}" if len(a.correlations) else ""}
+<h3>Clustering</h3>{_table(facts).replace("<thead>", '<thead style="display:none">')}
+{section("Barrier matrix", "heatmap.png", "barrier heatmap")}
+{section("Interpolation curves within and between clusters", "curves.png", "mean curves")}
+{section(f"Ordered by {html.escape(ood or '')}", "ood_heatmap.png", "barriers by OOD score")}
+{section("The best and worst models out of distribution", "extremes.png", "extremes")}
+{section("Spectral score against the OOD score", "scatter.png", "scatter")}
+{section("Diagnostic scores per cluster", "diagnostic_histograms.png", "histograms")}
+{section("Barriers with bootstrap intervals", "intervals.png", "intervals")}
+{section("Basins during training: who moved where", "dynamics.png", "dynamics")}
+{section("Planes through three models", "planes.png", "planes")}
+<h2>Per model</h2>{_table(a.per_model)}
+<h2>Per cluster, every score</h2>{_table(a.per_cluster)}
 </body></html>"""
     out.put("report/index.html", page.encode())
     return out.path("report", "index.html")
