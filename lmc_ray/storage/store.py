@@ -314,7 +314,9 @@ class Store:
     def _dataset(self, sub: str, schema: pa.Schema):
         import pyarrow.dataset as ds
 
-        return ds.dataset(self.path(sub), filesystem=self.fs, format="parquet", schema=schema)
+        # A store stopped before its first pair has no curves/ yet: an empty table, not FileNotFoundError.
+        where = self.path(sub) if self.fs.exists(self.path(sub)) else []
+        return ds.dataset(where, filesystem=self.fs, format="parquet", schema=schema)
 
     def meta(self) -> dict:
         """run.json: the settings that decide the values (fingerprint) and each model's pinned weights."""
