@@ -34,7 +34,8 @@ def main(fn, argv=None) -> None:
         print(f"lmc-ray: {e}", file=sys.stderr)
         sys.exit(130)
     except SweepError as e:
-        print(f"lmc-ray: sweep failed: {e} (rerun the same command to resume)", file=sys.stderr)
+        advice = "" if "rerun" in str(e) else " (rerun the same command to resume)"  # said once
+        print(f"lmc-ray: sweep failed: {e}{advice}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # before the store was opened: nothing was written
         print("lmc-ray: interrupted before any result was stored", file=sys.stderr)

@@ -131,8 +131,8 @@ class SweepConfig:
     store: str
     """Output store: a local path or s3://bucket/prefix."""
     alphas: list[float] = field(default_factory=lambda: grid(10))
-    """Points on each line: a count of evenly spaced points with both models included (10, the paper's; at least
-    3), or a list of α in [0, 1] such as [0, 0.5, 1]."""
+    """Points on each line: a count of evenly spaced points with both models included (10, the paper's; 3 to
+    1000), or a list of α in [0, 1] such as [0, 0.5, 1]."""
     pairs: str | dict[str, Any] = "all"
     """Which pairs get a line: all (the paper's N(N−1)/2), {anchors: [model names]} (every model against each
     anchor), or {file: PATH} (two model names a line). `analyse` needs all for basins."""
@@ -209,6 +209,10 @@ class SweepConfig:
 
 
 _LATER = {"filter": None, "shuffle_seed": None, "revision": None, "data_files": None, "endpoints_only": False}
+
+
+# Each point is a forward pass of every pair over the eval sets: 1,000 is 100× the paper's grid.
+MAX_ALPHAS = 1000
 
 
 def grid(n: int) -> list[float]:
@@ -400,6 +404,9 @@ def from_dict(raw: dict) -> SweepConfig:
         if alphas < 3:
             raise ConfigError(f"config: alphas = {alphas}: a barrier needs at least 3 points (the two models and "
                               "one between)")
+        if alphas > MAX_ALPHAS:  # before the grid is built: 10^8 points took 5 GB here
+            raise ConfigError(f"config: alphas = {alphas}: at most {MAX_ALPHAS} points on a line (the paper uses 10; "
+                              "refine adds points where the barrier is)")
         raw["alphas"] = grid(alphas)
     elif alphas is not None and not (isinstance(alphas, list) and all(
             isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas)):
@@ -449,6 +456,8 @@ def validate(cfg: SweepConfig) -> None:
                           "two models (e.g. [0, 0.5, 1])")
     if len(set(alphas)) != len(alphas):
         raise ConfigError("config: alphas contain a duplicate value")
+    if len(alphas) > MAX_ALPHAS:
+        raise ConfigError(f"config: alphas: {len(alphas)} points; at most {MAX_ALPHAS} on a line (the paper uses 10)")
     cfg.alphas = sorted(alphas)
     if cfg.refine and not (0.0 in alphas and 1.0 in alphas and any(0 < a < 1 for a in alphas)):
         raise ConfigError("config: refine needs alphas with both endpoints and at least one interior point")

@@ -122,6 +122,8 @@ BAD_INPUT = [
     ({}, ["--alphas", "2"], "config: alphas = 2: a barrier needs at least 3 points (the two models and one between)"),
     ({"alphas": [0, 1]}, [], "config: alphas [0.0, 1.0]: a barrier needs at least 3 points, one of them between "
                              "the two models (e.g. [0, 0.5, 1])"),
+    ({}, ["--alphas", "100000000"], "config: alphas = 100000000: at most 1000 points on a line (the paper uses 10; "
+                                    "refine adds points where the barrier is)"),
     ({"eval_sets": [{"name": "nli", "path": "x.tsv", "text": ["premise"]}]}, [],
      "config: eval set 'nli': missing required key 'label'"),
     ({"eval_sets": [{"name": "nli", "path": "x.tsv", "text": ["premise"], "label": "y", "label_map": {"a": 3}}]}, [],

@@ -96,6 +96,12 @@ def test_empty_and_label_less_sets(tmp_path, tokenizer):
     (tmp_path / "nolabel.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     with pytest.raises(ConfigError, match="eval set 'nli': column 'gold_label' has empty labels"):
         prepare(_spec(tmp_path / "nolabel.jsonl"), tokenizer, NLI_LABELS)
+    rows = [{"premise": "a", "hypothesis": "b", "gold_label": "neutral"},
+            {"premise": None, "hypothesis": "b", "gold_label": "neutral"}]
+    (tmp_path / "notext.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ConfigError, match=r"^eval set 'nli': column 'premise' has no text in 1 rows \(the first: "
+                                          r"row 1 of the selection\); drop or fill them$"):
+        prepare(_spec(tmp_path / "notext.jsonl"), tokenizer, NLI_LABELS)
 
 
 def test_offline_hub_dataset_fails_in_one_line(tokenizer):

@@ -86,6 +86,16 @@ def test_an_unfinished_store_is_refused(tmp_path, population):
     (tmp_path / "s" / "curves" / "pair-00000-00001.parquet").unlink()
     with pytest.raises(ConfigError, match="2 of 3 pairs stored"):
         findings.run(Store(str(tmp_path / "s")))
+    # Grown by a second eval set and stopped after one of its three pair files: that set is incomplete.
+    local.run(plan.prepare(p.cfg), progress=False)
+    from dataclasses import replace
+
+    nli2 = replace(p.cfg.eval_sets[0], name="nli2", max_examples=16)
+    local.run(plan.prepare(replace(p.cfg, eval_sets=[*p.cfg.eval_sets, nli2])), progress=False)
+    for f in sorted((tmp_path / "s" / "curves").glob("*-g1.parquet"))[1:]:
+        f.unlink()
+    with pytest.raises(ConfigError, match="eval set 'nli2' has 1 of 3 pairs stored; finish the sweep first"):
+        findings.run(Store(str(tmp_path / "s")), "nli2")
     shutil.rmtree(tmp_path / "s" / "curves")  # stopped after the endpoints, before any pair
     with pytest.raises(ConfigError, match="0 of 3 pairs stored; finish the sweep first"):
         findings.run(Store(str(tmp_path / "s")))
@@ -253,6 +263,9 @@ def test_scores_from_elsewhere_join_by_name_or_by_run_number(store, tmp_path):
     assert set(a.per_cluster.metric) >= {"scores/ood"} and "scores/ood" in set(a.correlations.metric)
     with pytest.raises(ConfigError, match="no row of column 'model' names a model of the store"):
         findings.scores(str(own), ["zzz"])
+    pd.DataFrame({"model": [names[0], names[0]], "ood": [0.1, 0.2]}).to_csv(own, index=False)
+    with pytest.raises(ConfigError, match=f"model {names[0]!r} has 2 rows; give one row per model"):
+        findings.scores(str(own), names)
 
 
 def test_clustering_on_the_error_barrier(store):
@@ -326,3 +339,14 @@ def test_the_verdict_says_whether_the_data_supports_basins():
     assert not supported and "hardly above those within" in words, words
     supported, words = findings.verdict(_synthetic(between=0.3, within=0.01, n=3, split=1))
     assert not supported and "stability cannot be measured" in words, words
+
+
+def test_names_with_dollar_signs_are_drawn_as_text(tmp_path, population):
+    """Matplotlib reads $…$ as math: a model named that way broke the report."""
+    names = ["$m_0$", "m$1", "a$b$c"]
+    cfg = _two_sets(population[:3], tmp_path / "s",
+                    models=[{"ref": str(p), "name": n} for p, n in zip(population[:3], names)])
+    local.run(plan.prepare(cfg), progress=False)
+    a = findings.run(Store(str(tmp_path / "s")))
+    page = Path(report.write(Store(str(tmp_path / "s")), a)).read_text()
+    assert sorted(a.names) == sorted(names) and "heatmap.png" in page

@@ -3,6 +3,7 @@ holder is taken over. Real processes, a real local filesystem and the real S3 se
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,6 +113,13 @@ def test_s3_lease_heartbeat_takeover_and_a_writer_that_lost_it(s3_endpoint, tmp_
     store = Store(url)
     store.open({"x": 1})
     store.close()
+    # One whose pid is not in this pid namespace (another container on a host of the same name) proves
+    # nothing by its absence here: it holds until its heartbeat is older than the timeout.
+    fs = s3fs.S3FileSystem()
+    fs.pipe_file("leases/run/_lease.json", json.dumps({"owner": "x", "host": socket.gethostname(), "pid": 2 ** 22 - 7,
+                                                       "pidns": "pid:[1]", "heartbeat": time.time()}).encode())
+    with pytest.raises(ConfigError, match="being written by another sweep, pid 4194297 on "):
+        Store(url).open({"x": 1}, lease_timeout=60)
 
 
 def test_a_writer_whose_lease_was_lost_stops(tmp_path):

@@ -164,3 +164,25 @@ def test_the_driver_reads_headers_only_and_pins_each_s3_model(s3_endpoint, tmp_p
     # Overwritten after the sweep pinned it, before an actor loads it: the actor refuses the other weights.
     with pytest.raises(config.ConfigError, match="model 's3://pinned/m2': its weights changed after the sweep pinned"):
         sources.resolve("s3://pinned/m2", str(tmp_path / "cache"), revision=p.revisions[2])
+
+
+def test_analyse_on_s3_writes_and_names_s3_paths(s3_endpoint, tmp_path, population):
+    """The analysis of an S3 store, into the store and into another S3 prefix: the report path it prints is a
+    URL the user can open with the same tools (s3://...)."""
+    import subprocess
+    import sys
+
+    from lmc_ray.execution import local
+
+    from conftest import ROOT
+
+    s3fs.S3FileSystem().mkdir("analysed")
+    local.run(plan.prepare(config.from_dict(sweep_config(population[:4], "s3://analysed/run", alphas=3))),
+              progress=False)
+    for out in ([], ["--out", "s3://analysed/elsewhere"]):
+        run = subprocess.run([sys.executable, str(ROOT / "jobs" / "analyse.py"), "--store", "s3://analysed/run", *out],
+                             capture_output=True, text=True, timeout=300)
+        where = out[1] if out else "s3://analysed/run"
+        assert run.returncode == 0 and f"report: {where}/report/index.html" in run.stdout, run.stderr[-2000:]
+        fs = s3fs.S3FileSystem()
+        assert fs.exists(f"{where}/report/index.html") and fs.exists(f"{where}/barriers.parquet")

@@ -113,3 +113,20 @@ def test_pairs_stored_before_distances_existed_read_as_null(tmp_path):
     t = store.curves().to_table().to_pandas()
     assert t[t.model_b == "b"].distance.isna().all() and (t[t.model_b == "c"].distance == 3.5).all()
     store.close()
+
+
+def test_a_store_whose_run_json_is_gone_is_refused_not_reidentified(tmp_path, population):
+    """Its pairs might be of other models, another order or selection: nothing tells, so nothing is reused."""
+    from lmc_ray import config
+    from lmc_ray.execution import local, plan
+
+    from conftest import sweep_config
+
+    local.run(plan.prepare(config.from_dict(sweep_config(population[:3], tmp_path / "s", alphas=3))), progress=False)
+    (tmp_path / "s" / "run.json").unlink()
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "s").rglob("*"))
+    again = config.from_dict(sweep_config([population[1], population[0], population[2]], tmp_path / "s", alphas=3))
+    with pytest.raises(ConfigError, match=r"^store '.*/s' holds results but no run.json \(what identifies them\); "
+                                          r"restore it or use a new store path$"):
+        local.run(plan.prepare(again), progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "s").rglob("*")) == before  # its lease given up

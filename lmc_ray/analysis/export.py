@@ -3,11 +3,14 @@ for those who merge models. The two ends are the store's own: the weights it pin
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..compute import models as M
 from ..compute import sources
-from ..errors import ConfigError
+from ..errors import ConfigError, cause
 from ..compute.interpolate import WorkingModel
 from ..storage.store import Store
 
@@ -23,6 +26,7 @@ def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str 
             raise ConfigError(f"model {name!r} is not in the store (it has: {', '.join(list(specs)[:10])}, ...)")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha {alpha} is outside [0, 1]")
+    folder = _target(store, out)
     paths = [sources.resolve(specs[n]["ref"], cache_dir, storage_options, pins.get(n)) for n in (a, b)]
     infos = [M.read_info(n, p, specs[n].get("labels")) for n, p in zip((a, b), paths)]
     labels = M.preflight(infos)
@@ -30,14 +34,41 @@ def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str 
     working = WorkingModel(ends[0])
     wa, wb = (working.weights_of(m.state_dict()) for m in ends)
     working.set(wa, wb, alpha)  # in place, into A's model: the same lerp as the sweep's
-    folder = Path(out).expanduser()
-    ends[0].save_pretrained(folder)
     tokenizer = fp.get("tokenizer")
     source = sources.resolve(tokenizer, cache_dir, storage_options) if tokenizer else paths[0]
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(str(source)).save_pretrained(folder)
-    (folder / "lmc_ray_export.json").write_text(json.dumps(
-        {"store": store.url, "model_a": a, "model_b": b, "alpha": alpha, "weights": [pins.get(a), pins.get(b)]},
-        indent=2))
+    # Written beside `out` and renamed into place: a crash leaves no half checkpoint where a model is expected.
+    part = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
+    try:
+        ends[0].save_pretrained(part)
+        AutoTokenizer.from_pretrained(str(source)).save_pretrained(part)
+        (part / MARKER).write_text(json.dumps(
+            {"store": store.url, "model_a": a, "model_b": b, "alpha": alpha, "weights": [pins.get(a), pins.get(b)]},
+            indent=2))
+        if folder.exists():  # empty, or an earlier export (_target checked)
+            shutil.rmtree(folder)
+        os.replace(part, folder)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return folder
+
+
+MARKER = "lmc_ray_export.json"
+
+
+def _target(store: Store, out: str) -> Path:
+    """`out` as a folder the export may fill, checked before any model is loaded: new, empty or an earlier
+    export (replaced); never a non-empty folder of anything else (a source model, a store's curves), never
+    inside a local store, and writable."""
+    folder = Path(out).expanduser().absolute()
+    if store.local and folder.resolve().is_relative_to(Path(store.root).resolve()):
+        raise ConfigError(f"export --out {out!r}: inside the store {store.url!r}; write the model elsewhere")
+    if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file()):
+        raise ConfigError(f"export --out {out!r}: exists and is not an earlier export; give a new or empty folder")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder.parent).close()
+    except OSError as e:
+        raise ConfigError(f"export --out {out!r}: not writable ({e.strerror or cause(e)})") from None
     return folder

@@ -111,6 +111,9 @@ def scores(path: str, names: list[str]) -> pd.DataFrame:
     if values.empty:
         raise ConfigError(f"scores {path!r}: no numeric column besides {key!r}")
     rows = [str(k) for k in df[key]]
+    twice = next((r for r in rows if r in names and rows.count(r) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"scores {path!r}: model {twice!r} has {rows.count(twice)} rows; give one row per model")
     index = {n: rows.index(n) for n in names if n in rows}
     if not index:
         by_number = {_trailing_number(r): k for k, r in enumerate(rows)}
@@ -139,9 +142,13 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
                            f"pairs are in barriers.parquet; basins, correlations and the report need every pair of the "
                            f"{len(names)} models, so they are not computed", B.table(curves))
     want = len(names) * (len(names) - 1) // 2
-    if n_pairs < want:
-        raise ConfigError(f"store {store.url!r}: {n_pairs} of {want} pairs stored; finish the sweep first (rerun it)")
     sets = [e["name"] for e in fp["eval_sets"] if not e.get("endpoints_only")]
+    for name in sets:  # per set: a set added to a grown store has its own files, and a pair may lack them
+        got = curves[curves.eval_set == name].groupby(["model_a", "model_b"]).ngroups
+        if got < want:
+            where = f"eval set {name!r} has " if len(sets) > 1 else ""
+            raise ConfigError(f"store {store.url!r}: {where}{got} of {want} pairs stored; finish the sweep first "
+                              "(rerun it)")
     eval_set = eval_set or sets[0]
     if eval_set not in sets:
         raise ConfigError(f"eval set {eval_set!r} has no lines in the store (its line sets: {', '.join(sets)})")

@@ -8,6 +8,7 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")  # headless: the job may run on a cluster node without a display
+matplotlib.rcParams["text.parse_math"] = False  # names and keys are the user's: "a$b$" is text, not TeX
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -342,4 +343,4 @@ table.t tr:nth-child(even){{background:#f6f6f6}} .scroll{{overflow-x:auto;max-wi
 <h2>Per cluster, every score</h2>{_table(a.per_cluster)}
 </body></html>"""
     out.put("report/index.html", page.encode())
-    return out.path("report", "index.html")
+    return out.url_of("report", "index.html")

@@ -194,6 +194,11 @@ def prepare(spec: EvalSetSpec, tokenizer, canonical_labels: list[str], max_lengt
     if any(v in ("", "nan", "None") for v in raw):
         raise ConfigError(f"{where}: column {spec.label!r} has empty labels")
     labels, classes = _label_classes(spec, raw, canonical_labels)
+    for c in spec.text:  # a missing text would be scored as the word "None" or "nan"
+        missing = df[c].isna().to_numpy().nonzero()[0]
+        if len(missing):
+            raise ConfigError(f"{where}: column {c!r} has no text in {len(missing)} rows (the first: row "
+                              f"{missing[0]} of the selection); drop or fill them")
     texts = [[str(t) for t in df[c]] for c in spec.text]
     enc = tokenizer(*texts, truncation=True, max_length=max_length)
     ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]

@@ -37,9 +37,30 @@ def acquire(fs, path: str, url: str, timeout: float, local: bool) -> Lease:
     return lease
 
 
+def held(path: str) -> bool:
+    """Whether this process holds the lease at `path` already (another open of the store shares it)."""
+    lease = _held.get(path)
+    return lease is not None and not lease.released
+
+
+def _pid_namespace() -> str | None:
+    """Which process-id namespace this process sees (containers on one host each have their own)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _record() -> dict:
-    return {"owner": _OWNER, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())}
+    return {"owner": _OWNER, "host": socket.gethostname(), "pid": os.getpid(), "pidns": _pid_namespace(),
+            "heartbeat": time.time(), "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())}
+
+
+def _gone(info: dict) -> bool:
+    """Whether the holder's process provably no longer exists: only when it ran where this process can see it
+    (this host and this pid namespace: a container with host networking shares the host name, not the pids)."""
+    here = info.get("host") == socket.gethostname() and info.get("pidns") == _pid_namespace() is not None
+    return here and not _alive(info.get("pid"))
 
 
 def _holder(info: dict) -> str:
@@ -116,8 +137,7 @@ class S3Lease(Lease):
         self.fs.invalidate_cache(self.path)
         etag = self.fs.info(self.path)["ETag"]
         info = json.loads(self.fs.cat_file(self.path))
-        gone = info.get("host") == socket.gethostname() and not _alive(info.get("pid"))
-        if not gone and time.time() - float(info.get("heartbeat", 0)) < self.timeout:
+        if not _gone(info) and time.time() - float(info.get("heartbeat", 0)) < self.timeout:
             raise _busy(self.url, info)
         try:
             self.etag = self._put(_record(), IfMatch=etag)

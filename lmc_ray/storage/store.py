@@ -86,6 +86,9 @@ class Registry:
         a conflict is one line naming it. A store written before registries existed reads as group 0 of its
         configuration, its models in config order."""
         if old is None:
+            if has_data:  # its results cannot be told apart from another configuration's
+                raise ConfigError(f"store {url!r} holds results but no run.json (what identifies them); restore it "
+                                  "or use a new store path")
             return Registry([*now["models"]], [{**e, "group": 0} for e in now["eval_sets"]])
         reg = old.get("registry") or {
             "models": [{**m, "weights": old.get("weights", {}).get(m["name"])} for m in old["fingerprint"]["models"]],
@@ -149,6 +152,10 @@ class Store:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def url_of(self, *parts: str) -> str:
+        """A file of the store as a user writes it: a local path, or s3://bucket/prefix/..."""
+        return self.path(*parts) if self.local else "/".join([self.url.rstrip("/"), *parts])
+
     # -- opening -------------------------------------------------------------------------------
     def open(self, fingerprint: dict, models: list[dict] = (), eval_sets: list[dict] = (),
              lease_timeout: float = 120.0) -> Registry:
@@ -156,12 +163,21 @@ class Store:
         match, a model already stored must have the same weights, an eval set already stored the same selection;
         new models and eval sets are added (only their work is then left). `models`: {name, ref, labels,
         weights} per model; `eval_sets`: each set's spec. Returns the store's registry after the merge."""
+        shared = leases.held(self.path("_lease.json"))
         try:
             self.lease = leases.acquire(self.fs, self.path("_lease.json"), self.url, lease_timeout, self.local)
         except ConfigError:
             raise
         except Exception as e:  # the lease is the store's first write: an unwritable store ends here
             raise self._unwritable(e) from None
+        try:
+            return self._merge(fingerprint, models, eval_sets)
+        except BaseException:  # refused: the store is free again for whoever fixes the configuration
+            if not shared:
+                self.close()
+            raise
+
+    def _merge(self, fingerprint: dict, models: list[dict], eval_sets: list[dict]) -> Registry:
         run = self.path("run.json")
         try:
             old = json.loads(self.fs.cat_file(run)) if self.fs.exists(run) else None
