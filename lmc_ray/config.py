@@ -357,9 +357,13 @@ def local_path(value, base: Path, what: Literal["model", "data", "folder"] = "mo
     and absolute paths are left as they are, so a missing local folder is named in full, not sought on the hub."""
     if not isinstance(value, str) or "://" in value or value.startswith("~") or os.path.isabs(value):
         return value
-    first = expand(value)[0]  # a range, m{0..9}, is local or not as its first member is
-    remote = {"model": lambda: sources.hub_id(first), "folder": lambda: False,
-              "data": lambda: os.path.splitext(first)[1].lower() not in FILE_FORMATS}[what]()
+    first = _RANGE.sub(lambda m: m.group(1), value)  # a range, m{0..9}, is local or not as its first member is
+    if what == "model":
+        remote = sources.hub_id(first)
+    elif what == "data":
+        remote = os.path.splitext(first)[1].lower() not in FILE_FORMATS
+    else:
+        remote = False
     return value if remote and not (base / first).exists() else os.path.normpath(base / value)
 
 
