@@ -343,9 +343,13 @@ def test_the_verdict_says_whether_the_data_supports_basins():
 
 def test_names_with_dollar_signs_are_drawn_as_text(tmp_path, population):
     """Matplotlib reads $…$ as math: a model named that way broke the report."""
-    names = ["$m_0$", "m$1", "a$b$c"]
-    cfg = _two_sets(population[:3], tmp_path / "s",
-                    models=[{"ref": str(p), "name": n} for p, n in zip(population[:3], names)])
+    names = ["$m_0$", "m$1", r"a$\nope{$c"]  # the last is no valid math: it raised
+    from dataclasses import replace
+
+    from lmc_ray.config import ModelSpec
+
+    cfg = _two_sets(population[:3], tmp_path / "s")
+    cfg = replace(cfg, models=[ModelSpec(m.ref, n) for m, n in zip(cfg.models, names)])
     local.run(plan.prepare(cfg), progress=False)
     a = findings.run(Store(str(tmp_path / "s")))
     page = Path(report.write(Store(str(tmp_path / "s")), a)).read_text()
