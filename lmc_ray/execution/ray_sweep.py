@@ -337,9 +337,9 @@ class _Pool:
                 time.sleep(0.2)  # restarting: its models are being reloaded
             except ray.exceptions.RayActorError as e:  # dead for good: all its restarts are used up
                 pid, error = None, e
-                self.deaths[k] = self.max_retries  # the incarnations it went through unseen count too
+                self.deaths[k] = self.max_retries + 1  # every restart used up, the incarnations unseen too
                 break
-        if pid != self.pids[k]:
+        if pid is not None and pid != self.pids[k]:
             self.pids[k] = pid
             self.deaths[k] += 1
             log.warning("actor %s died (%d of %d restarts); retrying its unfinished tasks",
