@@ -26,7 +26,8 @@ from .compute import sources
 from .compute.metrics import COLUMNS
 
 
-STORE_FORMAT = 2  # bumped when stored columns change: an older store is refused, not mixed
+STORE_FORMAT = 3  # bumped when stored columns or files change: a store another version cannot read is refused
+READABLE_FORMATS = (2, 3)  # 3 added merged batch files to 2's one file per result: a 2 store is read and grown
 METRICS = COLUMNS[2:]  # the scores an eval set may report per model
 
 # strict: YAML's "10" stays a string and its `true` is no 1; forbid: a typo'd key is refused, not ignored.

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
@@ -18,7 +20,7 @@ def test_pair_rows_and_endpoint_round_trip(tmp_path):
     store.open({"models": ["a", "b"]})
     ends = _metrics(0)
     store.write_endpoint(0, endpoint_table("a", LAYOUT, ends))
-    for got, want in zip(metrics_from_endpoint(store.read_endpoint(0), LAYOUT), ends):
+    for got, want in zip(metrics_from_endpoint(store.read_endpoints()[0], LAYOUT), ends):
         np.testing.assert_array_equal(got, want)
     store.write_pair(0, 1, pair_table("a", "b", LAYOUT, {0.0: ends, 0.5: _metrics(1), 1.0: _metrics(2)}))
     t = store.curves().to_table().to_pandas()
@@ -130,3 +132,130 @@ def test_a_store_whose_run_json_is_gone_is_refused_not_reidentified(tmp_path, po
                                           r"restore it or use a new store path$"):
         local.run(plan.prepare(again), progress=False)
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "s").rglob("*")) == before  # its lease given up
+
+
+def _pairs(store, keys):
+    """Write pairs (i, j) one by one, as a sweep does; each pair's values from its own seed."""
+    for i, j in keys:
+        store.write_pair(i, j, pair_table(f"m{i}", f"m{j}", LAYOUT, {0.5: _metrics(1000 * i + j)}))
+
+
+def test_single_result_files_are_merged_into_batches_and_read_exactly_once(tmp_path):
+    """1,029 pairs written one at a time end in one 1,024-pair batch and 5 single files (64 singles merge into a
+    batch, 16 batches into one); every pair is read back once, with its own values."""
+    from lmc_ray.storage.store import FAN_IN, LEVEL0_FILES
+
+    keys = [(k, k + 1) for k in range(LEVEL0_FILES * FAN_IN + 5)]
+    store = Store(str(tmp_path / "s"))
+    store.open({"x": 1})
+    _pairs(store, keys)
+    store.close()
+    names = sorted(os.listdir(tmp_path / "s" / "curves"))
+    assert len(names) == 6 and sum(n.startswith("batch-") for n in names) == 1, names
+    reader = Store(str(tmp_path / "s"))
+    assert reader.done_pairs() == set(keys)
+    t = reader.curves().to_table().to_pandas()
+    assert len(t) == 3 * len(keys) and not t.duplicated(["model_a", "model_b", "eval_set", "subset"]).any()
+    want = pair_table("m700", "m701", LAYOUT, {0.5: _metrics(1000 * 700 + 701)}).to_pandas()
+    got = t[t.model_a == "m700"].reset_index(drop=True)
+    import pandas as pd
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_merge_interrupted_before_its_inputs_are_removed_reads_each_pair_once(tmp_path):
+    """The merged file is written before its inputs go: a reader in between, or after a crash there, sees every
+    pair once (the batch names the files it replaces), and the next writer removes the replaced files."""
+    from lmc_ray.storage.store import LEVEL0_FILES
+
+    keys = [(0, k) for k in range(1, LEVEL0_FILES + 2)]
+    store = Store(str(tmp_path / "s"))
+    store.open({"x": 1})
+    _pairs(store, keys)  # the 64th write merged the first 64; its inputs stay until the next merge
+    assert len(os.listdir(tmp_path / "s" / "curves")) == LEVEL0_FILES + 2
+    reader = Store(str(tmp_path / "s"))
+    assert reader.done_pairs() == set(keys) and len(reader.curves().to_table()) == 3 * len(keys)
+    store.lease.release()  # the writer dies here: nothing else removes the replaced files
+    again = Store(str(tmp_path / "s"))
+    again.open({"x": 1})
+    assert len(os.listdir(tmp_path / "s" / "curves")) == 2
+    assert again.done_pairs() == set(keys) and len(again.curves().to_table()) == 3 * len(keys)
+    again.close()
+
+
+def test_a_damaged_batch_is_refused_by_readers_and_set_aside_by_the_next_writer(tmp_path):
+    from lmc_ray.storage.store import LEVEL0_FILES
+
+    store = Store(str(tmp_path / "s"))
+    store.open({"x": 1})
+    _pairs(store, [(0, k) for k in range(1, LEVEL0_FILES + 1)])
+    store.close()
+    batch, = (tmp_path / "s" / "curves").iterdir()
+    batch.write_bytes(batch.read_bytes()[:-100])
+    with pytest.raises(ConfigError, match=rf"^store '.*/s': curves/{batch.name} is damaged \(truncated\); rerun "
+                                          r"the sweep, which moves it to _damaged/ and computes its results again$"):
+        Store(str(tmp_path / "s")).curves()
+    writer = Store(str(tmp_path / "s"))
+    writer.open({"x": 1})
+    assert writer.done_pairs() == set() and (tmp_path / "s" / "_damaged" / "curves" / batch.name).exists()
+    writer.close()
+
+
+def test_a_truncated_pair_and_an_empty_endpoint_are_computed_again(tmp_path, population):
+    """A pair file cut short and an emptied endpoint file are not counted as done: the analysis refuses the store
+    in one line naming the file (exit 2), and the sweep sets both aside and computes them again, exactly."""
+    import pandas as pd
+    import subprocess
+    import sys
+
+    from lmc_ray import config
+    from lmc_ray.execution import local, plan
+    from lmc_ray.execution.plan import Endpoint, Pair
+    from lmc_ray.storage.recorder import Recorder
+    from conftest import sweep_config
+
+    cfg = config.from_dict(sweep_config(population[:3], tmp_path / "s", alphas=3))
+    local.run(plan.prepare(cfg), progress=False)
+    s = tmp_path / "s"
+    key = ["model_a", "model_b", "alpha", "eval_set", "subset"]
+    first = pd.read_parquet(s / "curves").sort_values(key).reset_index(drop=True)
+    pair = s / "curves" / "pair-00000-00002.parquet"
+    pair.write_bytes(pair.read_bytes()[:200])
+    (s / "endpoints" / "model-00001.parquet").write_bytes(b"")
+    run = subprocess.run([os.path.join(os.path.dirname(sys.executable), "lmc-ray"), "analyse", "--store", str(s)], capture_output=True,
+                         text=True)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith(
+        "curves/pair-00000-00002.parquet is damaged (truncated); rerun the sweep, which moves it to _damaged/ and "
+        "computes its results again"), run.stderr
+    p = plan.prepare(cfg)
+    with Recorder(p) as rec:
+        assert rec.pairs == [Pair(0, 2)] and rec.endpoints == [Endpoint(1)]
+    assert sorted(os.listdir(s / "_damaged" / "curves")) == ["pair-00000-00002.parquet"]
+    local.run(p, progress=False)
+    again = pd.read_parquet(s / "curves").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, first)
+
+
+def test_a_stored_pair_whose_per_example_file_is_damaged_is_computed_again(tmp_path, population):
+    import pandas as pd
+
+    from lmc_ray import config
+    from lmc_ray.execution import local, plan
+    from lmc_ray.execution.plan import Pair
+    from lmc_ray.storage.recorder import Recorder
+    from conftest import sweep_config
+
+    cfg = config.from_dict(sweep_config(population[:3], tmp_path / "s", per_example=True, alphas=3))
+    local.run(plan.prepare(cfg), progress=False)
+    s = tmp_path / "s"
+    key = ["model_a", "model_b", "alpha", "eval_set", "subset"]
+    curves = pd.read_parquet(s / "curves").sort_values(key).reset_index(drop=True)
+    kept = s / "examples" / "curves" / "pair-00000-00001.parquet"
+    examples = pd.read_parquet(kept)
+    kept.write_bytes(kept.read_bytes()[:-10])
+    p = plan.prepare(cfg)
+    with Recorder(p) as rec:
+        assert rec.pairs == [Pair(0, 1)]
+    assert not (s / "curves" / "pair-00000-00001.parquet").exists()  # forgotten with it: one is useless alone
+    local.run(p, progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(s / "curves").sort_values(key).reset_index(drop=True), curves)
+    pd.testing.assert_frame_equal(pd.read_parquet(kept), examples)

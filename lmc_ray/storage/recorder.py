@@ -36,15 +36,16 @@ class Recorder:
         self._sets = [d.name for d in plan.datas]
         self._subsets = [(d.name, d.subsets) for d in plan.datas]
         self._ends: dict[tuple[int, int], np.ndarray] = {}  # (config model, config eval set) -> metrics rows
+        self._stored_ends: dict[int, dict] = {}  # group -> store index -> endpoint rows an earlier run stored
         every, line = tuple(range(len(self.group))), tuple(plan.on_line)
         # One listing per eval-set group, not one per model or pair (4,950 listings of an S3 store otherwise).
-        ends = {g: self.store.done_endpoints(g) for g in set(self.group)}
+        ends = {g: {i for (i,) in self._done("endpoints", g)} for g in set(self.group)}
         self.endpoints: list[Endpoint] = []  # still to compute, each on the sets its model lacks
         for e in plan.endpoints:
             lacks = self._lacking(every, lambda g, i=e.model: self.index[i] in ends[g])
             if lacks:
                 self.endpoints.append(Endpoint(e.model, () if lacks == every else lacks))
-        done = {g: self.store.done_pairs(g) for g in {self.group[k] for k in line}}
+        done = {g: self._done("curves", g) for g in {self.group[k] for k in line}}
         self.pairs: list[Pair] = []  # still to compute, each on the line sets its pair lacks
         for p in plan.pairs:
             lacks = self._lacking(line, lambda g, p=p: self._key(p) in done[g])
@@ -54,6 +55,15 @@ class Recorder:
         stored = len(plan.pairs) - len(self.pairs)
         if stored or len(self.pairs) < len(plan.pairs):
             log.info("store %s: %d pairs already stored, %d to compute", cfg.store, stored, len(self.pairs))
+
+    def _done(self, sub: str, group: int) -> set:
+        """Results of `group` stored whole: with per-example values kept, a result whose per-example file is
+        missing or damaged is forgotten and computed again."""
+        done = self.store.stored(sub, group)
+        bad = self.store.unexamined(sub, done, group) if self.plan.cfg.per_example else set()
+        if bad:
+            self.store.forget(sub, bad, group)
+        return done - bad
 
     def _lacking(self, sets: tuple[int, ...], stored) -> tuple[int, ...]:
         """Of `sets`, those whose group has no file yet (`stored(group)` says whether it has)."""
@@ -110,8 +120,10 @@ class Recorder:
         """Model i alone on eval set k: this run's result, or an earlier run's read back from the store."""
         if (i, k) not in self._ends:
             g = self.group[k]
+            if g not in self._stored_ends:  # every model's, from one read per file
+                self._stored_ends[g] = self.store.read_endpoints(g)
             ks = [j for j, h in enumerate(self.group) if h == g]
-            table = self.store.read_endpoint(self.index[i], g)
+            table = self._stored_ends[g][self.index[i]]
             self._ends.update({(i, j): m for j, m in
                                zip(ks, metrics_from_endpoint(table, [self._subsets[j] for j in ks]))})
         return self._ends[(i, k)]

@@ -1,4 +1,4 @@
-"""The Parquet store: one file per finished pair, written atomically, local or s3://.
+"""The Parquet store: results written atomically, merged into large files as they accumulate, local or s3://.
 
 Files:
     STORE/run.json                          what the store holds, per component: each model (name, reference,
@@ -6,13 +6,25 @@ Files:
                                             order added (a model's index), and the settings every value shares;
                                             plus the last run's configuration ("fingerprint")
     STORE/_lease.json                       held by the one sweep writing the store (lmc_ray/storage/lease.py)
-    STORE/curves/pair-00003-00017.parquet   one file per pair (store indices, a < b), the eval sets of group 0
+    STORE/curves/pair-00003-00017.parquet   one finished pair (store indices, a < b), the eval sets of group 0
     STORE/curves/pair-00003-00017-g1.parquet  the same pair's eval sets added later (group 1, 2, ...)
+    STORE/curves/batch-<uuid>.parquet       many pairs of one group, merged from the files above (compaction)
     STORE/endpoints/model-00003.parquet     each model alone (α = 0 of its pairs), evaluated once (-gN: later sets)
+    STORE/endpoints/batch-<uuid>.parquet    many models' endpoints, merged likewise
     STORE/examples/{curves,endpoints}/...   per-example loss and correctness, when the sweep keeps them
                                             (per_example: true), written before the file above it
     STORE/_tmp/                             files being written; ignored by readers; what a dead writer
                                             left is removed by the next lease holder
+    STORE/_damaged/                         files found unreadable (truncated, emptied), moved here by the next
+                                            sweep, which computes their results again
+
+Compaction (why a store holds a thousand models: docs/performance.md, "A store of 1,000 models"): once
+LEVEL0_FILES single-result files of one group accumulate, they are merged into one batch file; FAN_IN batch
+files of one size class into the next, up to MAX_LEVEL. A batch file's footer names the results it holds (store
+indices, the rows of each) and the files it replaces. The merged file is written before its inputs are removed,
+and readers skip any file that another present file replaces, so a reader never sees a result twice or not at
+all, even after a crash between the two steps. Inputs are removed only at the next merge, so a reader that
+listed the folder a moment before still finds the files it listed.
 
 A local file is written under _tmp/ and renamed into place (atomic on POSIX). An S3 object is
 written with a single PUT (or a multipart upload completed last), which S3 makes visible whole or not
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import uuid
@@ -35,7 +48,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from . import lease as leases
-from ..config import local_path
+from ..config import READABLE_FORMATS, STORE_FORMAT, local_path
 from ..errors import ConfigError, cause
 from ..compute.metrics import COLUMNS
 
@@ -58,11 +71,41 @@ PAIR_EXAMPLES_SCHEMA = pa.schema([("model_a", pa.string()), ("model_b", pa.strin
 ENDPOINT_EXAMPLES_SCHEMA = pa.schema([("model", pa.string()), *_EXAMPLE_FIELDS])
 _PAIR = re.compile(r"pair-(\d+)-(\d+)(?:-g(\d+))?\.parquet$")
 _MODEL = re.compile(r"model-(\d+)(?:-g(\d+))?\.parquet$")
+_BATCH = re.compile(r"batch-[0-9a-f]{32}\.parquet$")
+_FOLDERS = {"curves": (_PAIR, CURVE_SCHEMA), "endpoints": (_MODEL, ENDPOINT_SCHEMA)}
+_META = b"lmc_ray"  # a batch file's footer key: what it holds
+LEVEL0_FILES = 64  # single-result files of one group merged into a batch once this many exist
+FAN_IN = 16  # batch files of one size class merged into the next class
+MAX_LEVEL = 3  # no merges beyond 64·16² results per file (a merge holds its inputs in memory)
+log = logging.getLogger("lmc_ray")
 # Settings every stored value shares; the models and eval sets are identified one by one (Registry).
 SETTINGS_KEYS = ("alphas", "refine", "per_example", "dtype", "max_length", "tokenizer", "format")
 
 # (eval set name, its subset names) in the order Metrics rows come in.
 SetSubsets = list[tuple[str, list[str]]]
+
+
+@dataclass
+class _File:
+    """One results file of curves/ or endpoints/: the results it holds (store indices) and where their rows are."""
+    name: str
+    group: int
+    keys: list[tuple[int, ...]]
+    rows: list[int] | None = None  # each key's first row, then the row count; None: one key, the whole file
+    replaces: tuple[str, ...] = ()
+
+    @property
+    def level(self) -> int:
+        n = len(self.keys)
+        return 0 if n < LEVEL0_FILES else min(MAX_LEVEL, 1 + int(np.log(n / LEVEL0_FILES) / np.log(FAN_IN) + 1e-9))
+
+
+@dataclass
+class _Folder:
+    """What a results folder holds: readable files by name, damaged ones (name -> why), and files another replaces."""
+    files: dict[str, _File]
+    damaged: dict[str, str]
+    superseded: set[str]
 
 
 @dataclass
@@ -94,6 +137,8 @@ class Registry:
             "models": [{**m, "weights": old.get("weights", {}).get(m["name"])} for m in old["fingerprint"]["models"]],
             "eval_sets": [{**e, "group": 0} for e in old["fingerprint"]["eval_sets"]]}
         before = {k: v for k, v in old["fingerprint"].items() if k in SETTINGS_KEYS}
+        if before.get("format") in READABLE_FORMATS and now["fingerprint"].get("format") == STORE_FORMAT:
+            before["format"] = STORE_FORMAT  # written by an older version this one reads; run.json then says 3
         # Paths a store written before configs resolved them recorded as given: read from here, as then.
         if "tokenizer" in before:
             before["tokenizer"] = local_path(before["tokenizer"], Path.cwd())
@@ -148,6 +193,12 @@ class Store:
         self.root = os.path.abspath(self.root) if self.local else self.root.rstrip("/")
         self.lease: leases.Lease | None = None
         self._examples: dict[str, list[str]] = {}  # per-example folder -> its files, listed on first read
+        self._folders: dict[str, _Folder] = {}  # the lease holder's view of curves/ and endpoints/, kept current
+        self._retired: list[str] = []  # merged into a batch; removed at the next merge (see the module's docstring)
+
+    @property
+    def _writing(self) -> bool:
+        return self.lease is not None and not self.lease.released and not self.lease.lost
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -184,19 +235,22 @@ class Store:
         except Exception as e:
             raise ConfigError(f"store {self.url!r}: cannot read ({cause(e)})") from None
         now = json.loads(json.dumps({"fingerprint": fingerprint, "models": list(models), "eval_sets": list(eval_sets)}))
-        registry = Registry.merge(self.url, old, now, has_data=bool(self.done_pairs(None) or self.done_endpoints(None)))
+        registry = Registry.merge(self.url, old, now, has_data=self.has_results())
         new = {"fingerprint": now["fingerprint"], "weights": {m["name"]: m["weights"] for m in registry.models},
                "registry": {"models": registry.models, "eval_sets": registry.eval_sets}}
         try:
             self.cleanup()
             if old != new:
                 self.put("run.json", json.dumps(new, indent=2, sort_keys=True).encode())
+            self.repair()
         except Exception as e:
             raise self._unwritable(e) from None
         return registry
 
     def close(self) -> None:
         """Give up the lease; an empty _tmp/ is not left behind."""
+        if self._writing:
+            self._remove_retired()
         if self.local:
             try:
                 os.rmdir(self.path("_tmp"))
@@ -218,6 +272,19 @@ class Store:
         tmp = self.path("_tmp")
         if self.fs.exists(tmp):
             self.fs.rm(tmp, recursive=True)
+
+    def repair(self) -> None:
+        """The lease holder's first look at the results: files another replaces (a merge interrupted before it
+        removed its inputs) are removed, unreadable files moved to _damaged/ so their results are computed again."""
+        for sub in _FOLDERS:
+            folder = self._folders[sub] = self._scan(sub)
+            for name in sorted(folder.superseded):
+                self.fs.rm_file(self.path(sub, name))
+            for name, why in sorted(folder.damaged.items()):
+                log.warning("store %s: %s/%s is damaged (%s); moved to _damaged/, its results are computed again",
+                            self.url, sub, name, why)
+                self._set_aside(f"{sub}/{name}")
+            folder.superseded, folder.damaged = set(), {}
 
     # -- writing -------------------------------------------------------------------------------
     def check_writable(self, advice: str = "") -> None:
@@ -251,7 +318,9 @@ class Store:
             os.fsync(f.fileno())
         os.replace(tmp, final)
 
-    def put_table(self, rel: str, table: pa.Table) -> None:
+    def put_table(self, rel: str, table: pa.Table, meta: dict | None = None) -> None:
+        if meta is not None:
+            table = table.replace_schema_metadata({_META: json.dumps(meta)})
         buf = io.BytesIO()
         pq.write_table(table, buf)
         self.put(rel, buf.getvalue())
@@ -275,34 +344,188 @@ class Store:
 
     def planes(self):
         """Every stored plane's points as one pyarrow dataset (columns: PLANE_SCHEMA)."""
-        return self._dataset("planes", PLANE_SCHEMA)
+        return self._dataset("planes")
 
     def write_pair(self, i: int, j: int, table: pa.Table, examples: bool = False, group: int = 0) -> None:
-        self.put_table(self.pair_file(i, j, examples, group), table)
+        if examples:
+            self.put_table(self.pair_file(i, j, True, group), table)
+        else:
+            self.write_results("curves", group, [((i, j), table)])
 
     def write_endpoint(self, i: int, table: pa.Table, examples: bool = False, group: int = 0) -> None:
-        self.put_table(self.endpoint_file(i, examples, group), table)
+        if examples:
+            self.put_table(self.endpoint_file(i, True, group), table)
+        else:
+            self.write_results("endpoints", group, [((i,), table)])
+
+    def write_results(self, sub: str, group: int, items: list[tuple[tuple[int, ...], pa.Table]]) -> None:
+        """Results of one group into `sub` (curves, endpoints): one result as its own file (pair-/model-), several
+        as one batch file; then a merge if a size class is full. Only the lease holder writes results."""
+        folder = self._folder(sub)
+        if len(items) == 1:
+            (key, table), = items
+            name = (self.pair_file(*key, group=group) if sub == "curves" else self.endpoint_file(*key, group=group))
+            self.put_table(name, table)
+            f = _File(name.rsplit("/", 1)[1], group, [key])
+        else:
+            f = self._write_batch(sub, group, [k for k, _ in items], [t for _, t in items])
+        folder.files[f.name] = f
+        self._compact(sub, group)
+
+    def _write_batch(self, sub: str, group: int, keys: list, tables: list[pa.Table], replaces=()) -> _File:
+        rows = np.cumsum([0, *(len(t) for t in tables)]).tolist()
+        f = _File(f"batch-{uuid.uuid4().hex}.parquet", group, [tuple(k) for k in keys], rows, tuple(replaces))
+        table = pa.concat_tables(tables) if tables else _FOLDERS[sub][1].empty_table()
+        self.put_table(f"{sub}/{f.name}", table, {"group": group, "keys": f.keys, "rows": rows,
+                                                  "replaces": list(replaces)})
+        return f
+
+    def _compact(self, sub: str, group: int) -> None:
+        """Merge the smallest full size class of `group`, if one is full; one merge per write, so a merged file is
+        removed only after the files it replaced are (a reader then never sees a result twice)."""
+        files = [f for f in self._folder(sub).files.values() if f.group == group]
+        for level in range(MAX_LEVEL):
+            same = [f for f in files if f.level == level]
+            if len(same) >= (LEVEL0_FILES if level == 0 else FAN_IN):
+                self._rewrite(sub, same)
+                return
+
+    def _rewrite(self, sub: str, files: list[_File], drop: set = frozenset()) -> None:
+        """Replace `files` (one group) by one batch file holding their results, less those in `drop`."""
+        self._remove_retired()
+        schema = _FOLDERS[sub][1]
+        keys, tables = [], []
+        for f in files:
+            table = _conform(self.read(f"{sub}/{f.name}"), schema)
+            rows = f.rows or [0, len(table)]
+            for n, key in enumerate(f.keys):
+                if key not in drop:
+                    keys.append(key)
+                    tables.append(table.slice(rows[n], rows[n + 1] - rows[n]))
+        merged = self._write_batch(sub, files[0].group, keys, tables, [f.name for f in files])
+        folder = self._folder(sub)
+        for f in files:
+            del folder.files[f.name]
+        folder.files[merged.name] = merged
+        self._retired += [f"{sub}/{f.name}" for f in files]
+
+    def _remove_retired(self) -> None:
+        for rel in self._retired:
+            self.fs.rm_file(self.path(rel))
+        self._retired = []
+
+    def forget(self, sub: str, keys: set, group: int) -> None:
+        """Results of `group` in `sub` no longer counted as stored (computed again by the sweep): a result alone
+        in its file goes with it; a batch is rewritten without them."""
+        folder = self._folder(sub)
+        for f in [f for f in folder.files.values() if f.group == group and keys & set(f.keys)]:
+            if f.rows is None:
+                self.fs.rm_file(self.path(sub, f.name))
+                del folder.files[f.name]
+            else:
+                self._rewrite(sub, [f], keys)
 
     # -- reading -------------------------------------------------------------------------------
-    def _indices(self, sub: str, pattern: re.Pattern, group: int | None) -> list[tuple[int, ...]]:
-        """The store indices of the files under `sub` of eval-set group `group` (None: of any group)."""
+    def _scan(self, sub: str) -> _Folder:
+        """List `sub` and read what each file holds: from its name (pair-/model- files) or footer (batch files).
+        A local file is checked whole (a truncated or emptied one is damaged); an S3 object is whole or absent."""
+        pattern, _ = _FOLDERS[sub]
         d = self.path(sub)
-        if not self.fs.exists(d):
-            return []
-        found = [pattern.search(p) for p in self.fs.ls(d, detail=False)]
-        return [tuple(int(g) for g in m.groups()[:-1]) for m in found
-                if m and (group is None or int(m.groups()[-1] or 0) == group)]
+        listing = self.fs.ls(d, detail=True) if self.fs.exists(d) else []
+        files, damaged = {}, {}
+        for entry in listing:
+            path = entry["name"]
+            name = path.rsplit("/", 1)[-1]
+            single, batch = pattern.search(name), _BATCH.fullmatch(name)
+            if not (single or batch):
+                continue
+            try:
+                if self.local:
+                    _check_whole(path, entry["size"])
+                if single:
+                    *key, g = single.groups()
+                    files[name] = _File(name, int(g or 0), [tuple(int(k) for k in key)])
+                else:
+                    with self.fs.open(path, "rb") as fh:
+                        meta = json.loads(pq.read_metadata(fh).metadata[_META])
+                    files[name] = _File(name, meta["group"], [tuple(k) for k in meta["keys"]], meta["rows"],
+                                        tuple(meta["replaces"]))
+            except Exception as e:  # noqa: BLE001 - whatever makes a file unreadable makes it damaged
+                damaged[name] = _damage(e)
+        superseded = {r for f in files.values() for r in f.replaces} & (set(files) | set(damaged))
+        for name in superseded:
+            files.pop(name, None)
+            damaged.pop(name, None)
+        return _Folder(files, damaged, superseded)
+
+    def _set_aside(self, rel: str) -> None:
+        """A damaged file is kept under _damaged/ for a look, out of the readers' way."""
+        if self.local:
+            os.makedirs(os.path.dirname(self.path("_damaged", rel)), exist_ok=True)
+        self.fs.mv(self.path(rel), self.path("_damaged", rel))
+
+    def _folder(self, sub: str) -> _Folder:
+        """The lease holder's view (kept as it writes), or for a reader the folder as it is now; a reader refuses a
+        damaged file in one line (the next sweep computes its results again)."""
+        if self._writing:
+            if sub not in self._folders:
+                self._folders[sub] = self._scan(sub)
+            return self._folders[sub]
+        folder = self._scan(sub)
+        if folder.damaged:
+            name, why = sorted(folder.damaged.items())[0]
+            raise ConfigError(f"store {self.url!r}: {sub}/{name} is damaged ({why}); rerun the sweep, which moves it "
+                              "to _damaged/ and computes its results again")
+        return folder
+
+    def stored(self, sub: str, group: int | None) -> set[tuple[int, ...]]:
+        """The results (store indices) in `sub` (curves, endpoints) for the eval sets of `group` (None: any)."""
+        return {k for f in self._folder(sub).files.values() if group is None or f.group == group for k in f.keys}
+
+    def has_results(self) -> bool:
+        """Whether any results file is here, readable or not: what a store without run.json must not have."""
+        return any(self.fs.exists(self.path(sub)) and self.fs.ls(self.path(sub)) for sub in _FOLDERS)
 
     def done_pairs(self, group: int | None = 0) -> set[tuple[int, int]]:
         """Pairs (store indices) stored for the eval sets of `group` (0: the store's first sets; None: any)."""
-        return set(self._indices("curves", _PAIR, group))
+        return self.stored("curves", group)
 
     def read(self, rel: str) -> pa.Table:
         with self.fs.open(self.path(rel), "rb") as f:
             return pq.read_table(f)
 
-    def read_endpoint(self, i: int, group: int = 0) -> pa.Table:
-        return self.read(self.endpoint_file(i, group=group))
+    def read_endpoints(self, group: int = 0) -> dict[int, pa.Table]:
+        """Each stored model's endpoint rows for the eval sets of `group`, by store index: one read per file."""
+        out = {}
+        for f in self._folder("endpoints").files.values():
+            if f.group == group:
+                table = self.read(f"endpoints/{f.name}")
+                rows = f.rows or [0, len(table)]
+                out.update({k: table.slice(rows[n], rows[n + 1] - rows[n]) for n, (k,) in enumerate(f.keys)})
+        return out
+
+    def unexamined(self, sub: str, keys: set, group: int) -> set:
+        """Of `keys` (results of `group` in `sub`), those whose per-example file is missing or damaged (moved to
+        _damaged/): their results are forgotten, so that the sweep computes both again."""
+        folder = f"examples/{sub}"
+        d = self.path(folder)
+        sizes = {e["name"].rsplit("/", 1)[-1]: e["size"] for e in self.fs.ls(d, detail=True)} if self.fs.exists(d) else {}
+        bad = set()
+        for key in keys:
+            rel = self.pair_file(*key, True, group) if sub == "curves" else self.endpoint_file(*key, True, group)
+            name = rel.rsplit("/", 1)[1]
+            if name not in sizes:
+                bad.add(key)
+                continue
+            try:
+                if self.local:
+                    _check_whole(self.path(rel), sizes[name])
+            except ValueError as e:
+                log.warning("store %s: %s is damaged (%s); moved to _damaged/, its results are computed again",
+                            self.url, rel, e)
+                self._set_aside(rel)
+                bad.add(key)
+        return bad
 
     def read_examples(self, i: int, j: int | None = None) -> pa.Table:
         """Per-example values of a pair (or, j None, of model i alone), every eval-set group's file together. The
@@ -313,25 +536,37 @@ class Store:
             self._examples[folder] = sorted(self.fs.ls(d, detail=False)) if self.fs.exists(d) else []
         mine = re.compile(re.escape(name[:-len(".parquet")]) + r"(-g\d+)?\.parquet$")
         files = [f for f in self._examples[folder] if mine.fullmatch(f.rsplit("/", 1)[-1])]
-        return pa.concat_tables([self.read(f[len(self.root) + 1:]) for f in files])
+        tables = []
+        for f in files:
+            try:
+                tables.append(self.read(f[len(self.root) + 1:]))
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(f"store {self.url!r}: {f[len(self.root) + 1:]} is damaged (unreadable: {cause(e)}); "
+                                  "rerun the sweep, which computes it again") from None
+        return pa.concat_tables(tables)
 
     def done_endpoints(self, group: int | None = 0) -> set[int]:
-        return {i for (i,) in self._indices("endpoints", _MODEL, group)}
+        return {i for (i,) in self.stored("endpoints", group)}
 
     def curves(self):
-        """All stored curves as one pyarrow dataset (temporary files are never matched): `.to_table().to_pandas()`,
-        or filtered and projected first (`.to_table(filter=..., columns=...)`), or handed to duckdb."""
-        return self._dataset("curves", CURVE_SCHEMA)
+        """All stored curves as one pyarrow dataset (temporary and replaced files are never matched):
+        `.to_table().to_pandas()`, or filtered and projected first (`.to_table(filter=..., columns=...)`), or
+        handed to duckdb."""
+        return self._dataset("curves")
 
     def endpoints(self):
         """Each model alone (α = 0 of its lines, and the endpoints_only sets), as one pyarrow dataset."""
-        return self._dataset("endpoints", ENDPOINT_SCHEMA)
+        return self._dataset("endpoints")
 
-    def _dataset(self, sub: str, schema: pa.Schema):
+    def _dataset(self, sub: str):
         import pyarrow.dataset as ds
 
-        # A store stopped before its first pair has no curves/ yet: an empty table, not FileNotFoundError.
-        where = self.path(sub) if self.fs.exists(self.path(sub)) else []
+        names = sorted(self._folder(sub).files) if sub in _FOLDERS else None
+        if names is None:  # planes/: one file each, never merged
+            where = self.path(sub) if self.fs.exists(self.path(sub)) else []
+        else:  # a store stopped before its first pair has no curves/ yet: an empty table, not FileNotFoundError
+            where = [self.path(sub, n) for n in names]
+        schema = _FOLDERS[sub][1] if sub in _FOLDERS else PLANE_SCHEMA
         return ds.dataset(where, filesystem=self.fs, format="parquet", schema=schema)
 
     def meta(self) -> dict:
@@ -340,6 +575,29 @@ class Store:
             return json.loads(self.fs.cat_file(self.path("run.json")))
         except FileNotFoundError:
             raise ConfigError(f"store {self.url!r}: no run.json (not an lmc-ray store, or nothing written yet)") from None
+
+
+def _check_whole(path: str, size: int) -> None:
+    """A Parquet file begins and ends with its magic bytes; a truncated or emptied one does not."""
+    if size < 12:
+        raise ValueError("empty" if size == 0 else f"{size} bytes")
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        if head != b"PAR1" or f.read(4) != b"PAR1":
+            raise ValueError("truncated")
+
+
+def _damage(e: Exception) -> str:
+    return str(e) if isinstance(e, ValueError) and str(e) in ("empty", "truncated") or str(e).endswith(" bytes") \
+        else f"unreadable: {cause(e)}"
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A table read from an older file, in today's columns: those it lacks as nulls (e.g. `distance`)."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _metric_columns(subsets: SetSubsets, metrics: list[np.ndarray]) -> dict[str, list]:
