@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import pandas as pd
 import pytest
+
+from lmc_ray.testing.s3 import moto_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -80,27 +81,8 @@ def sweep_config(models, store, **over) -> dict:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-compatible server (moto's server mode) on loopback; credentials through the usual AWS env."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    port = free_port()
-    exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=url)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -112,58 +94,6 @@ def ray_local(s3_endpoint):
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
-
-
-_REQUEST = re.compile(rb"(?:^|\r\n)(GET|PUT|POST|HEAD|DELETE) (/\S*) HTTP/1\.1\r\n")
-
-
-class S3Relay:
-    """A TCP relay on loopback between s3fs and the S3 server that counts the bytes the server sends (what a
-    client really downloads, measured on the wire) and lists the requests sent to it, in order (method, path)."""
-
-    def __init__(self, upstream: str):
-        import socket
-        import threading
-
-        self.sent, self.requests, self.host, self.port = 0, [], *upstream.rsplit("//", 1)[1].split(":")
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection((self.host, int(self.port)))
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
-
-    def _pipe(self, src, dst, count):
-        try:
-            while data := src.recv(1 << 16):
-                with self.lock:
-                    if count:
-                        self.sent += len(data)
-                    else:
-                        self.requests += [(m.decode(), p.decode()) for m, p in _REQUEST.findall(data)]
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def close(self):
-        self.server.close()
 
 
 @contextlib.contextmanager

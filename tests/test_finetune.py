@@ -15,7 +15,7 @@ from lmc_ray.config import EvalSetSpec
 from lmc_ray.task import finetune, ray_finetune, toynli
 from lmc_ray.task.pretrain import bert_config, build_tokenizer
 
-from conftest import S3Relay
+from lmc_ray.testing.s3 import S3Relay
 
 
 def _base(tmp_path, train):

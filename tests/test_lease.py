@@ -55,17 +55,18 @@ def test_a_second_writer_is_refused_naming_the_first_and_touches_nothing(tmp_pat
             Store(url).open({"x": 2})  # another configuration: refused for the lease, before any comparison
         msg = str(e.value)
         assert f"pid {holder.pid} on " in msg and "being written by another sweep" in msg and "\n" not in msg
+        assert "heartbeat" not in msg  # a local lease has none: a lock, held while its holder lives
         assert inflight.read_bytes() == b"half" and (tmp_path / "s" / "run.json").read_bytes() == run_json
-        assert _tell(holder, "curves/pair-00000-00001.parquet") == "wrote"
+        assert _tell(holder, "written/by-holder") == "wrote"
     finally:
         holder.kill()
         holder.wait()
     # The kernel drops a dead holder's lock: the next sweep opens at once and removes what it left.
     store = Store(url)
     store.open({"x": 1})
-    assert not inflight.exists() and (tmp_path / "s" / "curves" / "pair-00000-00001.parquet").exists()
+    assert not inflight.exists() and (tmp_path / "s" / "written" / "by-holder").read_bytes() == b"data"
     store.close()
-    assert sorted(os.listdir(tmp_path / "s")) == ["curves", "run.json"]  # no lease, no empty _tmp/ left
+    assert sorted(os.listdir(tmp_path / "s")) == ["run.json", "written"]  # no lease, no empty _tmp/ left
 
 
 def test_one_process_shares_its_lease(tmp_path):

@@ -96,6 +96,29 @@ def test_a_checkpoint_changed_in_place_is_refused_on_resume(tmp_path, population
     assert json.loads((tmp_path / "store" / "run.json").read_text())["weights"] == recorded
 
 
+def test_labels_swapped_in_a_checkpoints_config_are_refused_on_resume(tmp_path, population):
+    """Same weights, id2label reordered in config.json: its logits now mean other classes, so the stored lines
+    (computed in the old order) must not be extended with the new; refused naming the model and both orders."""
+    import json
+
+    models = [tmp_path / "m0", tmp_path / "m1"]
+    for src, dst in zip(population, models):
+        shutil.copytree(src, dst)
+    cfg = sweep_config(models, tmp_path / "store")
+    _opened(cfg)
+    config_json = models[1] / "config.json"
+    c = json.loads(config_json.read_text())
+    before = [c["id2label"][str(k)] for k in range(len(c["id2label"]))]
+    c["id2label"] = {"0": before[1], "1": before[0], **{str(k): before[k] for k in range(2, len(before))}}
+    c["label2id"] = {v: int(k) for k, v in c["id2label"].items()}
+    config_json.write_text(json.dumps(c))
+    with pytest.raises(ConfigError) as e:
+        _opened(cfg)
+    assert str(e.value) == (f"store '{tmp_path / 'store'}': model '{models[1]}' changed since the store was written "
+                            f"(its config.json id2label was {before}, is {[before[1], before[0], *before[2:]]}); "
+                            "restore it or use a new store path")
+
+
 def test_models_that_cannot_be_had_are_named_together(tmp_path, population):
     cfg = sweep_config([population[0], tmp_path / "m3", population[1], tmp_path / "m7"], tmp_path / "store")
     with pytest.raises(ConfigError) as e:

@@ -50,7 +50,7 @@ class BarriersOnly(Exception):
         self.barriers = barriers
 
 
-def _read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
+def read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
     """The models to analyse (those of the store's last run: a model left out of it keeps its data, out of the
     analysis; of a population swept at several steps, the last step's), that run's configuration, and the curves
     and endpoints of every model of that run."""
@@ -133,7 +133,7 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
         level: float = 0.95, scores_file: str | None = None) -> Analysis:
     """`bootstrap` replicates per barrier interval: default 1000 where the sweep kept per-example values;
     `scores_file`: per-model results from elsewhere, joined to the clusters like the store's own (see scores)."""
-    names, fp, every_curve, every_end = _read(store)
+    names, fp, every_curve, every_end = read(store)
     curves = every_curve[every_curve.model_a.isin(names) & every_curve.model_b.isin(names)]
     ends = every_end[every_end.model.isin(names)]
     n_pairs = curves.groupby(["model_a", "model_b"]).ngroups

@@ -73,6 +73,7 @@ class Plan:
     cfg: SweepConfig  # with dtype made concrete
     revisions: list[str]  # each model's pinned weights (sources.inspect); actors load exactly these
     labels: list[str]  # canonical label order
+    heads: list[list[str]]  # each model's classes in its own output order (its config.json id2label)
     datas: list[EvalData]
     pairs: list[Pair]  # the pairs that get a line (config `pairs`)
     planes: list[Plane]  # the planes through three models (config `planes`)
@@ -145,4 +146,4 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
         cfg = dataclasses.replace(cfg, dtype=concrete_dtype(cfg.dtype, on_gpus(cfg)))
     index = {m.name: i for i, m in enumerate(cfg.models)}
     planes = [Plane(*(index[n] for n in t)) for t in (cfg.planes.triples if cfg.planes else [])]
-    return Plan(cfg, [f.revision for f in found], labels, datas, pairs, planes)
+    return Plan(cfg, [f.revision for f in found], labels, [i.labels for i in infos], datas, pairs, planes)

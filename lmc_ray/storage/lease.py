@@ -63,15 +63,17 @@ def _gone(info: dict) -> bool:
     return here and not _alive(info.get("pid"))
 
 
-def _holder(info: dict) -> str:
+def _holder(info: dict, beats: bool = True) -> str:
+    """Who holds a lease; the heartbeat's age only where there is one (S3): a local lease is a lock the holder
+    keeps while it lives, and its file's time is when it was taken."""
     age = time.time() - float(info.get("heartbeat", 0))
-    return (f"pid {info.get('pid', '?')} on {info.get('host', '?')} (since {info.get('since', '?')}, "
-            f"last heartbeat {age:.0f} s ago)")
+    return (f"pid {info.get('pid', '?')} on {info.get('host', '?')} (since {info.get('since', '?')}"
+            + (f", last heartbeat {age:.0f} s ago)" if beats else ")"))
 
 
-def _busy(url: str, info: dict) -> ConfigError:
-    return ConfigError(f"store {url!r} is being written by another sweep, {_holder(info)}; wait for it to end or "
-                       "stop it (two sweeps never share a store)")
+def _busy(url: str, info: dict, beats: bool = True) -> ConfigError:
+    return ConfigError(f"store {url!r} is being written by another sweep, {_holder(info, beats)}; wait for it to "
+                       "end or stop it (two sweeps never share a store)")
 
 
 class Lease:
@@ -98,7 +100,7 @@ class LocalLease(Lease):
             except BlockingIOError:
                 with os.fdopen(fd) as f:
                     text = f.read()
-                raise _busy(self.url, json.loads(text) if text.strip() else {}) from None
+                raise _busy(self.url, json.loads(text) if text.strip() else {}, beats=False) from None
             # The file may have been removed by the holder's release between our open and our lock.
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                 break

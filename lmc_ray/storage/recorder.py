@@ -28,8 +28,8 @@ class Recorder:
         self.plan = plan
         self.store = Store(cfg.store, cfg.storage_options)
         fingerprint = cfg.fingerprint()
-        models = [{"name": m.name, "ref": m.ref, "labels": m.labels, "weights": r}
-                  for m, r in zip(cfg.models, plan.revisions)]
+        models = [{"name": m.name, "ref": m.ref, "labels": m.labels, "weights": r, "head": h}
+                  for m, r, h in zip(cfg.models, plan.revisions, plan.heads)]
         registry = self.store.open(fingerprint, models, fingerprint["eval_sets"], cfg.lease_timeout)
         self.index = [registry.index(n) for n in plan.names]  # config model -> store index (its file names)
         self.group = [registry.group(e.name) for e in cfg.eval_sets]  # config eval set -> its files' group

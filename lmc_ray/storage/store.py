@@ -111,9 +111,9 @@ class _Folder:
 @dataclass
 class Registry:
     """What a store holds, component by component, in the order each was first added: models (name, ref, labels,
-    weights; a model's store index is its position) and eval sets (spec, and the group, i.e. the run that added
-    them: their values go to files of that group). Grows, never reorders: a model left out of a later config
-    keeps its index and its data."""
+    weights, head: its classes in output order; a model's store index is its position) and eval sets (spec, and
+    the group, i.e. the run that added them: their values go to files of that group). Grows, never reorders: a
+    model left out of a later config keeps its index and its data."""
     models: list[dict]
     eval_sets: list[dict]
 
@@ -156,6 +156,10 @@ class Registry:
             elif was.get("weights") not in (None, m["weights"]):
                 raise ConfigError(f"store {url!r}: model {m['name']!r} changed since the store was written (weights "
                                   f"{was['weights']} then, {m['weights']} now); restore it or use a new store path")
+            elif was.get("head") not in (None, m.get("head")):  # the weights' rows are these classes, in this order
+                raise ConfigError(f"store {url!r}: model {m['name']!r} changed since the store was written (its "
+                                  f"config.json id2label was {was['head']}, is {m['head']}); restore it or use a new "
+                                  "store path")
             elif (was.get("labels") or None) != (m.get("labels") or None):
                 raise ConfigError(f"store {url!r}: model {m['name']!r} is stored with labels {was.get('labels')}, "
                                   f"configured with {m.get('labels')}; one name, one model")
