@@ -106,7 +106,7 @@ def test_submitted_sweep_shows_progress_names_and_metrics(head, tmp_path, mnli_t
         subprocess.run([RAY, "job", "stop", job, "--address", head["address"]], env=head["env"], capture_output=True)
     logs = seen["logs"]
     assert "SUCCEEDED" in seen["status"], logs[-3000:]
-    names = [str(m) for m in models]
+    names = [m.name for m in models]  # as the dashboard shows them: no paths
     assert {f"models:{names[0]}..{names[2]} (3)", f"models:{names[3]}..{names[5]} (3)"} <= actors
     assert len({t for t in tasks if t.startswith("pair:")}) == 15 and any(t.startswith("endpoint:") for t in tasks)
     # The bar, as log lines: counts that move, the total, a rate and an ETA.
@@ -126,5 +126,8 @@ def test_submitted_sweep_shows_progress_names_and_metrics(head, tmp_path, mnli_t
     assert len(named) == 4, named
     for name in named:
         assert re.search(rf"^{name}{{", text, re.M), (name, [line for line in text.splitlines() if "lmc_ray" in line])
-    done_line = next(line for line in text.splitlines() if line.startswith("ray_lmc_ray_pairs_done") and str(store) in line)
+    from lmc_ray.execution.ray_sweep import run_id
+
+    done_line = next(line for line in text.splitlines()
+                     if line.startswith("ray_lmc_ray_pairs_done") and f'run="{run_id(str(store))}"' in line)
     assert float(done_line.rsplit(" ", 1)[1]) == 15

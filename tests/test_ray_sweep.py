@@ -565,3 +565,52 @@ def test_an_actor_bounds_its_compile_workers_by_its_cores(ray_local, tmp_path, p
         assert threads == (1, 1)
     finally:
         ray.kill(actor)
+
+
+def test_a_local_ray_instance_listens_on_loopback_only(tmp_path, population):
+    """The Ray instance a sweep starts for itself (no cluster to join) is joined by nothing else: every port its
+    processes open (GCS, raylet, dashboard, Prometheus endpoints) listens on loopback; and the metrics carry no
+    path (a run id instead of the store, actor numbers instead of model paths)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import psutil
+    import yaml
+
+    from conftest import ROOT
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_config(population[:3], tmp_path / "store", alphas=10, actors=2)))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, metrics = set(), ""
+    try:
+        me = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    seen |= {(c.laddr.ip, c.laddr.port, p.name()) for c in p.net_connections("inet")
+                             if c.status == psutil.CONN_LISTEN}
+                except psutil.Error:
+                    pass
+            for ip, port, _ in list(seen):  # a Prometheus endpoint answers /metrics; ours appear once a pair is done
+                if "lmc_ray_pairs_done" not in metrics and ip.endswith("127.0.0.1"):
+                    try:
+                        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+                        metrics = text if "lmc_ray_" in text else metrics
+                    except Exception:  # noqa: BLE001 - not an HTTP port
+                        pass
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert len(seen) >= 8, seen  # GCS, raylet, dashboard, agents, metrics: the instance was really watched
+    assert {ip for ip, _, _ in seen} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, sorted(seen)
+    lines = [line for line in metrics.splitlines() if "lmc_ray_" in line and not line.startswith("#")]
+    assert lines and f'run="{ray_sweep.run_id(str(tmp_path / "store"))}"' in metrics, lines
+    leaks = [line for line in metrics.splitlines() if str(tmp_path) in line or any(str(m) in line for m in population)]
+    assert not leaks, sorted({re.sub(r'="[^"]*"', '', l)[:80] for l in leaks})

@@ -5,6 +5,8 @@ runs, keeps a bounded amount of work in flight, and streams each finished pair i
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -29,19 +31,26 @@ from ..compute.residents import Residents
 log = logging.getLogger("lmc_ray")
 
 
+def run_id(store: str) -> str:
+    """What the metrics are tagged with instead of the store's path: a node's Prometheus endpoint is readable by
+    whoever reaches the port, and paths (a user's folders, bucket names) are not theirs to read."""
+    return hashlib.sha256(store.encode()).hexdigest()[:12]
+
+
 class _Metrics:
-    """Custom metrics for the dashboard's Metrics view (Prometheus names ray_lmc_ray_*), tagged by store."""
+    """Custom metrics for the dashboard's Metrics view (Prometheus names ray_lmc_ray_*), tagged by run_id."""
 
     def __init__(self, store: str, total: int):
         from ray.util.metrics import Counter, Gauge
 
-        tags = {"store": store}
-        self.pairs_done = Counter("lmc_ray_pairs_done", "interpolation pairs stored", tag_keys=("store",))
+        tags = {"run": run_id(store)}
+        log.info("metrics: tagged run=%s", tags["run"])
+        self.pairs_done = Counter("lmc_ray_pairs_done", "interpolation pairs stored", tag_keys=("run",))
         self.pairs_done.set_default_tags(tags)
         self.examples = Gauge("lmc_ray_examples_per_second", "examples evaluated per second, whole sweep",
-                              tag_keys=("store",))
+                              tag_keys=("run",))
         self.examples.set_default_tags(tags)
-        self.total = Gauge("lmc_ray_pairs_total", "pairs this run computes", tag_keys=("store",))
+        self.total = Gauge("lmc_ray_pairs_total", "pairs this run computes", tag_keys=("run",))
         self.total.set_default_tags(tags)
         self.n_total = total
         self.start = time.monotonic()
@@ -61,13 +70,14 @@ class ModelActor:
     not find again (Ray logs an error for them, ray-project/ray#53727), while a call brings its own."""
 
     def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], revisions: list[str],
-                 threads: int, name: str):
+                 threads: int, number: int):
         from ray.util.metrics import Counter
 
         use_threads(threads)
         self.args, self.res = (cfg, indices, labels, revisions), None
-        self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing", tag_keys=("actor",))
-        self.busy.set_default_tags({"actor": name})
+        self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing",
+                            tag_keys=("run", "actor"))
+        self.busy.set_default_tags({"run": run_id(cfg.store), "actor": str(number)})  # no model paths (run_id)
         self.busy_seconds = 0.0  # since this incarnation started
 
     def _residents(self, datas: list) -> Residents:
@@ -115,8 +125,27 @@ def init() -> str:
     """
     if not ray.is_initialized():
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_quiet)
-        ray.init(address=_address(), logging_level=logging.WARNING)
+        address = _address()
+        with _loopback_only(address == "local"):
+            ray.init(address=address, logging_level=logging.WARNING)
     return dashboard()
+
+
+@contextlib.contextmanager
+def _loopback_only(local: bool):
+    """A Ray instance this process starts for itself is joined by nothing else, so none of its ports (GCS, raylet,
+    dashboard, and three unauthenticated Prometheus endpoints) need to listen beyond loopback. Ray binds them to
+    loopback when its node address is, which it decides at start with a private switch (the one that keeps
+    macOS/Windows single-node): fenced here, set only while the instance starts, pinned by the listening-socket
+    test in tests/test_ray_sweep.py."""
+    from ray._private import ray_constants
+
+    was = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = was and not local
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
 
 
 def _quiet(record: logging.LogRecord) -> bool:
@@ -252,8 +281,17 @@ def _most() -> dict[str, float]:
     return total
 
 
-def _name(plan: Plan, indices: list[int]) -> str:
-    names = [plan.names[i] for i in indices]
+def labels(names: list[str]) -> list[str]:
+    """What the dashboard calls each model in actor and task names, and so Ray's own metrics too (a process's title,
+    its task's name, is a label there): its name's last path component, numbered where two share one — never a
+    path (a user's folders, a bucket's layout are not for whoever reads a node's metrics port)."""
+    short = [n.rstrip("/").rsplit("/", 1)[-1] or n for n in names]
+    shared = {s for s, c in Counter(short).items() if c > 1}
+    return [f"{s}#{i}" if s in shared else s for i, s in enumerate(short)]
+
+
+def _name(labels: list[str], indices: list[int]) -> str:
+    names = [labels[i] for i in indices]
     return f"model:{names[0]}" if len(names) == 1 else f"models:{names[0]}..{names[-1]} ({len(names)})"
 
 
@@ -396,11 +434,12 @@ def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
     n_actors, gpu_share, cpu_share = layout(cfg, n)
     residents = schedule.assign_models(n, n_actors)
     data_refs = [ray.put(d) for d in plan.datas]
-    names = [_name(plan, ms) for ms in residents]
+    shown = labels(plan.names)
+    names = [_name(shown, ms) for ms in residents]
     actors = [
         ModelActor.options(name=name, num_cpus=cpu_share, num_gpus=gpu_share, max_restarts=cfg.max_retries)
-        .remote(cfg, ms, plan.labels, plan.revisions, max(1, int(cpu_share)), name)
-        for name, ms in zip(names, residents)
+        .remote(cfg, ms, plan.labels, plan.revisions, max(1, int(cpu_share)), k)
+        for k, (name, ms) in enumerate(zip(names, residents))
     ]
     log.info("Ray dashboard: %s", dashboard)
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
@@ -411,13 +450,14 @@ def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
 
 def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
     cfg, n = plan.cfg, len(plan.names)
+    shown = labels(plan.names)
     pool, residents = _start(plan, len(rec.pairs))
     actors, datas = pool.actors, pool.datas
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
 
     # Endpoints: each model alone, once per model (and never again on a resumed run).
     for e in rec.endpoints:
-        what = f"endpoint:{plan.names[e.model]}"
+        what = f"endpoint:{shown[e.model]}"
         pool.submit(actor_of[e.model], what, lambda actor, _, e=e, what=what: actor.endpoint.options(name=what).remote(e, datas))
     for _, result in track((pool.next() for _ in rec.endpoints), len(rec.endpoints), "endpoints", "model",
                            not progress):
@@ -429,7 +469,7 @@ def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
 
     def submit(k: int) -> None:
         pair = queues[k].popleft()
-        what = f"pair:{plan.names[pair.a]}|{plan.names[pair.b]}"
+        what = f"pair:{shown[pair.a]}|{shown[pair.b]}"
         make = (lambda actor, attempt: actor.pair.options(name=what)
                 .remote(pair, rec.end_losses(pair), partners.ref(partners.of(k, pair), fresh=attempt > 0), datas))
         pool.submit(k, what, make)
@@ -453,7 +493,7 @@ def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
 
     # Planes: each on the actor holding its origin, its other two models published for it if held elsewhere.
     for q in rec.planes:
-        k, what = actor_of[q.a], f"plane:{'|'.join(plan.names[m] for m in q)}"
+        k, what = actor_of[q.a], f"plane:{'|'.join(shown[m] for m in q)}"
         make = (lambda actor, _, q=q, k=k, what=what: actor.plane.options(name=what).remote(
             q, [actors[actor_of[m]].weights.remote(m, datas) if actor_of[m] != k else None for m in (q.b, q.c)],
             datas))
