@@ -1,4 +1,6 @@
+import ast
 import getpass
+import json
 import os
 import shutil
 import signal
@@ -177,3 +179,125 @@ def test_ray_up_and_a_sweep_on_the_head_with_its_api_closed(tmp_path, mnli_texts
     finally:
         _stop_session_of(str(root))
         shutil.rmtree(root, ignore_errors=True)
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """CloudFormation's short tags (!Ref x) read as their long form ({"Ref": x})."""
+
+
+_CfnLoader.add_multi_constructor("!", lambda loader, tag, node: {tag: (
+    loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else
+    loader.construct_sequence(node, deep=True) if isinstance(node, yaml.SequenceNode) else
+    loader.construct_mapping(node, deep=True))})
+
+
+def _deploy_access(ec2, cf, **over) -> dict:
+    """cluster-access.yaml as a stack on the S3/EC2/IAM server; its outputs."""
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    params = dict(VpcId=vpc, SshCidr="203.0.113.7/32", ModelsBucket="lab", ModelsPrefix="models", StoreBucket="lab",
+                  StorePrefix="results", **over)
+    cf.create_stack(StackName="access", TemplateBody=(ROOT / "cluster-access.yaml").read_text(),
+                    Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+                    Capabilities=["CAPABILITY_IAM"])
+    stack = cf.describe_stacks(StackName="access")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+
+def test_the_cluster_gets_least_privilege_profiles_and_ssh_from_one_cidr(tmp_path, monkeypatch):
+    """cluster-access.yaml passes cfn-lint and deploys (moto's CloudFormation, on loopback). Ray's own AWS bootstrap,
+    run on cluster.yaml with the stack's outputs filled in, keeps them: no default profile (EC2 + S3 full access),
+    no default group (ssh from anywhere) — and on cluster.yaml without them it would create both. The roles' S3
+    rights, evaluated by the server's IAM with each role's assumed credentials: both read the models prefix; the
+    head writes the store prefix, the workers cannot; neither writes the models or anything else."""
+    import boto3
+    import botocore.exceptions
+    import urllib.request
+
+    from ray.autoscaler._private.aws.config import bootstrap_aws
+    from ray.autoscaler._private.util import prepare_config
+
+    from lmc_ray.testing.s3 import moto_server
+
+    lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(ROOT / "cluster-access.yaml")],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray's bootstrap writes the cluster's new key pair under ~/.ssh
+    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")  # the AWS policies Ray's default profile attaches
+    with moto_server() as url:
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+        ec2, cf, iam, sts = (boto3.client(s, region_name="us-west-2") for s in ("ec2", "cloudformation", "iam", "sts"))
+        out = _deploy_access(ec2, cf)
+        group = ec2.describe_security_groups(GroupIds=[out["SecurityGroupId"]])["SecurityGroups"][0]
+        doors = sorted((p["IpProtocol"], p.get("FromPort"), [r["CidrIp"] for r in p["IpRanges"]],
+                        [g["GroupId"] for g in p["UserIdGroupPairs"]]) for p in group["IpPermissions"])
+        assert doors == [("-1", None, [], [out["SecurityGroupId"]]), ("tcp", 22, ["203.0.113.7/32"], [])], doors
+
+        text = (ROOT / "cluster.yaml").read_text().replace(
+            "ami-0a2363a9cff180a64", ec2.describe_images()["Images"][0]["ImageId"])
+        for key, value in out.items():
+            text = text.replace(f"arn:aws:iam::123456789012:instance-profile/CHANGE-ME-{key}", value)
+            text = text.replace(f"sg-CHANGE-ME-{key}", value)
+        assert "CHANGE-ME-" not in text.split("available_node_types")[1].split("head_node_type")[0]
+        groups = lambda: {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]}  # noqa: E731
+        before = groups()
+        nodes = bootstrap_aws(prepare_config(yaml.safe_load(text)))["available_node_types"]
+        assert groups() == before and all(p["InstanceProfileName"].startswith("access-")
+                                          for p in iam.list_instance_profiles()["InstanceProfiles"])
+        assert nodes["head"]["node_config"]["IamInstanceProfile"] == {"Arn": out["HeadProfileArn"]}
+        assert nodes["gpu_worker"]["node_config"]["IamInstanceProfile"] == {"Arn": out["WorkerProfileArn"]}
+        bare = yaml.safe_load(text)  # the check can fail: Ray's defaults, where a node type names neither
+        for node in bare["available_node_types"].values():
+            del node["node_config"]["IamInstanceProfile"], node["node_config"]["SecurityGroupIds"]
+        bare["cluster_name"] = "bare"
+        bootstrap_aws(prepare_config(bare))
+        assert "ray-autoscaler-v1" in {p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]}
+        opened = [p for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"] not in before
+                  for p in g["IpPermissions"] if {"CidrIp": "0.0.0.0/0"} in p["IpRanges"]]
+        assert opened and opened[0]["FromPort"] == 22
+
+        # moto's CloudFormation creates the managed policies but does not attach them (ManagedPolicyArns): attach
+        # what the template says, each !Ref resolved to the policy the stack created.
+        template = yaml.load((ROOT / "cluster-access.yaml").read_text(), _CfnLoader)["Resources"]
+        made = {r["LogicalResourceId"]: r.get("PhysicalResourceId")  # a policy's is its ARN
+                for r in cf.describe_stack_resources(StackName="access")["StackResources"] if "LogicalResourceId" in r}
+        creds = {}
+        for role in ("HeadRole", "WorkerRole"):
+            arns = template[role]["Properties"]["ManagedPolicyArns"]
+            refs = [a["Ref"] for a in (arns if isinstance(arns, list) else arns["If"][2])]  # WorkersWriteModels=false
+            for ref in refs:
+                iam.attach_role_policy(RoleName=made[role], PolicyArn=made[ref])
+            for name in iam.list_role_policies(RoleName=made[role])["PolicyNames"]:  # moto's CloudFormation stores
+                doc = iam.get_role_policy(RoleName=made[role], PolicyName=name)["PolicyDocument"]  # Python's repr,
+                doc = ast.literal_eval(doc) if isinstance(doc, str) else doc  # which its IAM evaluator cannot read
+                iam.put_role_policy(RoleName=made[role], PolicyName=name, PolicyDocument=json.dumps(doc))
+            c = sts.assume_role(RoleArn=iam.get_role(RoleName=made[role])["Role"]["Arn"], RoleSessionName="test")
+            creds[role] = c["Credentials"]
+        s3 = boto3.client("s3", region_name="us-west-2")
+        for bucket in ("lab", "elsewhere"):
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+        s3.put_object(Bucket="lab", Key="models/seed_0/config.json", Body=b"{}")
+        s3.put_object(Bucket="elsewhere", Key="secret", Body=b"x")
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
+                                                      headers={"Content-Type": "text/plain"}))  # IAM enforced now
+
+        def allowed(role, op, **kw) -> bool:
+            c = creds[role]
+            client = boto3.client("s3", region_name="us-west-2", aws_access_key_id=c["AccessKeyId"],
+                                  aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"])
+            try:
+                getattr(client, op)(**kw)
+                return True
+            except botocore.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "AccessDenied", e
+                return False
+
+        read = dict(Bucket="lab", Key="models/seed_0/config.json")
+        for role in creds:
+            assert allowed(role, "get_object", **read)
+            assert not allowed(role, "put_object", Bucket="lab", Key="models/seed_0/config.json", Body=b"")
+            assert not allowed(role, "get_object", Bucket="elsewhere", Key="secret")
+            assert not allowed(role, "put_object", Bucket="lab", Key="other/x", Body=b"")
+        assert allowed("HeadRole", "put_object", Bucket="lab", Key="results/run1/run.json", Body=b"{}")
+        assert allowed("HeadRole", "delete_object", Bucket="lab", Key="results/run1/run.json")
+        assert not allowed("WorkerRole", "put_object", Bucket="lab", Key="results/run1/run.json", Body=b"{}")

@@ -11,7 +11,8 @@ from lmc_ray.compute import sources
 from lmc_ray.execution.plan import Pair
 from lmc_ray.storage.recorder import Recorder
 
-from conftest import S3Relay, sweep_config
+from conftest import sweep_config
+from lmc_ray.testing.s3 import S3Relay
 
 
 def _upload(fs, local_dir, url):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def moto_server():
-    """Yields the server's URL; credentials and endpoint go to the usual AWS environment variables."""
+    """Yields the server's URL; credentials and endpoint go to the usual AWS environment variables while it runs."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -30,13 +30,20 @@ def moto_server():
             break
         except OSError:
             time.sleep(0.1)
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=url)
+    env = dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL=url)
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
+        for k, v in before.items():  # a second server (a test of its own) leaves the first one's settings
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 _REQUEST = re.compile(rb"(?:^|\r\n)(GET|PUT|POST|HEAD|DELETE) (/\S*) HTTP/1\.1\r\n")
