@@ -6,6 +6,7 @@ working from a checkout.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import re
 import sys
@@ -17,8 +18,8 @@ log = logging.getLogger("lmc_ray")
 
 
 def main(fn, argv=None) -> None:
-    """Run fn(argv); bad input becomes one line on stderr and exit code 2, a failed sweep exit code 1, Ctrl-C
-    one line and 130."""
+    """Run fn(argv); bad input becomes one line on stderr and exit code 2, a failed sweep or a full disk exit
+    code 1, Ctrl-C one line and 130."""
     if not log.handlers:  # our logger only: the root logger would turn on every HTTP request of the hub client
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -40,6 +41,13 @@ def main(fn, argv=None) -> None:
     except KeyboardInterrupt:  # before the store was opened: nothing was written
         print("lmc-ray: interrupted before any result was stored", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every store write is atomic and a partial one is removed, so what is stored stays valid.
+        print(f"lmc-ray: no space left on the device of {e.filename or 'a file being written'}: what was "
+              "written before is intact; free space and rerun the same command to resume", file=sys.stderr)
+        sys.exit(1)
 
 
 def sweep(argv=None) -> None:

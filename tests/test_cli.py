@@ -217,6 +217,52 @@ def test_store_problems_are_found_before_ray_starts(tmp_path, population):
     assert sorted(os.listdir(store)) == before
 
 
+def test_a_full_disk_is_one_line_leaves_no_partial_file_and_resumes_exactly(tmp_path, population):
+    """A store on a tmpfs filled to its last kilobytes (mounted in a user namespace of its own): the sweep, and
+    later the analysis, each stop with one line naming the file and exit 1, leave no _tmp/ file, and a rerun
+    once there is space finishes the store with the curves of a run that never stopped."""
+    import pandas as pd
+
+    from lmc_ray.storage.store import Store
+
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir(), out.mkdir()
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(sweep_config(population, disk / "store", per_example=True,
+                                                  cache_dir=str(tmp_path / "cache"))))
+    sweep = f"{sys.executable} {ROOT / 'jobs' / 'sweep.py'} --config {config} --executor local"
+    analyse = f"{sys.executable} {ROOT / 'jobs' / 'analyse.py'} --store {disk / 'store'}"
+    script = f"""set -u
+mount -t tmpfs -o size=4m tmpfs {disk}
+fill() {{ dd if=/dev/zero of={disk}/fill bs=1k count=$(( $(df -k {disk} | awk 'NR==2 {{print $4}}') - $1 )) 2>/dev/null; }}
+run() {{ "$@" > {out}/$step.out 2> {out}/$step.err; echo $? > {out}/$step.rc; find {disk} -name '*.part' > {out}/$step.parts; }}
+fill 16; step=sweep run {sweep}
+rm {disk}/fill; step=resume run {sweep}
+fill 8; step=analyse run {analyse}
+rm {disk}/fill; cp -r {disk}/store {out}/store
+"""
+    subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], check=True, timeout=600)
+    said = {step: ((out / f"{step}.rc").read_text().strip(), _ours((out / f"{step}.err").read_text()),
+                   (out / f"{step}.parts").read_text()) for step in ("sweep", "resume", "analyse")}
+    for step in ("sweep", "analyse"):
+        rc, lines, parts = said[step]
+        assert rc == "1" and parts == "" and len(lines) == 1, (step, said[step])
+        assert re.fullmatch(rf"lmc-ray: no space left on the device of {disk}/store/\S+\.(parquet|png|html|json): "
+                            "what was written before is intact; free space and rerun the same command to resume",
+                            lines[0]), lines
+    assert said["resume"][0] == "0", (out / "resume.err").read_text()[-2000:]
+
+    (tmp_path / "clean.yaml").write_text(yaml.safe_dump(sweep_config(population, tmp_path / "clean", per_example=True,
+                                                                      cache_dir=str(tmp_path / "cache"))))
+    subprocess.run(SWEEP + [str(tmp_path / "clean.yaml"), "--executor", "local"], check=True, capture_output=True,
+                   timeout=300)
+    key = ["model_a", "model_b", "eval_set", "subset", "alpha"]
+    got, want = (Store(str(p)).curves().to_table().to_pandas().sort_values(key, ignore_index=True)
+                 for p in (out / "store", tmp_path / "clean"))
+    assert want.groupby(["model_a", "model_b"]).ngroups == 6 and len(want) == 6 * 5, want
+    pd.testing.assert_frame_equal(got, want)
+
+
 def test_paths_relative_to_the_config_file_reach_every_later_command(tmp_path, population):
     """A config written beside its models and data, swept from another folder, exported from a third: run.json
     records absolute paths. A missing local model is named in full, without a trip to the hub."""

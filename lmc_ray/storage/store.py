@@ -32,6 +32,7 @@ at all, so no reader of STORE/curves ever sees part of a file.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -316,11 +317,16 @@ class Store:
         os.makedirs(os.path.dirname(final), exist_ok=True)
         tmp = self.path("_tmp", f"{uuid.uuid4().hex}.part")
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as e:  # a full disk: no partial file left, and the error names the file, not its _tmp/ twin
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise OSError(e.errno, e.strerror, final) from None
 
     def put_table(self, rel: str, table: pa.Table, meta: dict | None = None) -> None:
         if meta is not None:
