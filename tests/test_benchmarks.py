@@ -82,3 +82,20 @@ def test_the_gpu_check_is_one_call_under_4_minutes_without_pip():
     budget = re.search(r"gpu\.py .*--budget (\d+)", body)
     assert budget and int(budget[1]) + 30 <= limits[0]  # gpu.py stops its optional rows well before the limit
     assert "pip" not in body and "zipfile -e" in body
+
+
+def test_store_scale_benchmark_reads_every_pair_at_toy_size():
+    """The 1,000-model store benchmark at 40 models: both layouts read every row, batch files are few, and the
+    S3 read counts its requests."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "store_scale.py"), "--models", "40",
+                          "--baseline-pairs", "300", "--chunk", "64"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    layouts = dict(re.findall(r"^  (one file per pair|batch files) +([\d,]+) files, .*\(3,000 rows\)$", out.stdout,
+                              re.M))
+    assert layouts == {"one file per pair": "300", "batch files": layouts.get("batch files")}, out.stdout
+    assert 1 <= int(layouts["batch files"]) <= 5, out.stdout
+    assert re.search(r"^N = 40: 780 pairs, \d+ files in curves/, .* \(7,800 rows, 40 endpoint rows, 40 models\)$",
+                     out.stdout, re.M), out.stdout
+    s3 = re.search(r"^N = 40 on S3 \(moto, loopback\): analysis read [\d.]+ s, (\d+) requests \(.*GET (\d+)",
+                   out.stdout, re.M)
+    assert s3 and 0 < int(s3[2]) <= int(s3[1]) < 100, out.stdout
