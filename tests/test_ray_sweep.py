@@ -208,12 +208,27 @@ def _actor_processes():
     return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(titles)]
 
 
+def _pairs_stored(store):
+    """Pairs in a store while a sweep writes it: not its files, which are merged into batches as it goes, and a
+    listing may name a file that a merge has just removed (read again)."""
+    import time
+
+    from lmc_ray.errors import ConfigError
+
+    for _ in range(50):
+        try:
+            return len(Store(str(store)).done_pairs()) if (store / "run.json").exists() else 0
+        except ConfigError:
+            time.sleep(0.01)
+    raise AssertionError(f"{store}: no consistent listing in 50 tries")
+
+
 def _wait_for_pairs(store, n, timeout=120):
     import time
 
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if (store / "curves").exists() and len(list((store / "curves").iterdir())) >= n:
+        if _pairs_stored(store) >= n:
             return
         time.sleep(0.05)
     raise TimeoutError(f"fewer than {n} pairs in {store} after {timeout} s")
@@ -382,7 +397,6 @@ def test_a_thousand_pairs_keep_memory_flat_through_an_actor_restart(ray_local, t
     cfg = sweep_config(models, store, alphas=3, actors=2, max_in_flight=8)
     cfg["eval_sets"][0]["max_examples"] = 16
     p = plan.prepare(config.from_dict(cfg))
-    curves = store / "curves"
     errors = []
 
     def probe():
@@ -393,7 +407,7 @@ def test_a_thousand_pairs_keep_memory_flat_through_an_actor_restart(ray_local, t
                 pids.append(proc.pid)
             except psutil.Error:  # gone (the killed one) between listing and reading
                 pass
-        return len(os.listdir(curves)) if curves.exists() else 0, own, tuple(pids)
+        return _pairs_stored(store), own, tuple(pids)
 
     with PeakRSS(every=0.25, probe=probe) as mem:
         sweep = threading.Thread(target=lambda: _run_catching(p, errors))
