@@ -30,7 +30,7 @@ SCHEDULES = {"paper grid 10": (10, 0), "grid 5 + refine 1": (5, 1), "grid 5 + re
 
 
 def pair_barriers(store: Path) -> pd.Series:
-    """The paper's loss barrier per pair, as the cluster job computes it."""
+    """The paper's loss barrier per pair, as `analyse` computes it."""
     return barriers.table(pd.read_parquet(store / "curves")).query("metric == 'loss'").set_index(
         ["model_a", "model_b"]).barrier
 

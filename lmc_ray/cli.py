@@ -158,7 +158,7 @@ def demo(argv=None) -> None:
                    help="also keep each model at these training steps and follow the basins across them "
                         "(use another --workdir: the default one's models have no steps kept)")
     p.add_argument("--planes", type=int, default=0, metavar="K",
-                   help="K planes through a basin boundary, chosen by the cluster job, swept and drawn")
+                   help="K planes through a basin boundary, chosen by `analyse`, swept and drawn")
     args = p.parse_args(argv)
     d.run(d.DemoConfig(n_models=args.models, workdir=args.workdir, save_steps=tuple(args.steps), planes=args.planes))
 

@@ -146,7 +146,7 @@ class SweepConfig:
     """Adaptive α: refinement rounds, each evaluating the two midpoints either side of the curve's highest point
     above its endpoint chord (first eval set's loss). 0 = the paper's fixed grid."""
     per_example: bool = False
-    """Keep every example's loss and correctness at every α (STORE/examples/), so the cluster job can put a
+    """Keep every example's loss and correctness at every α (STORE/examples/), so `analyse` can put a
     bootstrap confidence interval on each barrier."""
     dtype: Literal["auto", "float32", "bfloat16", "float16", "tfloat32"] = "auto"
     """auto: bfloat16 where the sweep runs on GPUs, float32 on CPUs (core.GPU_DTYPE says why); made concrete before
@@ -469,7 +469,7 @@ def validate(cfg: SweepConfig) -> None:
     set_names = [e.name for e in cfg.eval_sets]
     if cfg.eval_sets[0].endpoints_only:
         raise ConfigError(f"config: eval set {set_names[0]!r}: the first eval set is on the lines (adaptive α and the "
-                          "cluster job judge by it); list an endpoints_only set after it")
+                          "analysis judge by it); list an endpoints_only set after it")
     for e in cfg.eval_sets:
         where = f"eval set {e.name!r}"
         if set_names.count(e.name) > 1:

@@ -113,7 +113,7 @@ def fake_gpu_cluster(tmp_path, max_workers: int):
 
 
     root = tempfile.mkdtemp(prefix="fk", dir="/tmp")  # short: Ray's socket paths live under it
-    ip = ray._private.services.get_node_ip_address()
+    ip = ray.util.get_node_ip_address()
     port = free_port()
     autoscaler = {
         "cluster_name": "lmcray-fake", "max_workers": max_workers, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,

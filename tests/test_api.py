@@ -103,7 +103,7 @@ def test_models_given_as_state_dicts_on_a_base(tmp_path, population):
 @pytest.mark.slow
 def test_a_wheel_installed_outside_the_checkout_runs_the_commands(tmp_path, population):
     """`pip install` of a wheel built from the repo into a fresh venv; run from a folder outside the checkout:
-    `lmc-ray configs`, a sweep from a YAML file, the cluster job, and `lmc-ray demo`. (The dependencies come
+    `lmc-ray configs`, a sweep from a YAML file, `analyse`, and `lmc-ray demo`. (The dependencies come
     from this venv through a .pth line, so no multi-GB reinstall; the package itself only from the wheel.)"""
     wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
     work.mkdir()

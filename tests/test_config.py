@@ -185,7 +185,9 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
         assert text and text in "".join(schema[f.name].get("description", "").split()), f.name
         if f.name not in ("models", "eval_sets", "storage_options", "planes"):
             assert text in flat, f.name
-    for cls in (config.ModelSpec, config.EvalSetSpec, config.PlanesSpec):  # and the entries' fields
+    from lmc_ray.task.finetune import FinetuneConfig
+
+    for cls in (config.ModelSpec, config.EvalSetSpec, config.PlanesSpec, FinetuneConfig):  # entries, finetuning
         for name, info in cls.__pydantic_fields__.items():
             assert info.description, f"{cls.__name__}.{name}"
     assert "(anon-negativeinteger;default:3)" in flat and "(astring)" in flat  # max_retries; store: required

@@ -48,7 +48,7 @@ def test_word_matching_labels_each_hypothesis_token_by_the_premise():
 
 def test_demo_with_steps_and_planes(ray_local, tmp_path, capsys):
     """`lmc-ray demo --steps 4 --planes 1`, small: the models kept at step 4 too, both steps swept and followed,
-    one plane through the basin boundary chosen by the cluster job and drawn in the report."""
+    one plane through the basin boundary chosen by the analysis and drawn in the report."""
     import pandas as pd
 
     d = demo.DemoConfig(workdir=str(tmp_path / "demo"), n_models=4, epochs=0.1, cache_dir=str(tmp_path / "cache"),

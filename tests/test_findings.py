@@ -1,4 +1,4 @@
-"""The cluster job on a real store: barriers, clusters and a report with its figures."""
+"""The analysis on a real store: barriers, clusters and a report with its figures."""
 import re
 import shutil
 import subprocess

@@ -155,7 +155,7 @@ def test_actors_that_never_get_their_gpus_stop_in_one_line(ray_local, tmp_path, 
 
 def test_anchor_pairs_only_and_what_the_cluster_job_says(ray_local, tmp_path, population):
     """pairs: {anchors: [...]} sweeps every model against the anchor only (3 of 6 pairs), equal to the same pairs
-    of a full sweep; the cluster job writes their barriers and says in one line what it cannot compute."""
+    of a full sweep; `analyse` writes their barriers and says in one line what it cannot compute."""
     import subprocess
     import sys
 

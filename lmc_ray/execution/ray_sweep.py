@@ -5,7 +5,6 @@ runs, keeps a bounded amount of work in flight, and streams each finished pair i
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -19,7 +18,7 @@ import ray
 import torch
 import yaml
 
-from . import schedule
+from . import ray_private, schedule
 from ..config import ConfigError, SweepConfig
 from ..errors import SweepError, first_line
 from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan, Plane, PlaneResult
@@ -124,28 +123,11 @@ def init() -> str:
     Returns the dashboard address, so users know where to watch.
     """
     if not ray.is_initialized():
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_quiet)
+        logging.getLogger(ray_private.TOKEN_LOG).addFilter(_quiet)
         address = _address()
-        with _loopback_only(address == "local"):
+        with ray_private.loopback_only(address == "local"):
             ray.init(address=address, logging_level=logging.WARNING)
     return dashboard()
-
-
-@contextlib.contextmanager
-def _loopback_only(local: bool):
-    """A Ray instance this process starts for itself is joined by nothing else, so none of its ports (GCS, raylet,
-    dashboard, and three unauthenticated Prometheus endpoints) need to listen beyond loopback. Ray binds them to
-    loopback when its node address is, which it decides at start with a private switch (the one that keeps
-    macOS/Windows single-node): fenced here, set only while the instance starts, pinned by the listening-socket
-    test in tests/test_ray_sweep.py."""
-    from ray._private import ray_constants
-
-    was = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = was and not local
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = was
 
 
 def _quiet(record: logging.LogRecord) -> bool:
@@ -163,12 +145,9 @@ def _address(warn: bool = True) -> str | None:
     local instance started instead, as if it were not there. A live one is left for Ray to find (None): Ray
     sends its token only to a cluster it found itself, never to an address it was handed.
     """
-    from ray._common.utils import get_ray_address_file
-    from ray._private.services import get_ray_address_from_environment
-
     given = os.environ.get("RAY_ADDRESS")
     try:
-        address = get_ray_address_from_environment(None, None)
+        address = ray_private.address_from_environment()
     except ConnectionError:  # RAY_ADDRESS=auto and no cluster to be found
         raise ConfigError(f"RAY_ADDRESS={given}: no running Ray cluster found; start one (`ray start --head`) or "
                           "unset RAY_ADDRESS to run on a local instance") from None
@@ -185,7 +164,7 @@ def _address(warn: bool = True) -> str | None:
                           "or unset RAY_ADDRESS to run on a local instance")
     if warn:
         log.warning("no Ray cluster answers at %s:%s, the address a `ray start` left in %s (stopped without `ray "
-                    "stop`?); starting a local Ray instance instead", host, port, get_ray_address_file(None))
+                    "stop`?); starting a local Ray instance instead", host, port, ray_private.address_file())
     return "local"
 
 
@@ -264,9 +243,7 @@ def _most() -> dict[str, float]:
     """The most CPUs and GPUs the cluster can reach: from the limits its autoscaler publishes (autoscaler v2), or
     on a head that `ray up` started, from the autoscaler's config it left there (~/ray_bootstrap_config.yaml,
     node types with their resources filled in). Empty when neither says: a cluster without an autoscaler."""
-    from ray._private.state import state  # no public getter in Ray 2.x
-
-    most = state.get_max_resources_from_cluster_config()
+    most = ray_private.max_resources()
     if most:
         return most
     path = Path("~/ray_bootstrap_config.yaml").expanduser()

@@ -29,7 +29,7 @@ class DemoConfig:
     cache_dir: str = "~/.cache/lmc_ray"
     # Basins during training: keep the models at these steps too and sweep each step (analysis/dynamics.py).
     save_steps: tuple[int, ...] = ()
-    # Planes through a basin boundary, chosen by the cluster job (findings.plane_triples), then swept and drawn.
+    # Planes through a basin boundary, chosen by the analysis (findings.plane_triples), then swept and drawn.
     planes: int = 0
 
 

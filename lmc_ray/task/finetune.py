@@ -40,16 +40,25 @@ class FinetuneConfig:
     output: str
     """Local directory or s3://bucket/prefix; model k goes to OUTPUT/seed_k."""
     seeds: Annotated[list[int], Field(min_length=1)] = field(default_factory=lambda: list(range(12)))
+    """One model per seed: the seed draws its classifier head and the order of its training examples."""
     epochs: PositiveNumber = 2.0
+    """Passes over the training set (fractions allowed)."""
     batch_size: Positive = 32
+    """Training examples per optimizer step."""
     lr: PositiveNumber = 5e-4
+    """Peak learning rate of AdamW, reached after the warmup and decayed linearly to 0."""
     weight_decay: NonNegativeNumber = 0.01
+    """AdamW's decoupled weight decay."""
     warmup: NonNegativeNumber = 0.1
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
     reports: Positive = 4
     """Metric reports per run."""
     max_length: Positive = 128
+    """Tokens kept per training and evaluation example (truncation)."""
     cache_dir: str = "~/.cache/lmc_ray"
+    """Where a base model read from S3 is cached (hub files go to huggingface_hub's own cache)."""
     storage_options: dict = field(default_factory=dict)
+    """fsspec options for s3:// paths (base, output)."""
     save_steps: list[Annotated[int, Field(ge=1)]] = field(default_factory=list)
     """Also keep the model at these steps, each a loadable checkpoint at OUTPUT/seed_k-stepN (a sweep names them with
     `steps: [N, ..., final]`), for basin commitment during training."""
@@ -83,7 +92,7 @@ def model_url(cfg: FinetuneConfig, seed: int, step: int | None = None) -> str:
 
 
 def exists(cfg: FinetuneConfig, seed: int) -> bool:
-    """A finished model has its config.json written last, so a partial upload never counts."""
+    """Whether seed's model is finished: its DONE marker is written last, so a partial upload never counts."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(model_url(cfg, seed), **cfg.storage_options)

@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 
 from . import finetune
-from ..config import ConfigError
+from ..errors import SweepError
 from .finetune import FinetuneConfig
 
 log = logging.getLogger("lmc_ray")
@@ -55,10 +55,10 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
     results = tuner.fit()
     failed = [r for r in results if r.error]
     if failed:
-        raise ConfigError(f"finetune: {len(failed)} trial(s) failed, first: {str(failed[0].error).splitlines()[0]}")
+        raise SweepError(f"finetune: {len(failed)} trial(s) failed, first: {str(failed[0].error).splitlines()[0]}")
     missing = [s for s in cfg.seeds if not finetune.exists(cfg, s)]
     if missing:
-        raise ConfigError(f"finetune: no saved model for seed(s) {missing} in {cfg.output}")
+        raise SweepError(f"finetune: no saved model for seed(s) {missing} in {cfg.output}")
     return urls
 
 
