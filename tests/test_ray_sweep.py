@@ -133,6 +133,7 @@ def test_nan_weights_found_in_an_actor_fail_in_one_line(ray_local, tmp_path, pop
         ray_sweep.run(plan.prepare(cfg), progress=False)
     assert str(e.value) == f"model '{bad}': parameter 'classifier.bias' contains NaN or inf"
     assert not (tmp_path / "store" / "curves").exists()
+    assert not _model_actors(), "a failed sweep left its actors running"
 
 
 def test_actors_that_never_get_their_gpus_stop_in_one_line(ray_local, tmp_path, population):
@@ -198,6 +199,13 @@ def slow_reference(tmp_path_factory, slow_population):
     store = tmp_path_factory.mktemp("slowref") / "store"
     local.run(plan.prepare(config.from_dict(_slow_config(slow_population, store))), progress=False)
     return _table(store)
+
+
+def _model_actors() -> list[str]:
+    """The sweep actors alive in this Ray instance, by name (model:NAME or models:A..B (n))."""
+    import ray
+
+    return [n for n in ray.util.list_named_actors() if n.startswith(("model:", "models:"))]
 
 
 def _actor_processes():
@@ -340,6 +348,7 @@ def test_an_actor_that_keeps_dying_ends_the_run_naming_its_models(ray_local, tmp
     msg = str(errors[0])
     assert re.match(r"actor models?:\S+ .*died 2 times \(max_retries 1\); giving up on its models", msg), msg
     assert "\n" not in msg
+    assert not _model_actors(), "a failed sweep left its actors running"
 
 
 @pytest.mark.slow

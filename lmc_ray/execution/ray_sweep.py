@@ -5,6 +5,7 @@ runs, keeps a bounded amount of work in flight, and streams each finished pair i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -312,8 +313,6 @@ class _Pool:
             waited, have = time.monotonic() - start, ray.cluster_resources()
             have = f"{have.get('GPU', 0):g} GPU, {have.get('CPU', 0):g} CPU"
             if waited >= timeout:
-                for actor in self.actors:
-                    ray.kill(actor)
                 raise SweepError(f"{len(waiting)} of {len(self.actors)} actors never started in {waited:.0f} s: each "
                                  f"needs {need} and the cluster has {have} (no node offers that, or none came up; see "
                                  "`ray status`; resource_timeout sets the wait). Nothing stored was lost")
@@ -422,13 +421,32 @@ def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
     log.info("%d actors for %d models (%.2f GPU, %.2f CPU each); %d of %d pairs to compute", n_actors, n,
              gpu_share, cpu_share, to_compute, len(plan.pairs))
     need = f"{gpu_share:.2f} GPU, {cpu_share:.2f} CPU"
-    return _Pool(actors, data_refs, names, cfg.max_retries, need, cfg.resource_timeout), residents
+    try:
+        return _Pool(actors, data_refs, names, cfg.max_retries, need, cfg.resource_timeout), residents
+    except BaseException:
+        _end(actors)
+        raise
+
+
+def _end(actors) -> None:
+    """Kill the sweep's actors, so that no failed, interrupted or finished run keeps their GPUs and names (a rerun
+    in the same process, a notebook's, starts actors of the same names)."""
+    for actor in actors:
+        with contextlib.suppress(Exception):
+            ray.kill(actor)
 
 
 def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
+    pool, residents = _start(plan, len(rec.pairs))
+    try:
+        return _compute(plan, rec, progress, pool, residents)
+    finally:
+        _end(pool.actors)
+
+
+def _compute(plan: Plan, rec: Recorder, progress: bool, pool: _Pool, residents: list[list[int]]) -> list[float]:
     cfg, n = plan.cfg, len(plan.names)
     shown = labels(plan.names)
-    pool, residents = _start(plan, len(rec.pairs))
     actors, datas = pool.actors, pool.datas
     actor_of = {m: k for k, ms in enumerate(residents) for m in ms}
 
@@ -480,8 +498,6 @@ def _run(plan: Plan, rec: Recorder, progress: bool) -> list[float]:
     busy = [_busy(a) for a in actors]
     if len(actors) > 1:
         log.info("%s", balance(busy))
-    for actor in actors:
-        ray.kill(actor)
     return busy
 
 
