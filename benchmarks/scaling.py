@@ -63,7 +63,7 @@ def main():
         with PeakRSS(every=0.5, pss=True) as mem:
             t = time.perf_counter()
             pl = plan.prepare(cfg)
-            busy = ray_sweep.run(pl, progress=False)
+            busy = ray_sweep.run(pl, progress=False).busy
             wall = time.perf_counter() - t
         pairs = n * (n - 1) // 2
         assert len(Store(pl.cfg.store).done_pairs()) == pairs

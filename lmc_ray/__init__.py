@@ -28,20 +28,18 @@ def sweep(config: str | dict | SweepConfig, executor: str = "ray", progress: boo
     cache (lmc_ray/compute/inmemory.py)."""
     from . import config as C
     from .compute import inmemory
-    from .execution import local, plan, ray_sweep
-    from .errors import ConfigError
+    from .execution import executor as X, plan
     from .storage.store import Store
 
-    if executor not in ("ray", "local"):
-        raise ConfigError(f"executor {executor!r}: use 'ray' or 'local'")
+    run = X.named(executor)
     if isinstance(config, str):
         config = C.load(C.parser("").parse_args(["--config", config]))
     elif isinstance(config, dict):
         config = C.from_dict(inmemory.materialize(config))
     else:
         C.validate(config)
-    p = plan.prepare(config, ray_sweep.on_gpus if executor == "ray" else plan.here_on_gpus)
-    (ray_sweep if executor == "ray" else local).run(p, progress=progress)
+    p = plan.prepare(config, run.on_gpus)
+    run.run(p, progress=progress)
     return Store(p.cfg.store, p.cfg.storage_options)
 
 

@@ -48,7 +48,9 @@ def test_ray_sweep_is_complete_and_equals_the_core(ray_local, tmp_path, populati
 
     cfg = _two_sets(population, tmp_path / "store", actors=2)
     with caplog.at_level(logging.INFO, logger="lmc_ray"):
-        busy = ray_sweep.run(plan.prepare(cfg), progress=False)
+        report = ray_sweep.run(plan.prepare(cfg), progress=False)
+    busy = report.busy
+    assert (report.endpoints, report.pairs, report.planes) == (len(population), len(cfg.models) * (len(cfg.models) - 1) // 2, 0)
     assert len(busy) == 2 and min(busy) > 0  # each actor computed; the log says how evenly
     assert re.search(r"2 actors busy [\d.]+ to [\d.]+ s \(spread \d+% of the mean\)", caplog.text), caplog.text
     got = _table(cfg.store)

@@ -51,11 +51,13 @@ def test_three_models_then_four_computes_exactly_the_three_new_pairs(tmp_path, p
     stored = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "grown" / "curves").iterdir()}
     grown = sweep_config(population[:4], tmp_path / "grown")
     assert _todo(grown) == ([Pair(0, 3), Pair(1, 3), Pair(2, 3)], [Endpoint(3)])
-    run(plan.prepare(config.from_dict(grown)), progress=False)
+    report = run(plan.prepare(config.from_dict(grown)), progress=False)
+    assert (report.endpoints, report.pairs, report.planes, len(report.busy)) == (1, 3, 0, 1)  # the new work only
     assert all((tmp_path / "grown" / "curves" / f).stat().st_mtime_ns == t for f, t in stored.items())
     _sweep(sweep_config(population[:4], tmp_path / "fresh"))
     _equal(tmp_path / "grown", tmp_path / "fresh")
     assert _todo(grown) == ([], [])
+    assert run(plan.prepare(config.from_dict(grown)), progress=False).busy == []  # complete: nothing computed
     run(plan.prepare(config.from_dict(_two_sets(population[:4], tmp_path / "grown"))), progress=False)
     _sweep(_two_sets(population[:4], tmp_path / "fresh2"))
     _equal(tmp_path / "grown", tmp_path / "fresh2")

@@ -22,6 +22,7 @@ import yaml
 from . import ray_private, schedule
 from ..config import ConfigError, SweepConfig
 from ..errors import SweepError, first_line
+from .executor import RunReport
 from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan, Plane, PlaneResult
 from .progress import bar as progress_bar, track
 from ..storage.recorder import Recorder
@@ -392,14 +393,16 @@ class _Partners:
             self.published.pop(m, None)
 
 
-def run(plan: Plan, progress: bool = True) -> list[float]:
-    """Compute what the store lacks; returns the seconds each actor spent computing (empty: nothing to do), so
-    a caller can see whether the work was spread evenly (benchmarks/scaling.py prints it)."""
+def run(plan: Plan, progress: bool = True) -> RunReport:
+    """Compute what the store lacks; the report's `busy` is the seconds each actor spent computing, so a caller can
+    see whether the work was spread evenly (benchmarks/scaling.py prints it)."""
     with Recorder(plan) as rec:
         if rec.complete:
             log.info("store %s is complete: %d pairs, nothing to compute", plan.cfg.store, len(plan.pairs))
-            return []
-        return _run(plan, rec, progress)
+            return RunReport()
+        report = RunReport(len(rec.endpoints), len(rec.pairs), len(rec.planes))
+        report.busy = _run(plan, rec, progress)
+        return report
 
 
 def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
