@@ -1,7 +1,8 @@
 """Ray's private APIs, fenced: the only module that imports them, each with a fallback for a Ray that moved it.
 
-pyproject.toml pins the Ray versions this was checked with; tests/test_ray_sweep.py exercises every function here
-(the loopback test, a dead cluster address, the fake autoscaling cluster's limits).
+pyproject.toml pins the Ray versions this was checked with; tests/test_ray_private.py checks that nothing else
+imports them and that each function takes Ray's own path, and tests/test_ray_sweep.py and tests/test_cli.py use
+them (the loopback test, a stale cluster address, the fake autoscaling cluster's limits).
 """
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def max_resources() -> dict[str, float]:
 
 @contextlib.contextmanager
 def loopback_only(local: bool):
-    """While a Ray instance starts, have it bind every port to loopback when `local` (the switch that keeps
+    """While a Ray instance starts, have it bind every port to loopback when `local`: an instance this process
+    starts for itself is joined by nothing else, so none of its ports (GCS, raylet, dashboard, three
+    unauthenticated Prometheus endpoints) need to listen beyond loopback (the switch is the one that keeps
     macOS/Windows single-node). Without the switch the instance starts as Ray decides; the listening-socket test
     then fails, which is what says a Ray upgrade moved it."""
     try:
