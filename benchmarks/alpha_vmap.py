@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from lmc_ray import config
 from lmc_ray.compute.interpolate import WorkingModel
-from lmc_ray.task.pretrain import bert_config, build_tokenizer
+from lmc_ray.training.pretrain import bert_config, build_tokenizer
 from lmc_ray.testing.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of docs/performance.md, as one prepared call for a session that is lent a GPU machine.
+# The GPU check of docs/performance.md, as one prepared call on a GPU machine that has neither Ray nor pydantic
+# and may reach nothing outside (a batch GPU node, a borrowed accelerator).
 #
 #   bash benchmarks/device.sh prepare    # here: fills .devdata/ (git-ignored, ~10 MB)
 #   bash benchmarks/device.sh run        # there, from the repo root, carrying .devdata: under 4 minutes on an H200

@@ -129,7 +129,7 @@ def paper_pair(paths, texts: list[tuple[list, list]], labels: list[list], device
 # second is what auto picks on a GPU, measured early so that a short budget still has it; the rest each take
 # one thing away from it or add a lever. The TF32 row's |Δ loss| against fp32 is TF32's error on a real GPU.
 TECHNIQUES = [
-    ("fp32, padded batches (the old default)", "float32", False, False, {}),
+    ("fp32, padded batches (reference)", "float32", False, False, {}),
     ("bf16, packed, fused QKV + graphs (auto)", "bfloat16", True, True, {}),
     ("tf32 matmuls, padded batches", "tfloat32", False, False, {}),
     ("bf16, padded batches", "bfloat16", False, False, {}),
@@ -184,7 +184,7 @@ def paper_shape(paths, datas, device, flops_of) -> None:
     t = time.perf_counter()
     before = compiles()
     core = Core(AutoModelForSequenceClassification.from_pretrained(paths[0]), datas, device, "auto",
-                line=[True, True, False], packing="auto")
+                on_line=[0, 1], packing="auto")
     wa, wb = (core.resident(AutoModelForSequenceClassification.from_pretrained(x).state_dict()) for x in paths[:2])
     core.curve(wa, wb, config.grid(10), 0, (0.0, 0.0))
     sync(device)

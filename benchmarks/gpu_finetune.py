@@ -5,7 +5,7 @@
 Base: a BERT classifier built from a config (random weights: nothing can be downloaded there), WordPiece
 vocabulary from the MNLI text. Training data: the first --examples MNLI dev_matched pairs (the only MNLI split
 here; what is measured is speed), max length 128, batch 32 — the paper's QQP recipe is batch 32 for 34,110 steps.
-For each dtype, `lmc_ray.task.finetune.train` trains seed 0 for --steps steps, exactly as a Tune trial does; the
+For each dtype, `lmc_ray.training.finetune.train` trains seed 0 for --steps steps, exactly as a Tune trial does; the
 steps between its two metric reports are timed (loading, tokenising and saving left out). Printed: ms per step,
 examples/s, peak GPU memory, the projected time of one paper-sized run (34,110 steps) and of 100 seeds one after
 another on this device; then how far bf16's weights land from fp32's, relative to how far training moved them
@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmc_ray.config import EvalSetSpec
-from lmc_ray.task import finetune
+from lmc_ray.training import finetune
 from lmc_ray.testing.machine import machine
 from lmc_ray.testing.population import make_population
 

@@ -60,7 +60,7 @@ def child(args) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(paths[0])
     before = peak_rss()
     t = time.perf_counter()
-    core = Core(model, datas, "cpu", "float32", 32768, line=[True, False], packing=True, compiler="inductor")
+    core = Core(model, datas, "cpu", "float32", 32768, on_line=[0], packing=True, compiler="inductor")
     core.working.set(core.resident(model.state_dict()))
     ev = core.evaluators[1]
     metrics = ev()

@@ -1,4 +1,4 @@
-"""The former name of jobs/analyse.py ("cluster" means the Ray cluster elsewhere), kept so old commands work.
+"""Another name for jobs/analyse.py, as `lmc-ray cluster` is for `lmc-ray analyse`.
 
     python jobs/cluster.py --store results/run1
 """

@@ -108,8 +108,8 @@ def finetune(argv=None) -> None:
     """Finetune N copies of one base model on Ray Tune (one trial per seed); resumable."""
     import yaml
 
-    from .task import finetune as ft
-    from .task import ray_finetune
+    from .training import finetune as ft
+    from .training import ray_finetune
     from .config import find
 
     p = argparse.ArgumentParser(description=finetune.__doc__.splitlines()[0])
@@ -149,7 +149,7 @@ def export(argv=None) -> None:
 
 def demo(argv=None) -> None:
     """The whole pipeline offline on the built-in task: pretrain a start, finetune copies, sweep, cluster, report."""
-    from .task import demo as d
+    from . import demo as d
 
     p = argparse.ArgumentParser(description=demo.__doc__.splitlines()[0])
     p.add_argument("--models", type=int, default=d.DemoConfig.n_models, help="how many copies to finetune")
@@ -170,13 +170,30 @@ def configs(argv=None) -> None:
     from .config import CONFIGS, schema, shipped
 
     p = argparse.ArgumentParser(description=configs.__doc__)
-    p.add_argument("--schema", action="store_true", help="print the JSON schema of a sweep YAML (for editors) instead")
-    if p.parse_args(argv).schema:
+    show = p.add_mutually_exclusive_group()
+    show.add_argument("--schema", action="store_true", help="print the JSON schema of a sweep YAML (for editors) instead")
+    show.add_argument("--reference", action="store_true",
+                      help="print the configuration reference (Markdown: every setting, its type, default and meaning)")
+    args = p.parse_args(argv)
+    if args.schema:
         print(json.dumps(schema(), indent=1))
+        return
+    if args.reference:
+        print(reference(), end="")
         return
     for name in shipped():
         print(textwrap.fill(_summary((CONFIGS / f"{name}.yaml").read_text()), 110, initial_indent=f"{name:24} ",
                             subsequent_indent=" " * 25, break_on_hyphens=False))
+
+
+def reference() -> str:
+    """docs/configuration.md: the sweep's settings and the finetuning job's, from their classes."""
+    from .config import markdown
+    from .training.finetune import FinetuneConfig
+
+    return markdown(((f"Finetuning (`{FinetuneConfig.__name__}`)", FinetuneConfig,
+                      "The YAML of `lmc-ray finetune --config FILE`: one model per seed from one pretrained start. "
+                      "`train` and `eval_sets` are eval-set entries as above."),))
 
 
 def _summary(text: str) -> str:

@@ -47,15 +47,6 @@ def test_table_from_curve_rows():
     assert t.distance.isna().all()  # curves without a distance (stored before it existed)
 
 
-def test_refinement_brackets_the_highest_point_above_the_endpoint_chord():
-    from lmc_ray.analysis.barriers import refine_points
-
-    # Endpoints 1.0 and 2.0: the chord rises, so 0.5 (1.9 vs chord 1.5) beats 0.75 (2.0 vs chord 1.75).
-    assert refine_points({0.25: 1.4, 0.5: 1.9, 0.75: 2.0}, (1.0, 2.0)) == [0.375, 0.625]
-    assert refine_points({0.5: 1.9, 0.625: 1.0}, (1.0, 2.0)) == [0.25, 0.5625]  # between its neighbours
-    assert refine_points({0.5: float("nan")}, (1.0, 2.0)) == []
-
-
 def test_every_definition_on_a_stack_of_curves_equals_one_curve_at_a_time():
     rng = np.random.default_rng(0)
     y = rng.normal(size=(7, 10))

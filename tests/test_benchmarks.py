@@ -21,11 +21,11 @@ def test_gpu_benchmark_prints_a_row_per_technique_at_toy_size():
                      r"\s*(\S*)(?: \|\s+(\S+) \| (.*))?$", line)
         if m:
             rows[m.group(1)] = m.groups()[1:]
-    assert set(rows) == {"paper (fp32, pad 512, batch 512, reloads)", "fp32, padded batches (the old default)",
+    assert set(rows) == {"paper (fp32, pad 512, batch 512, reloads)", "fp32, padded batches (reference)",
                          "bf16, padded batches", "bf16, packed, separate QKV", "bf16, packed, fused QKV"}, out.stdout
     packed = rows["bf16, packed, fused QKV"]
     assert int(rows["bf16, padded batches"][1]) > int(rows["paper (fp32, pad 512, batch 512, reloads)"][1])
-    assert float(rows["fp32, padded batches (the old default)"][6]) == 0  # the reference row itself
+    assert float(rows["fp32, padded batches (reference)"][6]) == 0  # the reference row itself
     for name in ("bf16, padded batches", "bf16, packed, separate QKV", "bf16, packed, fused QKV"):
         assert 0 < float(rows[name][6]) < 1e-2  # bf16 moved the losses, a little
     assert packed[7] == "-" and re.fullmatch(r"mnli \d+, hans \d+", packed[8]), packed  # no graphs on a CPU

@@ -5,6 +5,8 @@ import pytest
 from lmc_ray import config
 from lmc_ray.config import ConfigError
 
+from conftest import ROOT
+
 
 def _raw(**over):
     raw = {"models": ["a/m0", "a/m1"], "eval_sets": [{"name": "nli", "path": "x.jsonl", "text": ["p", "h"],
@@ -185,7 +187,7 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
         assert text and text in "".join(schema[f.name].get("description", "").split()), f.name
         if f.name not in ("models", "eval_sets", "storage_options", "planes"):
             assert text in flat, f.name
-    from lmc_ray.task.finetune import FinetuneConfig
+    from lmc_ray.training.finetune import FinetuneConfig
 
     for cls in (config.ModelSpec, config.EvalSetSpec, config.PlanesSpec, FinetuneConfig):  # entries, finetuning
         for name, info in cls.__pydantic_fields__.items():
@@ -202,6 +204,25 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
         parse("--max-in-flight", "0")
 
 
+def test_the_configuration_reference_in_docs_is_current_and_describes_every_field():
+    import dataclasses
+
+    from lmc_ray.cli import reference
+    from lmc_ray.training.finetune import FinetuneConfig
+
+    text = reference()
+    assert (ROOT / "docs" / "configuration.md").read_text() == text, \
+        "regenerate: lmc-ray configs --reference > docs/configuration.md"
+    sections = text.split("\n## ")[1:]
+    classes = (config.SweepConfig, config.ModelSpec, config.EvalSetSpec, config.PlanesSpec, FinetuneConfig)
+    assert len(sections) == len(classes)
+    for cls, section in zip(classes, sections):
+        rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
+        assert [r[0][3:-1] for r in rows] == [f.name for f in dataclasses.fields(cls)], cls.__name__
+        assert all(r[3].strip(" |") for r in rows), cls.__name__
+    assert "| `max_retries` | a non-negative integer | `3` | Actor restarts / task retries" in text
+
+
 @pytest.mark.parametrize("over, culprit", [
     ({"epochs": 0}, "finetune config: epochs must be a positive number, got 0"),
     ({"seeds": [1, 1]}, "finetune config: seeds must be distinct, got [1, 1]"),
@@ -210,7 +231,7 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
     ({"batchsize": 8}, "finetune config: unknown key 'batchsize'"),
 ])
 def test_bad_finetune_config_names_the_culprit(over, culprit):
-    from lmc_ray.task import finetune
+    from lmc_ray.training import finetune
 
     raw = {"base": "b", "train": {"path": "t.jsonl", "text": "s", "label": "l"}, "labels": ["a", "b"], "output": "o"}
     with pytest.raises(ConfigError) as e:

@@ -9,7 +9,7 @@ from lmc_ray import config
 from lmc_ray.execution import local, plan
 from lmc_ray.compute.data import read_table
 from lmc_ray.errors import ConfigError
-from lmc_ray.storage.recorder import Recorder
+from lmc_ray.execution.recorder import Recorder
 from lmc_ray.storage.store import Store
 
 from conftest import NLI_LABELS, sweep_config
@@ -69,7 +69,7 @@ def test_core_curve_equals_plain_hf(tmp_path, population, packing):
 
 
 def test_adaptive_alpha_adds_the_peak_midpoints_and_they_equal_plain_hf(tmp_path, population):
-    from lmc_ray.analysis.barriers import refine_points
+    from lmc_ray.compute.chord import refine_points
 
     cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store", alphas=5, refine=2))
     p = plan.prepare(cfg)

@@ -1,7 +1,7 @@
 """The built-in demo end to end, small: few models, short training, on the session's Ray instance."""
 from pathlib import Path
 
-from lmc_ray.task import demo
+from lmc_ray import demo
 
 
 def test_small_demo_end_to_end_and_cached_rerun(ray_local, tmp_path, capsys):
@@ -35,7 +35,7 @@ def test_two_fresh_demo_runs_make_the_same_models(ray_local, tmp_path):
 def test_word_matching_labels_each_hypothesis_token_by_the_premise():
     import torch
 
-    from lmc_ray.task.pretrain import in_premise
+    from lmc_ray.training.pretrain import in_premise
 
     special = torch.tensor([0, 2, 3])  # [PAD], [CLS], [SEP]
     #                    [CLS] 7  8  9 [SEP] 9  7  5 [SEP] [PAD]

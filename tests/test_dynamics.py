@@ -9,7 +9,7 @@ from lmc_ray.compute import sources
 from lmc_ray.config import EvalSetSpec
 from lmc_ray.execution import local, plan
 from lmc_ray.storage.store import Store
-from lmc_ray.task import finetune, toynli
+from lmc_ray.training import finetune, toynli
 
 from test_finetune import _base
 

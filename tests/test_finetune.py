@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from lmc_ray.config import EvalSetSpec
-from lmc_ray.task import finetune, ray_finetune, toynli
-from lmc_ray.task.pretrain import bert_config, build_tokenizer
+from lmc_ray.training import finetune, ray_finetune, toynli
+from lmc_ray.training.pretrain import bert_config, build_tokenizer
 
 from lmc_ray.testing.s3 import S3Relay
 

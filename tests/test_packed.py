@@ -9,7 +9,7 @@ from lmc_ray.execution import plan
 from lmc_ray.compute.core import Core, use_packing
 from lmc_ray.compute.data import EvalData, prepare
 from lmc_ray.errors import ConfigError
-from lmc_ray.task.pretrain import build_tokenizer
+from lmc_ray.training.pretrain import build_tokenizer
 
 from conftest import DATA, MNLI, NLI_LABELS, sweep_config
 

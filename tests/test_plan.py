@@ -10,7 +10,7 @@ import yaml
 from lmc_ray import config
 from lmc_ray.execution import plan
 from lmc_ray.config import ConfigError
-from lmc_ray.storage.recorder import Recorder
+from lmc_ray.execution.recorder import Recorder
 
 from conftest import ROOT, sweep_config
 
@@ -164,7 +164,7 @@ def test_the_tokenizer_from_another_reference(tmp_path, population, mnli_texts):
     from transformers import AutoTokenizer
 
     from lmc_ray.compute.data import read_table
-    from lmc_ray.task.pretrain import build_tokenizer
+    from lmc_ray.training.pretrain import build_tokenizer
 
     build_tokenizer(mnli_texts, 800).save_pretrained(tmp_path / "tok800")  # another vocabulary than the models'
     p = plan.prepare(config.from_dict(sweep_config(population[:2], tmp_path / "store", tokenizer=str(tmp_path / "tok800"))))

@@ -11,7 +11,7 @@ from lmc_ray.compute.data import read_table
 from lmc_ray.compute.plane import layout
 from lmc_ray.errors import ConfigError
 from lmc_ray.execution import local, plan, ray_sweep
-from lmc_ray.storage.recorder import Recorder
+from lmc_ray.execution.recorder import Recorder
 from lmc_ray.storage.store import Store
 
 from conftest import NLI_LABELS, sweep_config

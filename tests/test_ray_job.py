@@ -1,7 +1,7 @@
 """The cluster path for real: `ray start --head` (dashboard on), `ray job submit`, progress read while it runs.
 
 Ray 2.60 turns on token authentication for `ray start --head`; the CLI clients here run with
-RAY_AUTH_MODE=token, as a user's would (README: "On a cluster").
+RAY_AUTH_MODE=token, as a user's would (docs/cluster.md).
 """
 import json
 import os
@@ -122,7 +122,7 @@ def test_submitted_sweep_shows_progress_names_and_metrics(head, tmp_path, mnli_t
     while time.time() < deadline and "lmc_ray_actor_busy_seconds" not in text:
         text = urllib.request.urlopen(head["metrics"], timeout=10).read().decode()
         time.sleep(2)
-    named = re.findall(r"`(ray_lmc_ray_\w+)`", (ROOT / "README.md").read_text())  # as the README names them
+    named = re.findall(r"`(ray_lmc_ray_\w+)`", (ROOT / "docs" / "cluster.md").read_text())  # as the docs name them
     assert len(named) == 4, named
     for name in named:
         assert re.search(rf"^{name}{{", text, re.M), (name, [line for line in text.splitlines() if "lmc_ray" in line])

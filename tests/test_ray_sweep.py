@@ -10,8 +10,8 @@ import pytest
 
 from lmc_ray import config
 from lmc_ray.execution import local, plan, ray_sweep
-from lmc_ray.execution.plan import Endpoint, Pair
-from lmc_ray.storage.recorder import Recorder
+from lmc_ray.compute.work import Endpoint, Pair
+from lmc_ray.execution.recorder import Recorder
 from lmc_ray.storage.store import Store
 
 from conftest import DATA, fake_gpu_cluster, sweep_config

@@ -7,8 +7,8 @@ from lmc_ray import config
 from lmc_ray.analysis import findings
 from lmc_ray.errors import ConfigError
 from lmc_ray.execution import local, plan, ray_sweep
-from lmc_ray.execution.plan import Endpoint, Pair
-from lmc_ray.storage.recorder import Recorder
+from lmc_ray.compute.work import Endpoint, Pair
+from lmc_ray.execution.recorder import Recorder
 from lmc_ray.storage.store import Store
 
 from conftest import sweep_config

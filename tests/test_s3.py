@@ -9,7 +9,7 @@ from lmc_ray import config
 from lmc_ray.execution import plan, ray_sweep
 from lmc_ray.compute import sources
 from lmc_ray.execution.plan import Pair
-from lmc_ray.storage.recorder import Recorder
+from lmc_ray.execution.recorder import Recorder
 
 from conftest import sweep_config
 from lmc_ray.testing.s3 import S3Relay

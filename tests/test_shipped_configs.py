@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmc_ray import config
-from lmc_ray.compute import sources
+from lmc_ray.config import refs
 from lmc_ray.testing.population import make_population
 
 from conftest import ROOT
@@ -40,7 +40,7 @@ def test_shipped_configuration_validates(task, monkeypatch):
     cfg = _load("--config", f"configs/{task}.yaml")
     labels, metrics = TASKS[task]
     assert len(cfg.models) == 100 and len({m.name for m in cfg.models}) == 100
-    assert all(sources.kind(m.ref) == "hub" and m.labels == labels for m in cfg.models)
+    assert all(refs.kind(m.ref) == "hub" and m.labels == labels for m in cfg.models)
     assert cfg.alphas == config.grid(10) and cfg.tokenizer == "google-bert/bert-base-uncased"
     assert {e.name: e.metrics for e in cfg.eval_sets} == metrics
     assert [(e.max_examples, e.endpoints_only) for e in cfg.eval_sets] == [(512, False), (512, False), (None, True)]

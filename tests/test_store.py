@@ -87,7 +87,7 @@ def test_per_example_files_are_rewritten_with_a_pair_that_did_not_finish(tmp_pat
     from lmc_ray import config
     from lmc_ray.execution import local, plan
     from lmc_ray.execution.plan import Pair
-    from lmc_ray.storage.recorder import Recorder
+    from lmc_ray.execution.recorder import Recorder
     from conftest import sweep_config
 
     cfg = config.from_dict(sweep_config(population[:3], tmp_path / "store", per_example=True))
@@ -209,8 +209,8 @@ def test_a_truncated_pair_and_an_empty_endpoint_are_computed_again(tmp_path, pop
 
     from lmc_ray import config
     from lmc_ray.execution import local, plan
-    from lmc_ray.execution.plan import Endpoint, Pair
-    from lmc_ray.storage.recorder import Recorder
+    from lmc_ray.compute.work import Endpoint, Pair
+    from lmc_ray.execution.recorder import Recorder
     from conftest import sweep_config
 
     cfg = config.from_dict(sweep_config(population[:3], tmp_path / "s", alphas=3))
@@ -241,7 +241,7 @@ def test_a_stored_pair_whose_per_example_file_is_damaged_is_computed_again(tmp_p
     from lmc_ray import config
     from lmc_ray.execution import local, plan
     from lmc_ray.execution.plan import Pair
-    from lmc_ray.storage.recorder import Recorder
+    from lmc_ray.execution.recorder import Recorder
     from conftest import sweep_config
 
     cfg = config.from_dict(sweep_config(population[:3], tmp_path / "s", per_example=True, alphas=3))

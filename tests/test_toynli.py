@@ -1,6 +1,6 @@
 import pandas as pd
 
-from lmc_ray.task import toynli
+from lmc_ray.training import toynli
 
 
 def _bow_accuracy(df: pd.DataFrame) -> float:

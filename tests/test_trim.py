@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lmc_ray.task.pretrain import build_tokenizer
+from lmc_ray.training.pretrain import build_tokenizer
 from lmc_ray.compute.trim import first_token_only
 
 from conftest import NLI_LABELS

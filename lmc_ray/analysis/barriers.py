@@ -4,11 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
-def _chord_excess(y: np.ndarray, x: np.ndarray, i: int, j: int) -> np.ndarray:
-    """y_k minus the straight line from (x_i, y_i) to (x_j, y_j), for k in [i, j] (along the last axis)."""
-    t = (x[i: j + 1] - x[i]) / (x[j] - x[i])
-    return y[..., i: j + 1] - ((1 - t) * y[..., i, None] + t * y[..., j, None])
+from ..compute import chord
 
 
 def _scalar(v: np.ndarray):
@@ -27,14 +23,14 @@ def paper(y, x=None):
     """Juneja et al.: the largest rise above the chord of any contiguous sub-segment, clipped at 0."""
     y, x = _xy(y, x)
     n = y.shape[-1]
-    return _clipped(np.max([_chord_excess(y, x, i, j).max(-1) for i in range(n) for j in range(i + 1, n)], 0), y)
+    return _clipped(np.max([chord.excess(y, x, i, j).max(-1) for i in range(n) for j in range(i + 1, n)], 0), y)
 
 
 @np.errstate(invalid="ignore")
 def endpoint_chord(y, x=None):
     """The same rise, measured only above the chord joining the two ends of the line, clipped at 0."""
     y, x = _xy(y, x)
-    return _clipped(_chord_excess(y, x, 0, y.shape[-1] - 1).max(-1), y)
+    return _clipped(chord.excess(y, x, 0, y.shape[-1] - 1).max(-1), y)
 
 
 @np.errstate(invalid="ignore")
@@ -48,7 +44,7 @@ def midpoint(y, x=None):
 def area(y, x=None):
     """Signed area between the curve and the endpoint chord (negative for a convex dip)."""
     y, x = _xy(y, x)
-    d = _chord_excess(y, x, 0, y.shape[-1] - 1)
+    d = chord.excess(y, x, 0, y.shape[-1] - 1)
     return _scalar(np.sum((d[..., 1:] + d[..., :-1]) / 2 * np.diff(x), -1))
 
 
@@ -66,17 +62,6 @@ def interval(values: np.ndarray, x, counts: np.ndarray, level: float = 0.95, def
         return float("nan"), float("nan")
     lo, hi = np.nanquantile(replicates, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
-
-
-def refine_points(losses: dict[float, float], end_losses: tuple[float, float]) -> list[float]:
-    """The next α to evaluate on a line: midpoints either side of the interior point highest above the
-    endpoint chord, given the losses evaluated so far (interior α -> loss) and the two endpoint losses."""
-    x = np.array(sorted({0.0, 1.0, *losses}))
-    y = np.array([end_losses[0] if a == 0.0 else end_losses[1] if a == 1.0 else losses[a] for a in x])
-    if not np.isfinite(y).all():
-        return []
-    k = 1 + int(np.argmax(_chord_excess(y, x, 0, len(x) - 1)[1:-1]))
-    return [(x[k - 1] + x[k]) / 2, (x[k] + x[k + 1]) / 2]
 
 
 DEFINITIONS = {"barrier": paper, "endpoint_barrier": endpoint_chord, "midpoint_barrier": midpoint, "area": area}

@@ -11,8 +11,9 @@ import pyarrow as pa
 from . import barriers as B
 from . import clusters as C
 from . import dynamics
+from ..config import on_line
 from ..errors import ConfigError, cause
-from ..execution.progress import track
+from ..progress import track
 from ..storage.store import Store
 
 
@@ -50,6 +51,13 @@ class BarriersOnly(Exception):
         self.barriers = barriers
 
 
+def _line_sets(fp: dict) -> tuple[list[str], list[str]]:
+    """The names of a store's eval sets on the lines, and of those scored once per model (config.on_line)."""
+    on = set(on_line(fp["eval_sets"]))
+    names = [e["name"] for e in fp["eval_sets"]]
+    return [n for k, n in enumerate(names) if k in on], [n for k, n in enumerate(names) if k not in on]
+
+
 def read(store: Store) -> tuple[list[str], dict, pd.DataFrame, pd.DataFrame]:
     """The models to analyse (those of the store's last run: a model left out of it keeps its data, out of the
     analysis; of a population swept at several steps, the last step's), that run's configuration, and the curves
@@ -69,7 +77,7 @@ def intervals(store: Store, fp: dict, n_boot: int, level: float = 0.95, seed: in
     whatever order the pairs are read in."""
     alphas = set(fp["alphas"])
     ends: dict[int, pd.DataFrame] = {}
-    line = [e["name"] for e in fp["eval_sets"] if not e.get("endpoints_only")]
+    line = _line_sets(fp)[0]
     names = {m["name"] for m in fp["models"]}
 
     def endpoint(k: int, alpha: float) -> pd.DataFrame:
@@ -142,7 +150,7 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
                            f"pairs are in barriers.parquet; basins, correlations and the report need every pair of the "
                            f"{len(names)} models, so they are not computed", B.table(curves))
     want = len(names) * (len(names) - 1) // 2
-    sets = [e["name"] for e in fp["eval_sets"] if not e.get("endpoints_only")]
+    sets = _line_sets(fp)[0]
     for name in sets:  # per set: a set added to a grown store has its own files, and a pair may lack them
         got = curves[curves.eval_set == name].groupby(["model_a", "model_b"]).ngroups
         if got < want:
@@ -199,8 +207,8 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
     moves = (dynamics.run(fp, every_curve, every_end, eval_set, metric) if len(dynamics.steps(fp["models"])) > 1
              else None)
     return Analysis(names, eval_set, metric, curves, bar, mat, clusters, summary, per_model, pd.DataFrame(stats),
-                    pd.DataFrame(corr, columns=["metric", "score", "pearson_r", "p_value"]), diag_sets, [e["name"] for e in fp["eval_sets"] if e.get("endpoints_only")],
-                    moves)
+                    pd.DataFrame(corr, columns=["metric", "score", "pearson_r", "p_value"]), diag_sets,
+                    _line_sets(fp)[1], moves)
 
 
 def plane_triples(a: Analysis, k: int = 1) -> list[list[str]]:

@@ -3,27 +3,28 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import packed
 from ..errors import ConfigError
-from ..analysis.barriers import refine_points
+from .chord import refine_points
 from .data import EvalData
 from .evaluate import Evaluator, Examples, Metrics
 from .interpolate import Weights, WorkingModel
 from .metrics import LOSS
 from .plane import Point, layout
+from .work import Line
 from .trim import first_token_only
 
 # tfloat32: fp32 weights and activations, matmuls on TF32 tensor cores (GPUs since Ampere): no CPU has it.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "tfloat32": torch.float32}
-# What `dtype: auto` means on GPUs. bf16 moved no barrier by more than 5e-3 against fp32 on the paper's 10-point
-# lines of real finetuned models (benchmarks/dtype_error.py, docs/performance.md); fp16 came closer, but has
-# not fp32's range, so a large logit can overflow; TF32 landed between the two (emulated) at half bf16's tensor-core
-# rate and twice its memory, so it is a choice (`dtype: tfloat32`), not the default. CPUs keep the paper's fp32.
+# What `dtype: auto` means on GPUs. Against fp32, bf16 moves barriers far less than they differ between pairs and
+# leaves the basins as they are (benchmarks/dtype_error.py measures it; docs/performance.md has the figures); fp16
+# comes closer but has not fp32's range, so a large logit can overflow; TF32 lands between the two at half bf16's
+# tensor-core rate and twice its memory, so it is a choice (`dtype: tfloat32`), not the default. CPUs keep the
+# paper's fp32.
 GPU_DTYPE = "bfloat16"
 # Tokens per batch when the config says auto. On a CPU small padded batches are faster (less padding, and
 # activations stay in cache): 2048 beat 8192 on the 2-core benchmark machine (benchmarks/techniques.py measures
@@ -31,14 +32,6 @@ GPU_DTYPE = "bfloat16"
 # stream of ~16k real tokens (benchmarks/gpu.py tries several).
 BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 PACKED_TOKENS = 32768
-
-
-@dataclass
-class Line:
-    """One pair's line, as the core computed it."""
-    interior: dict[float, list[Metrics]]  # α -> metrics per eval set on the lines (endpoints: each model alone)
-    examples: dict[float, list[Examples]] | None  # α -> per-example values, when the sweep keeps them
-    distance: float  # ‖θ_B − θ_A‖₂ over every floating tensor of the state (the paper logs it per pair)
 
 
 def use_threads(n: int) -> None:
@@ -77,7 +70,7 @@ class Core:
     """Owns the device-side state of one process: the working model and the batched eval sets."""
 
     def __init__(self, template: torch.nn.Module, datas: list[EvalData], device="cpu", dtype="float32",
-                 batch_tokens: int | str = "auto", max_batch_size: int = 256, line: list[bool] | None = None,
+                 batch_tokens: int | str = "auto", max_batch_size: int = 256, on_line: list[int] | None = None,
                  packing: str | bool = "auto", graphs: bool = True, compiler="auto", compile_whole: bool = False,
                  fused_qkv: bool = True):
         """`template` is copied, never changed: its weights may still be read as a model's resident ones.
@@ -102,7 +95,8 @@ class Core:
         self.working = WorkingModel(model)  # after fusing: it writes into the parameters the forward reads
         self.evaluators = [Evaluator(d, model, self.device, batch_tokens, max_batch_size, forward, graphs)
                            for d in datas]
-        self.line = line or [True] * len(datas)  # which sets are evaluated along the lines (not endpoints_only)
+        # The sets evaluated along the lines (config.on_line); None: every one.
+        self.on_line = list(range(len(datas))) if on_line is None else on_line
 
     def resident(self, state: Weights) -> Weights:
         return self.working.weights_of(state)
@@ -139,10 +133,9 @@ class Core:
     def curve(self, a: Weights, b: Weights, alphas: list[float], refine: int, end_losses: tuple[float, float],
               keep_examples: bool = False, sets: tuple[int, ...] = ()) -> Line:
         """The interior of the line on the line sets `sets` (empty: every one); endpoints are each model alone and
-        are evaluated once per model. `refine` rounds add α around the peak (barriers.refine_points), judged by the
+        are evaluated once per model. `refine` rounds add α around the peak (chord.refine_points), judged by the
         first set's loss. With keep_examples, also each α's per-example values (for bootstrap intervals)."""
-        evaluators = ([self.evaluators[k] for k in sets] if sets
-                      else [ev for ev, on in zip(self.evaluators, self.line) if on])
+        evaluators = [self.evaluators[k] for k in sets or self.on_line]
         points = {}
         distance = torch.stack([(b[k] - v).float().pow(2).sum() for k, v in a.items() if v.is_floating_point()])
 
@@ -163,7 +156,7 @@ class Core:
     def plane(self, a: Weights, b: Weights, c: Weights, n: int, margin: float) -> tuple[list[Point], list[list[Metrics]]]:
         """The plane through a, b and c on the line sets: its points (plane.layout: the three models, then an
         n × n grid in true distances) and each point's metrics per set, copied to the host once."""
-        evaluators = [ev for ev, on in zip(self.evaluators, self.line) if on]
+        evaluators = [self.evaluators[k] for k in self.on_line]
         sums = torch.stack([torch.stack([(b[k] - v).pow(2).sum(), (c[k] - v).pow(2).sum(), ((b[k] - v) * (c[k] - v)).sum()])
                             for k, v in a.items() if v.is_floating_point()]).double().sum(0).cpu().tolist()
         points = layout(math.sqrt(sums[0]), sums[2], math.sqrt(sums[1]), n, margin)

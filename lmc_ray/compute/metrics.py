@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config.sweep import METRICS
+
 # Per subset, in this order: how many examples, mean cross-entropy, then the scores.
-COLUMNS = ("n_examples", "loss", "accuracy", "f1", "mcc")
+COLUMNS = ("n_examples", "loss", *METRICS)
 LOSS = COLUMNS.index("loss")
 
 

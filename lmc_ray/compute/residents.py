@@ -12,11 +12,11 @@ import torch
 
 from . import models as M
 from . import sources
-from ..config import SweepConfig
+from ..config import SweepConfig, on_line
 from .core import Core
 from .data import EvalData
 from .interpolate import Weights
-from ..execution.plan import Endpoint, EndpointResult, Pair, PairResult, Plane, PlaneResult
+from .work import Endpoint, EndpointResult, Pair, PairResult, Plane, PlaneResult
 
 
 class Residents:
@@ -32,17 +32,17 @@ class Residents:
             M.check_finite(spec.name, state)
             if self.core is None:
                 self.core = Core(model, datas, cfg.device, cfg.dtype, cfg.batch_tokens, cfg.max_batch_size,
-                                 [not e.endpoints_only for e in cfg.eval_sets], cfg.packing)
+                                 on_line(cfg.eval_sets), cfg.packing)
             self.weights[i] = self.core.resident(model.state_dict())
             del model, state
         self._partner: tuple[int, Weights] | None = None
         self.alphas, self.refine, self.keep_examples = cfg.alphas, cfg.refine, cfg.per_example
-        self.line = [not e.endpoints_only for e in cfg.eval_sets]  # which sets are on the lines
+        self.n_sets, self.on_line = len(cfg.eval_sets), tuple(on_line(cfg.eval_sets))
         self.planes = cfg.planes
 
     def endpoint(self, e: Endpoint) -> EndpointResult:
         """A resident model alone: metrics per eval set, and per-example values when the sweep keeps them."""
-        sets = e.sets or tuple(range(len(self.line)))
+        sets = e.sets or tuple(range(self.n_sets))
         return EndpointResult(e.model, sets, *self.core.endpoint(self.weights[e.model], self.keep_examples, sets))
 
     def export(self, i: int) -> dict[str, np.ndarray]:
@@ -65,7 +65,7 @@ class Residents:
         """The pair's line; `fetch()` brings the weights of whichever of its models is not resident here."""
         wa = self.get(pair.a, fetch)
         wb = self.get(pair.b, fetch)
-        sets = pair.sets or tuple(k for k, on in enumerate(self.line) if on)
+        sets = pair.sets or self.on_line
         return PairResult(pair, sets, self.core.curve(wa, wb, self.alphas, self.refine, end_losses,
                                                       self.keep_examples, sets))
 

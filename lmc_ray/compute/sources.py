@@ -22,10 +22,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.refs import kind
 from ..errors import ConfigError, cause, first_line
 
-# A git ref cannot hold ':', so @step:N never names a branch or tag.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@([\w./-]+|step:\d+))?$")
 _STEP = re.compile(r"^step:(\d+)$")
 # Only what loading a classifier needs: skip optimizer states, other frameworks' weights, etc.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin", "flax_model.msgpack"]
@@ -38,21 +37,6 @@ class Found:
     folder: Path  # config.json and the tokenizer files (for a local model, the model itself)
     revision: str  # what identifies its weights; the store records it and the actors load exactly it
     shapes: dict[str, tuple[int, ...]] | None  # from remote safetensors headers; None: read them from `folder`
-
-
-def kind(ref: str) -> str:
-    if ref.startswith("s3://"):
-        return "s3"
-    if ref.startswith("pkg://"):
-        return "pkg"
-    if os.path.isdir(os.path.expanduser(ref)) or not hub_id(ref):
-        return "local"
-    return "hub"
-
-
-def hub_id(ref: str) -> bool:
-    """Whether `ref` can name a hub repository (org/name[@revision]); ./x, ../x, /x and ~/x never do."""
-    return not ref.startswith((".", "/", "~")) and bool(_HUB_ID.match(ref))
 
 
 def checkpoint_files(path: Path) -> list[Path]:

@@ -5,8 +5,8 @@ import time
 
 from .executor import RunReport
 from .plan import Plan, here_on_gpus as on_gpus  # what `dtype: auto` asks: this process's device
-from .progress import track
-from ..storage.recorder import Recorder
+from ..progress import track
+from .recorder import Recorder
 from ..compute.residents import Residents
 
 

@@ -2,70 +2,23 @@
 
 Bad input is found here, in one pass, and reported as one line before any actor starts. A plan touches no
 store: the Recorder (recorder.py) owns it. Both executors (in-process and Ray) take a plan's work items and
-return typed results.
+return typed results (compute/work.py).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from pathlib import Path
+from typing import Callable
 
-
-from ..compute import models as M
-from . import schedule
-from ..compute import sources
-from ..config import SweepConfig
-from ..compute.core import Line, concrete_dtype, pick_device
-from ..errors import ConfigError
+from ..compute import models as M, packed, sources
+from ..compute.core import concrete_dtype, pick_device
 from ..compute.data import EvalData, prepare as prepare_data
-from ..compute.evaluate import Examples, Metrics
-from ..compute.plane import Point
-from ..compute import packed
 from ..compute.packed import PACKABLE
-
-
-class Endpoint(NamedTuple):
-    """Work item: model `model` alone (α = 0 of each of its lines), evaluated once per model, on the eval sets
-    `sets` (config indices; empty: all of them; a grown store asks only for the sets it lacks)."""
-    model: int
-    sets: tuple[int, ...] = ()
-
-
-class Pair(NamedTuple):
-    """Work item: the line between models a < b (indices in config order), on the line sets `sets` (config indices;
-    empty: every set on the lines)."""
-    a: int
-    b: int
-    sets: tuple[int, ...] = ()
-
-
-class Plane(NamedTuple):
-    """Work item: the plane through models a, b, c (config indices; a is its origin, see compute/plane.py)."""
-    a: int
-    b: int
-    c: int
-
-
-@dataclass
-class PlaneResult:
-    plane: Plane
-    points: list[Point]  # the three models, then the grid
-    metrics: list[list[Metrics]]  # per point, per line set
-
-
-@dataclass
-class EndpointResult:
-    model: int
-    sets: tuple[int, ...]  # the eval sets evaluated (config indices)
-    metrics: list[Metrics]  # per eval set of `sets`, rows per subset
-    examples: list[Examples] | None  # per eval set, when the sweep keeps per-example values
-
-
-@dataclass
-class PairResult:
-    pair: Pair
-    sets: tuple[int, ...]  # the line sets evaluated (config indices), the order of the line's metrics
-    line: Line
+from ..compute.work import Endpoint, Pair, Plane
+from ..config import SweepConfig, on_line
+from ..errors import ConfigError
+from . import schedule
 
 
 @dataclass
@@ -88,8 +41,7 @@ class Plan:
 
     @property
     def on_line(self) -> list[int]:
-        """The eval sets evaluated along the lines (the others, endpoints_only, once per model)."""
-        return [k for k, e in enumerate(self.cfg.eval_sets) if not e.endpoints_only]
+        return on_line(self.cfg.eval_sets)
 
 
 def load_tokenizer(path: Path):

@@ -23,9 +23,10 @@ from . import ray_private, schedule
 from ..config import ConfigError, SweepConfig
 from ..errors import SweepError, first_line
 from .executor import RunReport
-from .plan import Endpoint, EndpointResult, Pair, PairResult, Plan, Plane, PlaneResult
-from .progress import bar as progress_bar, track
-from ..storage.recorder import Recorder
+from ..compute.work import Endpoint, EndpointResult, Pair, PairResult, Plane, PlaneResult
+from .plan import Plan
+from ..progress import bar as progress_bar, track
+from .recorder import Recorder
 from ..compute.core import use_threads
 from ..compute.residents import Residents
 

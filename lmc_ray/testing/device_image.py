@@ -1,10 +1,10 @@
-"""Run a benchmark as the lent GPU machine would: without the packages its image lacks.
+"""Run a benchmark as the bare GPU machine of benchmarks/device.sh would: without the packages its image lacks.
 
     python -m lmc_ray.testing.device_image benchmarks/gpu.py --layers 2 ...
 
 That machine's image has torch, transformers, pandas, pyarrow, scikit-learn, matplotlib, fsspec, tqdm and pyyaml,
 but none of the packages below, nor surely psutil or pip (pydantic travels as wheels: benchmarks/device.sh). A benchmark that comes
-to import one of them, at its top or halfway through, would fail there and waste a device session; the toy runs
+to import one of them, at its top or halfway through, would fail there and waste the GPU's limited time; the toy runs
 in tests/test_benchmarks.py go through this runner so that such an import fails here first.
 """
 from __future__ import annotations

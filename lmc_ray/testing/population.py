@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..task.pretrain import bert_config, build_tokenizer
+from ..training.pretrain import bert_config, build_tokenizer
 
 
 def make_population(out_dir: str | Path, n: int, texts: list[str], labels: list[str], layers: int = 2,

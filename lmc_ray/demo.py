@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..analysis import findings, report
-from ..execution import plan, ray_sweep
-from . import pretrain, ray_finetune, toynli
-from ..config import EvalSetSpec, ModelSpec, PlanesSpec, SweepConfig, grid
-from .finetune import FinetuneConfig
-from ..storage.store import Store
+from .analysis import findings, report
+from .config import EvalSetSpec, ModelSpec, PlanesSpec, SweepConfig, grid
+from .execution import plan, ray_sweep
+from .storage.store import Store
+from .training import finetune, pretrain, ray_finetune, toynli
+from .training.finetune import FinetuneConfig
 
 
 @dataclass
@@ -46,7 +46,7 @@ def configs(d: DemoConfig, base: Path, data: dict[str, Path]) -> tuple[FinetuneC
                         epochs=d.epochs, lr=d.lr, batch_size=d.batch_size, cache_dir=d.cache_dir,
                         save_steps=list(d.save_steps))
     steps = [*d.save_steps, "final"] if d.save_steps else [None]
-    models = [ModelSpec(str(work / "models" / (f"seed_{s}-step{n}" if n not in (None, "final") else f"seed_{s}")),
+    models = [ModelSpec(finetune.model_url(ft, s, None if n == "final" else n),
                         f"seed_{s}@{n}" if n else f"seed_{s}", step=str(n) if n else None)
               for s in ft.seeds for n in steps]
     sweep = SweepConfig(models=models, eval_sets=[val, diag], store=str(work / "store"), alphas=grid(10),

@@ -24,6 +24,7 @@ from ..compute.data import EvalData, prepare
 from ..compute.evaluate import Evaluator
 from ..compute.metrics import COLUMNS, LOSS
 from ..compute.models import quiet
+from ..config import refs
 from ..config import TYPED, ConfigError, EvalSetSpec, NonNegativeNumber, Positive, PositiveNumber, build, eval_set
 
 
@@ -88,7 +89,8 @@ def load_data(cfg: FinetuneConfig, tokenizer) -> tuple[EvalData, list[EvalData]]
 
 
 def model_url(cfg: FinetuneConfig, seed: int, step: int | None = None) -> str:
-    return f"{cfg.output.rstrip('/')}/seed_{seed}{f'-step{step}' if step else ''}"
+    url = f"{cfg.output.rstrip('/')}/seed_{seed}"
+    return refs.at_step(url, step) if step else url
 
 
 def exists(cfg: FinetuneConfig, seed: int) -> bool:

@@ -1,7 +1,7 @@
 """The one writer of a sweep's store: opens it, says what is left to do, and writes each result as it arrives.
 
 Opening checks the store's identity against the plan component by component (the settings every value shares,
-each model's pinned weights, each eval set's selection; store.Registry) and takes its lease (lease.py), so two
+each model's pinned weights, each eval set's selection; store.Registry) and takes its lease (storage/lease.py), so two
 sweeps never write one store and a changed checkpoint is never mixed into old lines. A store grows: models and
 eval sets it lacks are added, and only their work is left — new pairs and endpoints, new sets on stored pairs.
 A result's per-example file goes first and its metrics file last: the metrics file marks the work item done, so
@@ -15,9 +15,10 @@ import numpy as np
 
 from ..compute.metrics import LOSS
 from ..errors import Interrupted
-from ..execution.plan import Endpoint, EndpointResult, Pair, PairResult, Plan, Plane, PlaneResult
-from .store import (Store, endpoint_examples, endpoint_table, metrics_from_endpoint, pair_examples, pair_table,
-                    plane_table)
+from ..compute.work import Endpoint, EndpointResult, Pair, PairResult, Plane, PlaneResult
+from ..storage.store import (Store, endpoint_examples, endpoint_table, metrics_from_endpoint, pair_examples,
+                             pair_table, plane_table)
+from .plan import Plan
 
 log = logging.getLogger("lmc_ray")
 
