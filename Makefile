@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/alpha_vmap.py
 
 bench-demo: $(STAMP)
-	$(PY) benchmarks/demo_budget.py
+	$(PY) benchmarks/demo_budget.py --retrain
 	$(PY) benchmarks/adaptive_alpha.py
 	$(PY) benchmarks/barrier_ci.py
 	$(PY) benchmarks/dtype_error.py

@@ -1,7 +1,7 @@
 """Adaptive α against the paper's fixed grid: evaluations spent and barrier error, on a real population.
 
-    make demo   # once: finetunes the built-in population into results/demo/models
-    .venv/bin/python benchmarks/adaptive_alpha.py [--models results/demo/models] [--dense 33]
+    make demo   # once: writes the built-in task's data into results/demo/data
+    .venv/bin/python benchmarks/adaptive_alpha.py [--models lmc_ray/demo_population] [--dense 33]
 
 Every schedule is run by the compute core in one process on the same models and data (the demo's 512
 validation examples). The reference is a dense grid (--dense points); each schedule's barriers (the

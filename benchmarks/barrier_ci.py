@@ -1,7 +1,7 @@
 """Subsampling the eval set, with a bootstrap interval on each barrier: time saved against precision lost.
 
-    make demo   # once: finetunes the built-in population into results/demo/models
-    .venv/bin/python benchmarks/barrier_ci.py [--models results/demo/models] [--bootstrap 1000]
+    make demo   # once: writes the built-in task's data into results/demo/data
+    .venv/bin/python benchmarks/barrier_ci.py [--models lmc_ray/demo_population] [--bootstrap 1000]
 
 The demo's 12 models on the first K of its 1,000 validation examples, for several K, each swept by the
 compute core in one process with per-example values kept (per_example: true), then analysed as the cluster

@@ -1,14 +1,17 @@
-"""The population `make demo` finetuned, for the benchmarks that measure on real barriers."""
+"""The demo's population (shipped with the package, lmc_ray/demo_population/), for the benchmarks that measure on
+real barriers; its data is what `make demo` writes."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from lmc_ray.demo import POPULATION
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default=str(ROOT / "results" / "demo" / "models"))
+    p.add_argument("--models", default=str(POPULATION))
     p.add_argument("--data", default=str(ROOT / "results" / "demo" / "data" / "validation.jsonl"))
 
 
@@ -16,5 +19,5 @@ def models(args: argparse.Namespace, script: str) -> list[Path]:
     """seed_0, seed_1, ... in seed order; one clear line if `make demo` has not run."""
     found = sorted(Path(args.models).glob("seed_*"), key=lambda m: int(m.name.split("_")[1]))
     if len(found) < 2 or not Path(args.data).exists():
-        raise SystemExit(f"{script}: no population under {args.models} (run `make demo` first)")
+        raise SystemExit(f"{script}: no population under {args.models}, or no {args.data} (run `make demo` first)")
     return found

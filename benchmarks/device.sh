@@ -22,8 +22,8 @@ prepare() {
     mkdir -p $KIT/whl $KIT/mnli $KIT/hans
     cp ../shared/data/mnli/dev_matched.tsv $KIT/mnli/
     cp ../shared/data/hans/heuristics_evaluation_set.regenerated.tsv $KIT/hans/
-    if [ -d results/demo/models ]; then  # for `finetune`'s dtype_error.py (after `make demo`)
-        mkdir -p $KIT/demo && cp -r results/demo/models results/demo/data $KIT/demo/
+    if [ -d results/demo/data ]; then  # for `finetune`'s dtype_error.py (after `make demo`)
+        mkdir -p $KIT/demo && cp -r lmc_ray/demo_population $KIT/demo/models && cp -r results/demo/data $KIT/demo/
     fi
     pins=$(.venv/bin/python -m pip list --format=freeze 2>/dev/null |
            grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions)==')

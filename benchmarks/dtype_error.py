@@ -1,7 +1,7 @@
 """Reduced precision along the paper's lines: how far bf16, fp16 and TF32 land from fp32, on real finetuned models.
 
-    make demo   # once: finetunes the built-in population into results/demo/models
-    .venv/bin/python benchmarks/dtype_error.py [--models results/demo/models] [--max-examples 512]
+    make demo   # once: writes the built-in task's data into results/demo/data
+    .venv/bin/python benchmarks/dtype_error.py [--models lmc_ray/demo_population] [--max-examples 512]
     .venv/bin/python benchmarks/dtype_error.py --config cola --overlay offline/cola --overlay offline/cola_minilm \
         --set 'models=[...]'   # any sweep config: its models and eval sets (a pretrained start: docs/performance.md)
 

@@ -6,6 +6,7 @@ working from a checkout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import re
@@ -77,9 +78,10 @@ def analyse(argv=None) -> None:
     p.add_argument("--bootstrap", type=int, help="resamples per barrier interval (default 1000 when the sweep kept "
                                                  "per-example losses, else none; 0 = none)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
-    p.add_argument("--ood", metavar="KEY", help="per-model score that orders the paper-style figures, e.g. "
-                   "'hans_full/heuristic,label=lexical_overlap,non-entailment/accuracy' (default: the first "
-                   "diagnostic set's whole-set score, endpoints_only sets first)")
+    p.add_argument("--ood", metavar="KEY", help="per-model score the basins are tested on and the paper's figures "
+                   "ordered by, e.g. 'hans_full/heuristic,label=lexical_overlap,non-entailment/accuracy' (default: "
+                   "the sweep config's `ood`, else the first diagnostic set's whole-set score, endpoints_only sets "
+                   "first)")
     p.add_argument("--scores", metavar="FILE", help="per-model results from elsewhere (CSV/Parquet: a model column, "
                                                      "then numeric columns), joined to the clusters")
     p.add_argument("--out", metavar="DIR", help="write the tables and report/ here (local or s3://) instead of "
@@ -91,13 +93,13 @@ def analyse(argv=None) -> None:
     out.check_writable("" if args.out else "; write the analysis elsewhere with --out DIR")
     try:
         try:
-            a = findings.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores)
+            a = findings.run(store, args.eval_set, args.metric, args.bootstrap, args.level, args.scores, args.ood)
         except findings.BarriersOnly as e:
             findings.write(out, e)
             print(f"{e} (in {out.url})")
             return
         findings.write(out, a)
-        index = report.write(store, a, args.ood, out)
+        index = report.write(store, a, out)
     finally:
         out.close()
     print(findings.text_summary(a))
@@ -148,19 +150,27 @@ def export(argv=None) -> None:
 
 
 def demo(argv=None) -> None:
-    """The whole pipeline offline on the built-in task: pretrain a start, finetune copies, sweep, cluster, report."""
+    """The whole pipeline offline on the built-in task: sweep the shipped population, cluster, report."""
     from . import demo as d
 
     p = argparse.ArgumentParser(description=demo.__doc__.splitlines()[0])
-    p.add_argument("--models", type=int, default=d.DemoConfig.n_models, help="how many copies to finetune")
-    p.add_argument("--workdir", default=d.DemoConfig.workdir, help="models, store and report go here")
+    p.add_argument("--models", type=int, default=d.DemoConfig.n_models,
+                   help=f"how many seeds (the shipped population has {d.SHIPPED}; more are finetuned here)")
+    p.add_argument("--retrain", action="store_true",
+                   help="pretrain the start and finetune the seeds here, on Ray Tune, instead of sweeping the shipped "
+                        "population (minutes; another machine's seeds differ from the shipped ones)")
+    p.add_argument("--workdir", help=f"models, store and report go here (default: {d.DemoConfig.workdir}, or "
+                                     f"{d.DemoConfig.workdir}-trained for a population finetuned here)")
     p.add_argument("--steps", type=int, nargs="+", default=[], metavar="N",
                    help="also keep each model at these training steps and follow the basins across them "
-                        "(use another --workdir: the default one's models have no steps kept)")
+                        "(finetunes here)")
     p.add_argument("--planes", type=int, default=0, metavar="K",
                    help="K planes through a basin boundary, chosen by `analyse`, swept and drawn")
     args = p.parse_args(argv)
-    d.run(d.DemoConfig(n_models=args.models, workdir=args.workdir, save_steps=tuple(args.steps), planes=args.planes))
+    cfg = d.DemoConfig(n_models=args.models, retrain=args.retrain, save_steps=tuple(args.steps), planes=args.planes)
+    # A population finetuned here differs from the shipped one: its own store, not a refused resume of the other.
+    default = d.DemoConfig.workdir + ("-trained" if d.trains(cfg) else "")
+    d.run(dataclasses.replace(cfg, workdir=args.workdir or default))
 
 
 def configs(argv=None) -> None:

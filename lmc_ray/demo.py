@@ -1,5 +1,10 @@
-"""The whole pipeline offline on the built-in task: base → finetune (Ray Tune) → sweep (Ray) → clusters → report.
+"""The whole pipeline offline on the built-in task: sweep (Ray) → clusters → report, on a population shipped with
+the package, so every machine sweeps the same models; with `retrain`, base → finetune (Ray Tune) first.
 
+The shipped population (lmc_ray/demo_population/) is the 12 seeds this module's own finetuning made with the
+default DemoConfig, every seed kept: `lmc-ray demo --retrain --workdir W` on the 2-core CPU machine, then
+W/models/seed_k's config.json, model.safetensors and tokenizer files copied in. Finetuning is chaotic in
+floating-point detail, so another machine's retrained seeds differ; the shipped ones do not.
 Every stage is cached or resumable, so a second run only re-reads what the first one wrote.
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ from .training.finetune import FinetuneConfig
 @dataclass
 class DemoConfig:
     workdir: str = "results/demo"
+    retrain: bool = False  # finetune the population here instead of sweeping the shipped one
     n_models: int = 12
     epochs: float = 7.0
     lr: float = 6e-4
@@ -33,40 +39,67 @@ class DemoConfig:
     planes: int = 0
 
 
+POPULATION = Path(__file__).parent / "demo_population"
+SHIPPED = 12  # seeds in POPULATION
+
+
+# What the paper's figures order the models by: the diagnostic's subject/object swaps, the word-order
+# non-entailment subcase a bag-of-words model gets wrong (the demo's HANS lexical-overlap non-entailment).
+OOD = "diagnostic/subcase=ln_subject/object_swap/accuracy"
+
+
 def _spec(name: str, path: Path, **kw) -> EvalSetSpec:
     return EvalSetSpec(name=name, path=str(path), text=["premise", "hypothesis"], label="label", **kw)
 
 
-def configs(d: DemoConfig, base: Path, data: dict[str, Path]) -> tuple[FinetuneConfig, SweepConfig]:
+def trains(d: DemoConfig) -> bool:
+    """Whether `d` needs its own finetuning: the shipped population is the default settings' 12 seeds, at their
+    final step only."""
+    default = DemoConfig()
+    same = all(getattr(d, k) == getattr(default, k) for k in ("epochs", "lr", "batch_size", "swap_rate",
+                                                               "pretrain_steps", "save_steps"))
+    return d.retrain or not same or d.n_models > SHIPPED
+
+
+def configs(d: DemoConfig, base: Path | None, data: dict[str, Path]) -> tuple[FinetuneConfig | None, SweepConfig]:
+    """The finetuning (None for the shipped population) and the sweep."""
     work = Path(d.workdir)
     val = _spec("validation", data["validation"], max_examples=d.max_examples)
     diag = _spec("diagnostic", data["diagnostic"], max_examples=d.max_examples, subsets=["subcase"], role="diagnostic")
-    ft = FinetuneConfig(base=str(base), train=_spec("train", data["train"], max_examples=None), eval_sets=[val, diag],
-                        labels=toynli.LABELS, output=str(work / "models"), seeds=list(range(d.n_models)),
-                        epochs=d.epochs, lr=d.lr, batch_size=d.batch_size, cache_dir=d.cache_dir,
-                        save_steps=list(d.save_steps))
-    steps = [*d.save_steps, "final"] if d.save_steps else [None]
-    models = [ModelSpec(finetune.model_url(ft, s, None if n == "final" else n),
-                        f"seed_{s}@{n}" if n else f"seed_{s}", step=str(n) if n else None)
-              for s in ft.seeds for n in steps]
+    if base is None:
+        ft = None
+        models = [ModelSpec(f"pkg://lmc_ray/{POPULATION.name}/seed_{s}", f"seed_{s}") for s in range(d.n_models)]
+    else:
+        ft = FinetuneConfig(base=str(base), train=_spec("train", data["train"], max_examples=None),
+                            eval_sets=[val, diag], labels=toynli.LABELS, output=str(work / "models"),
+                            seeds=list(range(d.n_models)), epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
+                            cache_dir=d.cache_dir, save_steps=list(d.save_steps))
+        steps = [*d.save_steps, "final"] if d.save_steps else [None]
+        models = [ModelSpec(finetune.model_url(ft, s, None if n == "final" else n),
+                            f"seed_{s}@{n}" if n else f"seed_{s}", step=str(n) if n else None)
+                  for s in ft.seeds for n in steps]
     sweep = SweepConfig(models=models, eval_sets=[val, diag], store=str(work / "store"), alphas=grid(10),
-                        cache_dir=d.cache_dir)
+                        cache_dir=d.cache_dir, ood=OOD)
     return ft, sweep
 
 
 def run(d: DemoConfig = DemoConfig()) -> dict[str, float]:
+    # Absolute, as a YAML config's paths are made: the store records them, and a rerun must name the same files.
+    d = replace(d, workdir=str(Path(d.workdir).resolve()))
     times = {}
     t = time.perf_counter()
     data = toynli.write(Path(d.workdir) / "data", swap_rate=d.swap_rate)
-    train = toynli.generate(swap_rate=d.swap_rate)["train"]
-    base = pretrain.cached_base(list(zip(train.premise, train.hypothesis)),
-                                pretrain.PretrainConfig(steps=d.pretrain_steps), d.cache_dir)
-    times["base"] = time.perf_counter() - t
+    base = None
+    if trains(d):
+        train = toynli.generate(swap_rate=d.swap_rate)["train"]
+        base = pretrain.cached_base(list(zip(train.premise, train.hypothesis)),
+                                    pretrain.PretrainConfig(steps=d.pretrain_steps), d.cache_dir)
+        times["base"] = time.perf_counter() - t
     ft, sweep = configs(d, base, data)
-
-    t = time.perf_counter()
-    ray_finetune.run(ft, str(Path(d.workdir) / "tune"))
-    times["finetune"] = time.perf_counter() - t
+    if ft is not None:
+        t = time.perf_counter()
+        ray_finetune.run(ft, str(Path(d.workdir) / "tune"))
+        times["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
     p = plan.prepare(sweep, ray_sweep.on_gpus)

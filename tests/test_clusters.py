@@ -56,3 +56,31 @@ def test_nan_barriers_count_as_the_largest_when_clustering():
     assert adjusted_rand_score(truth, long[long.method == "average_linkage"].cluster.to_numpy()) == 1.0
     zeros = np.nan_to_num(b, nan=0.0)  # were they read as 0, the basins would merge
     assert adjusted_rand_score(truth, C.paper(zeros)) < 1.0
+
+
+def test_the_spectral_score_keeps_the_best_of_ten_k_means_restarts():
+    """One k-means run can stop in a worse split of the embedding than the paper's 10 restarts find."""
+    from sklearn.cluster import KMeans
+    from sklearn.manifold import spectral_embedding
+
+    for seed in range(40):
+        b, _ = block_matrix([4, 5, 3], within=0.3, between=0.9, noise=0.6, seed=seed)
+        emb = spectral_embedding(C.similarity(b, 1.0), n_components=2, random_state=42, drop_first=False)
+        ten = KMeans(2, random_state=42, n_init=10).fit(emb)
+        one = KMeans(2, random_state=42, n_init=1).fit(emb)
+        want = np.linalg.norm(emb - ten.cluster_centers_[0], axis=1) - np.linalg.norm(emb - ten.cluster_centers_[1], axis=1)
+        np.testing.assert_allclose(C.spectral_score(b, 1.0), want)
+        if one.inertia_ > ten.inertia_ + 1e-9:
+            return  # a matrix where the restarts matter, and the score took them
+    pytest.fail("no matrix among 40 where one k-means run found a worse split than ten")
+
+
+def test_a_permutation_test_says_whether_clusters_differ_on_a_score():
+    labels = np.array([0] * 6 + [1] * 6)
+    apart = np.r_[np.linspace(0.1, 0.2, 6), np.linspace(0.8, 0.9, 6)]
+    assert C.permutation_p(labels, apart, n=2000) < 0.01  # 1 of 924 splits is this extreme, and its mirror
+    mixed = np.tile([0.1, 0.9], 6)
+    assert C.permutation_p(labels, mixed, n=2000) > 0.5
+    assert np.isnan(C.permutation_p(np.zeros(12, int), apart))  # one cluster: nothing to compare
+    assert np.isnan(C.permutation_p(labels, np.ones(12)))  # a score every model shares
+    assert C.permutation_p(labels, apart, n=500, seed=3) == C.permutation_p(labels, apart, n=500, seed=3)

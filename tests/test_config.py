@@ -204,6 +204,22 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
         parse("--max-in-flight", "0")
 
 
+@pytest.mark.parametrize("ood, culprit", [
+    ("nli", "give SET/SUBSET/METRIC with SET an eval set (nli)"),
+    ("hans/all/accuracy", "give SET/SUBSET/METRIC with SET an eval set (nli)"),
+    ("nli/all/mcc", "eval set 'nli' reports accuracy, not 'mcc'"),
+    ("nli/genre=fiction/accuracy", "subset 'genre=fiction' is not 'all' nor FIELDS=VALUES of one of eval set 'nli''s "
+                                   "subsets (gold_label)"),
+])
+def test_an_ood_score_the_sweep_will_not_have_is_refused(ood, culprit):
+    raw = _raw()
+    raw["eval_sets"][0]["subsets"] = ["gold_label"]
+    assert config.from_dict({**raw, "ood": "nli/gold_label=entailment/accuracy"}).ood
+    with pytest.raises(ConfigError) as e:
+        config.from_dict({**raw, "ood": ood})
+    assert str(e.value) == f"config: ood {ood!r}: {culprit}"
+
+
 def test_the_configuration_reference_in_docs_is_current_and_describes_every_field():
     import dataclasses
 

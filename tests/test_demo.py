@@ -1,7 +1,42 @@
-"""The built-in demo end to end, small: few models, short training, on the session's Ray instance."""
+"""The built-in demo end to end: the shipped population as docs/demo.md describes it, and, small, a population
+finetuned here (few models, short training), on the session's Ray instance."""
+import ast
+import re
 from pathlib import Path
 
+import pandas as pd
+
 from lmc_ray import demo
+
+from conftest import ROOT
+
+
+def test_the_shipped_population_shows_what_docs_demo_md_states(ray_local, tmp_path, capsys, monkeypatch):
+    """No training: the sweep and the analysis of the shipped seeds print the summary docs/demo.md quotes, and each
+    seed's swap accuracy is the list its duckdb command printed, on any machine. A rerun from the same folder (a
+    relative workdir, as `make demo` has) finds everything stored."""
+    monkeypatch.chdir(tmp_path)
+    d = demo.DemoConfig(workdir="demo", cache_dir=str(tmp_path / "cache"))
+    assert not demo.trains(d)
+    times = demo.run(d)
+    out = capsys.readouterr().out
+    assert set(times) == {"sweep", "cluster"} and not (tmp_path / "demo" / "models").exists()
+    stored = sorted((tmp_path / "demo" / "store" / "curves").iterdir())
+    before = [f.stat().st_mtime_ns for f in stored]
+    demo.run(demo.DemoConfig(workdir="demo", cache_dir=str(tmp_path / "cache")))
+    assert [f.stat().st_mtime_ns for f in stored] == before  # no pair computed again
+    doc = (ROOT / "docs" / "demo.md").read_text().split("## What the demo population looks like")[1].split("\n## ")[0]
+    quoted = re.findall(r"^    ((?:12 models, barriers|highest barriers|validation/all|diagnostic/subcase=ln_subject|"
+                        r"basins on).*)$", doc, re.M)
+    assert len(quoted) == 5
+    printed = out.splitlines()
+    for line in quoted:
+        assert line in printed, line
+    listed = dict(ast.literal_eval(re.search(r"^    (\[\('seed_\d+', [\d.]+\).*\])$", doc, re.M).group(1)))
+    ends = pd.read_parquet(Path(d.workdir) / "store" / "endpoints")
+    swap = ends[(ends.eval_set == "diagnostic") & (ends.subset == "subcase=ln_subject/object_swap")]
+    assert {m: round(a, 2) for m, a in zip(swap.model, swap.accuracy)} == listed
+    assert f"Ordered by {demo.OOD}" in (Path(d.workdir) / "store" / "report" / "index.html").read_text()
 
 
 def test_small_demo_end_to_end_and_cached_rerun(ray_local, tmp_path, capsys):

@@ -71,7 +71,7 @@ def test_the_papers_correlation_is_its_own_computation(store):
     a = findings.run(Store(str(store)))
     se = spectral_embedding(np.exp(-a.matrix ** 2 / (2.0 * 1.0 ** 2)), n_components=2, random_state=42,
                             drop_first=False)
-    centers, _, _ = k_means(se, 2, random_state=42)
+    centers, _, _ = k_means(se, 2, random_state=42, n_init=10)  # the default n_init of the paper's sklearn (< 1.4)
     dists = [[float(np.linalg.norm(e - c)) for e in se] for c in centers]
     score = np.array(dists[0]) - np.array(dists[1])
     key = "hans/all/accuracy"
@@ -354,3 +354,53 @@ def test_names_with_dollar_signs_are_drawn_as_text(tmp_path, population):
     a = findings.run(Store(str(tmp_path / "s")))
     page = Path(report.write(Store(str(tmp_path / "s")), a)).read_text()
     assert sorted(a.names) == sorted(names) and "heatmap.png" in page
+
+
+def test_figure_one_is_the_mean_curve_of_each_group_of_pairs_as_the_paper_draws_it(store):
+    """The k best ("gen.") and k worst ("heur.") by the OOD score, one mean loss curve per group of pairs, each
+    gen.-to-heur. line read from its gen. model; at most half the models per side (4 models: 2 and 2)."""
+    a = findings.run(Store(str(store)))
+    groups = report.extreme_groups(a, "hans/all/accuracy", k=5)
+    ranked = a.per_model.sort_values("hans/all/accuracy", kind="stable").model.tolist()
+    heur, gen = ranked[:2], ranked[2:]
+    assert set(groups.eval_set) == {"nli", "hans"}
+    pairs = groups.drop_duplicates(["eval_set", "group"]).set_index(["eval_set", "group"]).pairs
+    assert pairs.loc["nli"].to_dict() == {"gen. to gen.": 1, "heur. to heur.": 1, "gen. to heur.": 4}
+    c = a.curves[(a.curves.subset == "all") & (a.curves.eval_set == "nli")]
+    lines = []
+    for g in gen:
+        for h in heur:
+            one = c[((c.model_a == g) & (c.model_b == h)) | ((c.model_a == h) & (c.model_b == g))]
+            flip = one.model_a.iloc[0] == h
+            lines.append(one.assign(alpha=1 - one.alpha if flip else one.alpha).sort_values("alpha").loss.to_numpy())
+    got = groups[(groups.eval_set == "nli") & (groups.group == "gen. to heur.")].sort_values("alpha")
+    np.testing.assert_allclose(got.loss, np.mean(lines, axis=0), rtol=1e-12)
+    half = 1.96 * np.std(lines, axis=0, ddof=1) / 2
+    np.testing.assert_allclose(got.hi - got.loss, half, rtol=1e-9)
+    assert (got.lo <= got.loss).all() and got.alpha.tolist() == sorted(set(c.alpha))
+
+
+def test_the_sweep_configs_ood_score_orders_the_paper_figures_unless_analyse_names_another(tmp_path, population):
+    """`ood` travels in run.json beside the store's identity (a store swept without it resumes with it); `analyse`
+    uses it, `--ood` overrides it, and a score the analysis lacks is refused before anything is written."""
+    path = tmp_path / "store"
+    local.run(plan.prepare(_two_sets(population[:3], path)), progress=False)
+    local.run(plan.prepare(_two_sets(population[:3], path, ood="hans/heuristic,gold_label=lexical_overlap,"
+                                                                  "non-entailment/accuracy")), progress=False)
+    assert Store(str(path)).meta()["analysis"] == {"ood": "hans/heuristic,gold_label=lexical_overlap,"
+                                                          "non-entailment/accuracy"}
+
+    def analyse(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "jobs" / "analyse.py"), "--store", str(path), *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    assert analyse().returncode == 0
+    html = (path / "report" / "index.html").read_text()
+    assert "Ordered by hans/heuristic,gold_label=lexical_overlap,non-entailment/accuracy" in html
+    assert analyse("--ood", "nli/all/accuracy").returncode == 0
+    assert "Ordered by nli/all/accuracy" in (path / "report" / "index.html").read_text()
+    out = tmp_path / "elsewhere"
+    bad = analyse("--ood", "nli/all/mcc", "--out", str(out))
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        bad.stderr.strip().splitlines()[0]] and "--ood 'nli/all/mcc': no such per-model score" in bad.stderr
+    assert not (out / "barriers.parquet").exists()

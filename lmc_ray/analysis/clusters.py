@@ -74,11 +74,30 @@ def stability(b: np.ndarray, delta: float, k: int, rounds: int = 20, frac: float
 
 
 def spectral_score(b: np.ndarray, delta: float, seed: int = 42) -> np.ndarray:
-    """The paper's 1-D score: 2-D spectral embedding, k-means into two centres (its call, sklearn's defaults),
-    distance to one minus the other."""
+    """The paper's 1-D score: 2-D spectral embedding, k-means into two centres, distance to one minus the other.
+    k-means keeps the best of 10 restarts, as the paper's call did: it relied on sklearn's default n_init, which
+    was 10 until sklearn 1.4 made it one run ("auto")."""
     emb = spectral_embedding(similarity(b, delta), n_components=2, random_state=seed, drop_first=False)
-    centres = KMeans(2, random_state=seed).fit(emb).cluster_centers_
+    centres = KMeans(2, random_state=seed, n_init=10).fit(emb).cluster_centers_
     return np.linalg.norm(emb - centres[0], axis=1) - np.linalg.norm(emb - centres[1], axis=1)
+
+
+def permutation_p(labels: np.ndarray, score: np.ndarray, n: int = 10_000, seed: int = 0) -> float:
+    """Whether the clusters differ on a per-model score more than chance: the share of random relabellings (same
+    cluster sizes) whose between-cluster sum of squares of the score is at least the observed one (two clusters:
+    the difference of their means). NaN with one cluster, a constant score or fewer than 3 models."""
+    ok = np.isfinite(score)
+    labels, score = np.asarray(labels)[ok], np.asarray(score, dtype=float)[ok]
+    if len(np.unique(labels)) < 2 or len(score) < 3 or np.ptp(score) == 0:
+        return float("nan")
+
+    def between(lab):
+        return sum((lab == c).sum() * (score[lab == c].mean() - score.mean()) ** 2 for c in np.unique(lab))
+
+    rng = np.random.default_rng(seed)
+    seen = between(labels)
+    hits = sum(between(rng.permutation(labels)) >= seen - 1e-12 for _ in range(n))
+    return float((hits + 1) / (n + 1))
 
 
 def correlation(score: np.ndarray, metric: np.ndarray) -> tuple[float, float]:

@@ -36,6 +36,7 @@ class Analysis:
     # A population swept at several training steps: model, step, cluster, score (dynamics.run); the fields above
     # are then about the last step's models.
     dynamics: pd.DataFrame | None = None
+    ood: str | None = None  # the per-model score the basins are tested on and the paper's figures ordered by
 
     def labels(self, method: str = "paper") -> np.ndarray:
         sel = self.clusters[self.clusters.method == method].set_index("model").cluster
@@ -138,9 +139,10 @@ def _trailing_number(s: str) -> str | None:
 
 
 def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstrap: int | None = None,
-        level: float = 0.95, scores_file: str | None = None) -> Analysis:
+        level: float = 0.95, scores_file: str | None = None, ood: str | None = None) -> Analysis:
     """`bootstrap` replicates per barrier interval: default 1000 where the sweep kept per-example values;
-    `scores_file`: per-model results from elsewhere, joined to the clusters like the store's own (see scores)."""
+    `scores_file`: per-model results from elsewhere, joined to the clusters like the store's own (see scores);
+    `ood`: the per-model score the basins are tested on (choose_ood)."""
     names, fp, every_curve, every_end = read(store)
     curves = every_curve[every_curve.model_a.isin(names) & every_curve.model_b.isin(names)]
     ends = every_end[every_end.model.isin(names)]
@@ -191,6 +193,13 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
         wide = pd.concat([wide, scores(scores_file, names)], axis=1)
     paper_labels = C.paper(mat)
     per_model = wide.assign(cluster=paper_labels).reset_index()
+    ood = choose_ood(store.meta().get("analysis", {}).get("ood"), ood, list(wide.columns), diag_sets,
+                     _line_sets(fp)[1])
+    if ood is not None:  # do the basins differ on it? (one cluster, or a constant score: no test)
+        score = per_model[ood].to_numpy(dtype=float)
+        summary["ood"] = {"score": ood, "means": {int(c): float(np.nanmean(score[paper_labels == c]))
+                                                  for c in np.unique(paper_labels)},
+                          "p_value": C.permutation_p(paper_labels, score)}
     stats = []
     for key in wide.columns:
         for c, g in per_model.groupby("cluster"):
@@ -208,7 +217,21 @@ def run(store: Store, eval_set: str | None = None, metric: str = "loss", bootstr
              else None)
     return Analysis(names, eval_set, metric, curves, bar, mat, clusters, summary, per_model, pd.DataFrame(stats),
                     pd.DataFrame(corr, columns=["metric", "score", "pearson_r", "p_value"]), diag_sets,
-                    _line_sets(fp)[1], moves)
+                    _line_sets(fp)[1], moves, ood)
+
+
+def choose_ood(stored: str | None, asked: str | None, scores: list[str], diagnostic: list[str],
+               endpoints_only: list[str]) -> str | None:
+    """The per-model score the basins are tested on: `asked` (analyse --ood), else the sweep config's `ood`
+    (`stored`, from run.json), else the first diagnostic set's whole-set score (a set scored on all its rows,
+    endpoints_only, first). A named score the analysis lacks is refused in one line."""
+    chosen, where = (asked, "--ood") if asked else (stored, "the sweep config's ood") if stored else (None, "")
+    if chosen is None:
+        whole = [k for k in scores if k.split("/")[1:2] == ["all"] and k.split("/")[0] in diagnostic]
+        return ([k for k in whole if k.split("/")[0] in endpoints_only] or whole or [None])[0]
+    if chosen not in scores:
+        raise ConfigError(f"{where} {chosen!r}: no such per-model score (have: {', '.join(scores)})")
+    return chosen
 
 
 def plane_triples(a: Analysis, k: int = 1) -> list[list[str]]:
@@ -301,6 +324,11 @@ def text_summary(a: Analysis) -> str:
         lines.append(f"{key}: {means}; " + (f"Pearson r with the spectral score {r[key, 'paper_delta1']:.2f} "
                                             f"(paper's, δ = 1), {r[key, 'knn_delta']:.2f} (δ from the data)"
                                             if (key, "knn_delta") in r.index else "the same for every model"))
+    if s.get("ood"):
+        o = s["ood"]
+        means = ", ".join(f"cluster {c}: {m:.3f}" for c, m in o["means"].items())
+        test = f"permutation p = {o['p_value']:.3f}" if np.isfinite(o["p_value"]) else "no test (one cluster or one value)"
+        lines.append(f"basins on {o['score']} (paper's clusters): {means}; {test}")
     if s.get("bootstrap"):
         lines.append(f"{s['level']:.0%} bootstrap intervals ({s['bootstrap']} resamples of the examples): median width "
                      f"{s['median_interval_width']:.4f}; barrier_lo / barrier_hi in barriers.parquet")

@@ -69,30 +69,53 @@ def ood_heatmap(a: Analysis, ood: str) -> bytes:
     return _png(fig)
 
 
-def extremes(a: Analysis, ood: str, k: int = 3) -> bytes:
-    """The paper's Figure 1: the k best and k worst models by the OOD score, every pair of them along the line,
-    on each eval set with lines: best with best, worst with worst, best with worst."""
+GROUPS = ("gen. to gen.", "heur. to heur.", "gen. to heur.")  # the paper's Figure 1 names
+
+
+def extreme_groups(a: Analysis, ood: str, k: int = 5) -> pd.DataFrame:
+    """The paper's Figure 1 as numbers: the k models best by the OOD score ("gen.") and the k worst ("heur."),
+    and per eval set with lines the mean loss curve of each group of pairs (gen. with gen., heur. with heur., gen.
+    to heur., each line oriented from its gen. model), with a 95 % band for the mean over the group's pairs.
+    Lines with extra α (`refine`) are read at the α every line of the group has."""
     score = a.per_model.set_index("model").loc[a.names, ood]
     k = max(1, min(k, len(a.names) // 2))
     ranked = score.sort_values(kind="stable").index
-    worst, best = set(ranked[:k]), set(ranked[-k:])
-    df = a.curves[(a.curves.subset == "all") & a.curves.model_a.isin(worst | best) & a.curves.model_b.isin(worst | best)]
-    sets = list(dict.fromkeys(df.eval_set))
+    heur, gen = set(ranked[:k]), set(ranked[-k:])
+    df = a.curves[(a.curves.subset == "all") & a.curves.model_a.isin(heur | gen) & a.curves.model_b.isin(heur | gen)]
+    rows = []
+    for s, d in df.groupby("eval_set", sort=False):
+        lines = {g: [] for g in GROUPS}
+        for (ma, mb), g in d.groupby(["model_a", "model_b"]):
+            group = GROUPS[0] if {ma, mb} <= gen else GROUPS[1] if {ma, mb} <= heur else GROUPS[2]
+            alpha = g.alpha.to_numpy() if ma in gen or group != GROUPS[2] else 1.0 - g.alpha.to_numpy()
+            lines[group].append(pd.Series(g.loss.to_numpy(), index=alpha))
+        for group, curves in lines.items():
+            if not curves:
+                continue
+            table = pd.concat(curves, axis=1).sort_index().dropna()  # the α every line has
+            mean, n = table.mean(axis=1), table.shape[1]
+            half = 1.96 * table.std(axis=1, ddof=1).fillna(0.0) / np.sqrt(n)
+            rows += [{"eval_set": s, "group": group, "alpha": al, "loss": m, "lo": m - h, "hi": m + h, "pairs": n}
+                     for al, m, h in zip(table.index, mean, half)]
+    return pd.DataFrame(rows, columns=["eval_set", "group", "alpha", "loss", "lo", "hi", "pairs"])
+
+
+def extremes(a: Analysis, ood: str, k: int = 5) -> bytes:
+    """The paper's Figure 1: extreme_groups' mean curves, one panel per eval set with lines."""
+    groups = extreme_groups(a, ood, k)
+    sets = list(dict.fromkeys(groups.eval_set))
     fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(5 * max(1, len(sets)), 3.8), squeeze=False)
-    colours = {"best with best": "tab:green", "worst with worst": "tab:red", "best with worst": "tab:gray"}
+    colours = dict(zip(GROUPS, ("tab:green", "tab:red", "tab:gray")))
     for ax, s in zip(axes[0], sets):
-        shown = set()
-        for (ma, mb), g in df[df.eval_set == s].groupby(["model_a", "model_b"]):
-            group = ("best with best" if {ma, mb} <= best else "worst with worst" if {ma, mb} <= worst
-                     else "best with worst")
-            g = g.sort_values("alpha")
-            ax.plot(g.alpha, g.loss, color=colours[group], lw=1, alpha=0.8, label=None if group in shown else group)
-            shown.add(group)
-        ax.set_xlabel("α (weight of model B)")
-        ax.set_ylabel("loss")
+        for group, g in groups[groups.eval_set == s].groupby("group", sort=False):
+            ax.plot(g.alpha, g.loss, color=colours[group], marker="o", ms=3, label=f"{group} ({g.pairs.iloc[0]} pairs)")
+            ax.fill_between(g.alpha, g.lo, g.hi, color=colours[group], alpha=0.2, lw=0)
+        ax.set_xlabel("α (0: the first model, gen. for gen. to heur.)")
+        ax.set_ylabel("loss, mean over the pairs")
         ax.set_title(s)
         ax.legend(fontsize=8)
-    fig.suptitle(f"the {k} best and {k} worst models by {ood}", fontsize=9)
+    k = max(1, min(k, len(a.names) // 2))
+    fig.suptitle(f"gen.: the {k} best models by {ood}; heur.: the {k} worst", fontsize=9)
     return _png(fig)
 
 
@@ -216,14 +239,6 @@ def _table(df: pd.DataFrame) -> str:
     return f'<div class="scroll">{df.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="t")}</div>'
 
 
-def ood_key(a: Analysis) -> str | None:
-    """The out-of-distribution score the paper-style figures use by default: the whole set of the first
-    diagnostic set scored on all its rows (endpoints_only) if any, else of the first diagnostic set."""
-    keys = [k for k in a.per_model.columns if k.split("/")[1:2] == ["all"] and k.split("/")[0] in a.diagnostic]
-    full = [k for k in keys if k.split("/")[0] in a.endpoints_only]
-    return (full or keys or [None])[0]
-
-
 def planes(store: Store, a: Analysis) -> bytes | None:
     """Contours of loss and accuracy over each stored plane through three of the analysed models (first line set,
     whole set), the three models marked: one row per plane. None when the store has none."""
@@ -278,16 +293,13 @@ def dynamics(a: Analysis) -> bytes:
     return _png(fig)
 
 
-def write(store: Store, a: Analysis, ood: str | None = None, out: Store | None = None) -> str:
-    """OUT/report/index.html and its PNGs (OUT: the store unless given); returns the index path. `ood`: a
-    per-model column (default ood_key)."""
+def write(store: Store, a: Analysis, out: Store | None = None) -> str:
+    """OUT/report/index.html and its PNGs (OUT: the store unless given); returns the index path. The paper's
+    figures order the models by `a.ood`."""
     out = out or store
     figures = {"heatmap.png": heatmap(a), "curves.png": curves(a)}
-    ood = ood or ood_key(a)
+    ood = a.ood
     if ood is not None:
-        scores = [c for c in a.per_model.columns if c not in ("model", "cluster")]
-        if ood not in scores:
-            raise ConfigError(f"--ood {ood!r}: no such per-model score (have: {', '.join(scores)})")
         figures.update({"ood_heatmap.png": ood_heatmap(a, ood), "extremes.png": extremes(a, ood),
                         "scatter.png": scatter(a, ood)})
     diagnostic = [k for k in a.per_model.columns if k.split("/")[0] in a.diagnostic][:9]

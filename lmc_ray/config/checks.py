@@ -136,3 +136,24 @@ def validate(cfg: SweepConfig) -> None:
         bad = [m for m in e.metrics if m not in METRICS]
         if bad or not e.metrics:
             raise ConfigError(f"config: {where}: metric {bad[0] if bad else None!r} is not one of {', '.join(METRICS)}")
+    if cfg.ood is not None:
+        _check_ood(cfg)
+
+
+def _check_ood(cfg: SweepConfig) -> None:
+    """SET/SUBSET/METRIC names a score the sweep will have: SUBSET is `all` or FIELDS=VALUES of one of the set's
+    `subsets` (a value may hold '/', as HANS's subcase names do); METRIC one the set reports."""
+    name, _, rest = cfg.ood.partition("/")
+    subset, _, metric = rest.rpartition("/")
+    sets = {e.name: e for e in cfg.eval_sets}
+    where = f"config: ood {cfg.ood!r}"
+    if not subset or name not in sets:
+        raise ConfigError(f"{where}: give SET/SUBSET/METRIC with SET an eval set ({', '.join(sets)})")
+    e = sets[name]
+    if metric not in e.metrics:
+        raise ConfigError(f"{where}: eval set {name!r} reports {', '.join(e.metrics)}, not {metric!r}")
+    fields = subset.partition("=")[0].split(",")
+    if subset != "all" and ("=" not in subset or fields not in e.subset_fields()):
+        known = ", ".join(",".join(f) for f in e.subset_fields()) or "none"
+        raise ConfigError(f"{where}: subset {subset!r} is not 'all' nor FIELDS=VALUES of one of eval set {name!r}'s "
+                          f"subsets ({known})")

@@ -169,6 +169,11 @@ class SweepConfig:
     """fsspec options for s3:// paths."""
     tokenizer: str | None = None
     """Model reference to take the tokenizer from; default: the first model."""
+    ood: str | None = None
+    """The per-model score the report's paper figures order the models by (the OOD heatmap, Figure 1, the
+    spectral-score scatter), as SET/SUBSET/METRIC: e.g. hans_full/heuristic,label=lexical_overlap,non-entailment/
+    accuracy, the paper's HANS headline. Recorded in run.json, not part of the store's identity; `analyse --ood`
+    overrides it. Default: the first diagnostic set's whole-set score."""
 
     def fingerprint(self) -> dict:
         """The settings that decide the stored values; a store refuses a run whose fingerprint differs."""

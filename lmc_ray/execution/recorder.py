@@ -31,7 +31,8 @@ class Recorder:
         fingerprint = cfg.fingerprint()
         models = [{"name": m.name, "ref": m.ref, "labels": m.labels, "weights": r, "head": h}
                   for m, r, h in zip(cfg.models, plan.revisions, plan.heads)]
-        registry = self.store.open(fingerprint, models, fingerprint["eval_sets"], cfg.lease_timeout)
+        registry = self.store.open(fingerprint, models, fingerprint["eval_sets"], cfg.lease_timeout,
+                                   {"ood": cfg.ood} if cfg.ood else None)
         self.index = [registry.index(n) for n in plan.names]  # config model -> store index (its file names)
         self.group = [registry.group(e.name) for e in cfg.eval_sets]  # config eval set -> its files' group
         self._sets = [d.name for d in plan.datas]

@@ -214,11 +214,13 @@ class Store:
 
     # -- opening -------------------------------------------------------------------------------
     def open(self, fingerprint: dict, models: list[dict] = (), eval_sets: list[dict] = (),
-             lease_timeout: float = 120.0) -> Registry:
+             lease_timeout: float = 120.0, analysis: dict | None = None) -> Registry:
         """Take the store's lease, then create it or reopen it for this configuration: the shared settings must
         match, a model already stored must have the same weights, an eval set already stored the same selection;
         new models and eval sets are added (only their work is then left). `models`: {name, ref, labels,
-        weights} per model; `eval_sets`: each set's spec. Returns the store's registry after the merge."""
+        weights} per model; `eval_sets`: each set's spec; `analysis`: the last run's defaults for the analysis
+        (config `ood`), recorded beside the store's identity, never part of it. Returns the store's registry
+        after the merge."""
         shared = leases.held(self.path("_lease.json"))
         try:
             self.lease = leases.acquire(self.fs, self.path("_lease.json"), self.url, lease_timeout, self.local)
@@ -227,13 +229,13 @@ class Store:
         except Exception as e:  # the lease is the store's first write: an unwritable store ends here
             raise self._unwritable(e) from None
         try:
-            return self._merge(fingerprint, models, eval_sets)
+            return self._merge(fingerprint, models, eval_sets, analysis or {})
         except BaseException:  # refused: the store is free again for whoever fixes the configuration
             if not shared:
                 self.close()
             raise
 
-    def _merge(self, fingerprint: dict, models: list[dict], eval_sets: list[dict]) -> Registry:
+    def _merge(self, fingerprint: dict, models: list[dict], eval_sets: list[dict], analysis: dict) -> Registry:
         run = self.path("run.json")
         try:
             old = json.loads(self.fs.cat_file(run)) if self.fs.exists(run) else None
@@ -242,7 +244,8 @@ class Store:
         now = json.loads(json.dumps({"fingerprint": fingerprint, "models": list(models), "eval_sets": list(eval_sets)}))
         registry = Registry.merge(self.url, old, now, has_data=self.has_results())
         new = {"fingerprint": now["fingerprint"], "weights": {m["name"]: m["weights"] for m in registry.models},
-               "registry": {"models": registry.models, "eval_sets": registry.eval_sets}}
+               "registry": {"models": registry.models, "eval_sets": registry.eval_sets},
+               **({"analysis": analysis} if analysis else {})}
         try:
             self.cleanup()
             if old != new:
@@ -580,7 +583,8 @@ class Store:
         return ds.dataset(where, filesystem=self.fs, format="parquet", schema=schema)
 
     def meta(self) -> dict:
-        """run.json: the settings that decide the values (fingerprint) and each model's pinned weights."""
+        """run.json: the settings that decide the values (fingerprint), each model's pinned weights, and the last
+        run's defaults for the analysis (`analysis`, when its config set any)."""
         try:
             return json.loads(self.fs.cat_file(self.path("run.json")))
         except FileNotFoundError:
