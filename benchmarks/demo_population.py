@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmc_ray.demo import POPULATION
+import lmc_ray
 
 ROOT = Path(__file__).resolve().parents[1]
+POPULATION = Path(lmc_ray.__file__).parent / "demo_population"  # lmc_ray.demo's, without importing its Ray
 
 
 def arguments(p: argparse.ArgumentParser) -> None:

@@ -101,3 +101,15 @@ def test_demo_with_steps_and_planes(ray_local, tmp_path, capsys):
     assert clusters[a] == clusters[b] != clusters[c]  # two of one basin, one of the other
     assert {"dynamics.png", "planes.png"} <= {f.name for f in (store / "report").iterdir()}
     assert "dynamics over steps 4, final" in out
+
+
+def test_only_the_default_settings_sweep_the_shipped_population():
+    assert not demo.trains(demo.DemoConfig()) and not demo.trains(demo.DemoConfig(n_models=4, planes=1))
+    for other in ({"retrain": True}, {"n_models": demo.SHIPPED + 1}, {"save_steps": (100,)}, {"epochs": 0.1},
+                  {"swap_rate": 0.05}):
+        assert demo.trains(demo.DemoConfig(**other)), other
+    shipped = sorted(p.name for p in demo.POPULATION.iterdir())
+    assert shipped == sorted(f"seed_{k}" for k in range(demo.SHIPPED))
+    for k in range(demo.SHIPPED):  # each a whole HF checkpoint, and nothing of the run that made it
+        assert {p.name for p in (demo.POPULATION / f"seed_{k}").iterdir()} == {
+            "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}

@@ -16,7 +16,6 @@ from scipy.cluster.hierarchy import dendrogram  # noqa: E402
 
 from . import clusters as C  # noqa: E402
 from .findings import Analysis, stability_words, text_summary, verdict  # noqa: E402
-from ..errors import ConfigError  # noqa: E402
 from ..storage.store import Store  # noqa: E402
 
 
