@@ -64,7 +64,7 @@ def test_explicit_alphas_are_sorted():
     ({"store": 123}, "store must be a string, got 123"),
     ({"storage_options": "x"}, "storage_options must be a mapping, got 'x'"),
     ({"eval_sets": [{"name": "s", "path": 123, "text": "a", "label": "l"}]}, "eval set 's': path must be a string, got 123"),
-    ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": ["x"]}]}, "label must be a string, got ['x']"),
+    ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": ["x"]}]}, "label must be a string or null, got ['x']"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "subsets": 5}]}, "subsets must be a list"),
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "max_examples": "ten"}]},
      "max_examples must be a positive integer or null, got 'ten'"),

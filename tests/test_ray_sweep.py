@@ -582,7 +582,7 @@ def test_an_actor_bounds_its_compile_workers_by_its_cores(ray_local, tmp_path, p
 
     cfg = config.from_dict(sweep_config(population[:2], tmp_path / "store"))
     p = plan.prepare(cfg)
-    actor = ModelActor.options(num_cpus=1).remote(cfg, [0], p.labels, p.revisions, 1, "probe")
+    actor = ModelActor.options(num_cpus=1).remote(cfg, [0], p.labels, p.revisions, None, 1, "probe")
     try:
         threads = ray.get(actor.__ray_call__.remote(
             lambda self: (__import__("torch").get_num_threads(),

@@ -11,7 +11,7 @@ from . import packed
 from ..errors import ConfigError
 from .chord import refine_points
 from .data import EvalData
-from .evaluate import Evaluator, Examples, Metrics
+from .evaluate import Evaluator, Examples, Metrics, TokenEvaluator
 from .interpolate import Weights, WorkingModel
 from .metrics import LOSS
 from .plane import Point, layout
@@ -93,13 +93,19 @@ class Core:
                 compiler = "inductor" if self.device.type == "cuda" else None
             forward = packed.PackedForward(model, compiler, compile_whole, fused_qkv)
         self.working = WorkingModel(model)  # after fusing: it writes into the parameters the forward reads
-        self.evaluators = [Evaluator(d, model, self.device, batch_tokens, max_batch_size, forward, graphs)
-                           for d in datas]
+        self.evaluators = [(TokenEvaluator if d.labels is None else Evaluator)(
+            d, model, self.device, batch_tokens, max_batch_size, forward, graphs) for d in datas]
         # The sets evaluated along the lines (config.on_line); None: every one.
         self.on_line = list(range(len(datas))) if on_line is None else on_line
 
     def resident(self, state: Weights) -> Weights:
         return self.working.weights_of(state)
+
+    def use_base(self, state: Weights) -> Weights:
+        """Every model from now on is a LoRA adapter of this base (interpolate.py); returns its resident copy."""
+        base = self.working.weights_of(state)
+        self.working.use_base(base)
+        return base
 
     def _point(self, evaluators: list[Evaluator], keep_examples: bool) -> list[torch.Tensor]:
         """The current working model on `evaluators`, left on the device: each set's summary (and per-example
@@ -117,7 +123,7 @@ class Core:
         metrics, examples, n = {}, {}, len(evaluators)
         for k, al in enumerate(keys):
             mine = parts[k * len(points[al]): (k + 1) * len(points[al])]
-            metrics[al] = [ev.metrics(p.reshape(-1, 1 + len(ev.data.classes) ** 2)) for ev, p in zip(evaluators, mine)]
+            metrics[al] = [ev.metrics(p.reshape(-1, ev.width)) for ev, p in zip(evaluators, mine)]
             if keep_examples:
                 examples[al] = [p.reshape(2, -1).astype(np.float32) for p in mine[n:]]
         return metrics, examples if keep_examples else None
@@ -137,7 +143,7 @@ class Core:
         first set's loss. With keep_examples, also each α's per-example values (for bootstrap intervals)."""
         evaluators = [self.evaluators[k] for k in sets or self.on_line]
         points = {}
-        distance = torch.stack([(b[k] - v).float().pow(2).sum() for k, v in a.items() if v.is_floating_point()])
+        distance = torch.stack([d.pow(2).sum() for (d,) in self.working.differences(a, [b])])
 
         def point(al):
             self.working.set(a, b, al)
@@ -157,8 +163,8 @@ class Core:
         """The plane through a, b and c on the line sets: its points (plane.layout: the three models, then an
         n × n grid in true distances) and each point's metrics per set, copied to the host once."""
         evaluators = [self.evaluators[k] for k in self.on_line]
-        sums = torch.stack([torch.stack([(b[k] - v).pow(2).sum(), (c[k] - v).pow(2).sum(), ((b[k] - v) * (c[k] - v)).sum()])
-                            for k, v in a.items() if v.is_floating_point()]).double().sum(0).cpu().tolist()
+        sums = torch.stack([torch.stack([db.pow(2).sum(), dc.pow(2).sum(), (db * dc).sum()])
+                            for db, dc in self.working.differences(a, [b, c])]).double().sum(0).cpu().tolist()
         points = layout(math.sqrt(sums[0]), sums[2], math.sqrt(sums[1]), n, margin)
         values = {}
         for p in points:

@@ -67,7 +67,7 @@ def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
         df = df.iloc[: spec.max_examples]
     if len(df) == 0:
         raise ConfigError(f"{where}: no examples in {spec.path!r}")
-    needed = list(spec.text) + [spec.label] + [f for fields in spec.subset_fields() for f in fields]
+    needed = list(spec.text) + [spec.label] * (spec.label is not None) + [f for fields in spec.subset_fields() for f in fields]
     for col in needed:
         if col not in df.columns:
             raise ConfigError(f"{where}: no column {col!r} in {spec.path!r} (columns: {', '.join(map(str, df.columns))})")
@@ -93,7 +93,7 @@ def _from_hub(spec: EvalSetSpec):
         raise ConfigError(f"eval set {spec.name!r}: not a local file and not loadable from the hub ({msg})") from None
     df = ds.to_pandas()
     # Hub datasets store labels as ClassLabel ids: turn them back into names, so mapping is by name.
-    feature = ds.features.get(spec.label)
+    feature = ds.features.get(spec.label) if spec.label is not None else None
     if hasattr(feature, "names"):
         df[spec.label] = [feature.names[i] if i >= 0 else str(i) for i in df[spec.label]]
     return df
@@ -106,14 +106,14 @@ class EvalData:
     name: str
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None
-    labels: np.ndarray  # class index in `classes`
+    labels: np.ndarray | None  # class index in `classes`; None: a text set (next-token prediction)
     classes: list[list[int]]  # eval class -> canonical model labels whose logits are pooled (max)
     subsets: list[str]  # "all" first
     membership: np.ndarray  # [n_subsets, n_examples] float32 0/1
     pad_id: int
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.input_ids)
 
     @property
     def n_tokens(self) -> int:
@@ -187,21 +187,40 @@ def _label_classes(spec: EvalSetSpec, raw: list[str], canonical: list[str]) -> t
 
 
 def prepare(spec: EvalSetSpec, tokenizer, canonical_labels: list[str], max_length: int = 512,
-            storage_options: dict | None = None) -> EvalData:
-    df = read_table(spec, storage_options)
+            storage_options: dict | None = None, truncate: bool = True) -> EvalData:
+    """The set read and tokenized for models with `canonical_labels` (none: causal LMs, and `spec` a text set).
+    Texts are cut at max_length; with `truncate` false a longer one is refused instead (max_length is then the
+    models' positions, and a perplexity is not computed on a cut text unasked)."""
     where = f"eval set {spec.name!r}"
-    raw = [str(v).strip() for v in df[spec.label]]
-    if any(v in ("", "nan", "None") for v in raw):
-        raise ConfigError(f"{where}: column {spec.label!r} has empty labels")
-    labels, classes = _label_classes(spec, raw, canonical_labels)
+    if not canonical_labels and spec.label is not None:
+        raise ConfigError(f"{where}: has a label ({spec.label!r}) but the models are causal LMs, which score a text "
+                          "set by next-token prediction; drop label")
+    if canonical_labels and spec.label is None:
+        raise ConfigError(f"{where}: has no label; the models are classifiers (text sets without labels are for "
+                          "causal LMs)")
+    df = read_table(spec, storage_options)
+    if spec.label is None:
+        labels, classes = None, []
+    else:
+        raw = [str(v).strip() for v in df[spec.label]]
+        if any(v in ("", "nan", "None") for v in raw):
+            raise ConfigError(f"{where}: column {spec.label!r} has empty labels")
+        labels, classes = _label_classes(spec, raw, canonical_labels)
     for c in spec.text:  # a missing text would be scored as the word "None" or "nan"
         missing = df[c].isna().to_numpy().nonzero()[0]
         if len(missing):
             raise ConfigError(f"{where}: column {c!r} has no text in {len(missing)} rows (the first: row "
                               f"{missing[0]} of the selection); drop or fill them")
     texts = [[str(t) for t in df[c]] for c in spec.text]
-    enc = tokenizer(*texts, truncation=True, max_length=max_length)
+    enc = tokenizer(*texts, truncation=truncate, max_length=max_length if truncate else None)
     ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
+    longest = max(len(x) for x in ids)
+    if longest > max_length:
+        over = sum(len(x) > max_length for x in ids)
+        raise ConfigError(f"{where}: {over} texts are longer than the models' {max_length} positions (the longest "
+                          f"{longest} tokens); set max_length {max_length} or less to cut them")
+    if labels is None and longest < 2:
+        raise ConfigError(f"{where}: no text has two tokens, so there is no next token to predict")
     types = [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
     subsets, rows = ["all"], [np.ones(len(df), dtype=np.float32)]
     for fields in spec.subset_fields():

@@ -1,4 +1,5 @@
-"""Mean cross-entropy, accuracy, F1 and MCC of a model on an evaluation set, overall and per subset.
+"""Mean cross-entropy, accuracy, F1 and MCC of a classifier on an evaluation set, overall and per subset; for a
+causal LM on a text set, token-weighted next-token cross-entropy and accuracy.
 
 The device does the counting: each evaluation leaves one small tensor per set (per subset, the loss sum and the
 confusion matrix) on the device, and the caller copies many of them to the host at once (core.py: one copy per
@@ -69,6 +70,11 @@ class Evaluator:
         n = len(self.data)
         return torch.stack([self.losses[:n], (self.predicted[:n] == self.labels[:n]).double()]).float()
 
+    @property
+    def width(self) -> int:
+        """Columns of a summary row."""
+        return 1 + len(self.data.classes) ** 2
+
     def metrics(self, summary: np.ndarray) -> Metrics:
         k = len(self.data.classes)
         conf = summary[:, 1:].reshape(-1, k, k)
@@ -78,6 +84,52 @@ class Evaluator:
     def __call__(self) -> Metrics:
         """The model's metrics now (one host copy)."""
         return self.metrics(self.summary().cpu().numpy())
+
+
+class TokenEvaluator(Evaluator):
+    """A text set on a causal LM: next-token prediction. Every token after a text's first is predicted from those
+    before it; `loss` is the token-weighted mean cross-entropy over the set (Σ CE / Σ predicted tokens, the
+    log-perplexity) and `accuracy` the share of tokens whose top-1 prediction is right, per subset alike. F1 and
+    MCC are classification scores and stay NaN. Batches are the same length-sorted, right-padded ones."""
+
+    def __init__(self, data: EvalData, model: torch.nn.Module, device, batch_tokens: int, max_batch_size: int,
+                 packed_forward: packed.PackedForward | None = None, graphs: bool = False):
+        device = torch.device(device)
+        self.data, self.model = data, model
+        self.forward = lambda batch: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        self.batches = data.batches(batch_tokens, max_batch_size, device)
+        tokens = np.array([len(x) - 1 for x in data.input_ids], dtype=np.float64)
+        self.tokens = torch.tensor(tokens, device=device)
+        self.membership = torch.tensor(data.membership, device=device, dtype=torch.float64)
+        self.counts = data.membership.sum(1).astype(np.float64)
+        self.losses = torch.zeros(len(data), dtype=torch.float64, device=device)  # per text: Σ CE of its tokens
+        self.correct = torch.zeros(len(data), dtype=torch.float64, device=device)
+        self.summary = Replay(self._summary) if graphs and device.type == "cuda" else self._summary
+
+    @property
+    def width(self) -> int:
+        return 3
+
+    @torch.inference_mode()
+    def _summary(self) -> torch.Tensor:
+        """(subsets, 3) on the device: Σ CE, Σ predicted tokens, Σ right top-1 predictions. No host sync."""
+        for batch in self.batches:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            logits = self.forward(batch)[:, :-1].float()
+            target, real = ids[:, 1:], mask[:, 1:].bool()
+            ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            self.losses[batch["index"]] = torch.where(real, ce, 0.0).sum(1).double()
+            self.correct[batch["index"]] = ((logits.argmax(-1) == target) & real).sum(1).double()
+        return self.membership @ torch.stack([self.losses, self.tokens, self.correct], 1)
+
+    def per_example(self) -> torch.Tensor:
+        """(2, n): each text's mean CE per predicted token and its share of right predictions."""
+        t = self.tokens.clamp(min=1)
+        return torch.stack([self.losses / t, self.correct / t]).float()
+
+    def metrics(self, summary: np.ndarray) -> Metrics:
+        nan = np.full(len(summary), np.nan)
+        return np.stack([self.counts, summary[:, 0] / summary[:, 1], summary[:, 2] / summary[:, 1], nan, nan], 1)
 
 
 class Replay:

@@ -1,4 +1,4 @@
-"""Loading a population of HF sequence classifiers, and the preflight that checks they can be mixed.
+"""Loading a population of HF sequence classifiers or causal LMs, and the preflight that checks they can be mixed.
 
 The preflight reads only config.json and the checkpoint headers (safetensors) or a memory map
 (pytorch_model.bin), so it costs milliseconds per model even for N = 100.
@@ -25,6 +25,16 @@ class ModelInfo:
     shapes: dict[str, tuple[int, ...]]
     model_type: str | None = None
     positions: int | None = None  # tokens an input may have (max_position_embeddings, less RoBERTa's offset)
+    kind: str = "classifier"  # or "causal_lm"
+
+
+CAUSAL_LM = "causal_lm"
+
+
+def kind_of(architecture: str) -> str:
+    """What a checkpoint's architecture is scored as: next-token prediction (GPT2LMHeadModel, LlamaForCausalLM,
+    ...) or classification (anything else: a bare encoder gets a new classifier head, as finetuning starts)."""
+    return CAUSAL_LM if architecture.endswith(("ForCausalLM", "LMHeadModel")) else "classifier"
 
 
 _GENERIC = re.compile(r"^LABEL_\d+$")
@@ -53,13 +63,19 @@ def read_info(name: str, path: Path, declared: list[str] | None = None,
     except (OSError, ValueError) as e:
         raise ConfigError(f"model {name!r}: unreadable config.json ({cause(e)})") from None
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
-    id2label = cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(cfg.get("num_labels", 2))}
-    labels = own_labels(name, id2label, declared)
-    positions = cfg.get("max_position_embeddings")
+    what = kind_of(archs[0])
+    if what == CAUSAL_LM:
+        if declared is not None:
+            raise ConfigError(f"model {name!r}: labels are for classifiers; {archs[0]} is a causal LM")
+        labels = []
+    else:
+        id2label = cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(cfg.get("num_labels", 2))}
+        labels = own_labels(name, id2label, declared)
+    positions = cfg.get("max_position_embeddings") or cfg.get("n_positions")
     if positions and cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
         positions -= (cfg.get("pad_token_id") or 1) + 1  # positions count from padding_idx + 1
     if shapes is not None:
-        return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"), positions)
+        return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"), positions, what)
     files = checkpoint_files(path)
     if not files:
         raise ConfigError(f"model {name!r}: no *.safetensors or pytorch_model*.bin in {path}")
@@ -69,13 +85,16 @@ def read_info(name: str, path: Path, declared: list[str] | None = None,
             shapes.update(_header_shapes(f))
         except Exception as e:  # the formats raise many types for a damaged file
             raise ConfigError(f"model {name!r}: cannot read checkpoint {f.name} ({cause(e)})") from None
-    return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"), positions)
+    return ModelInfo(name, path, archs[0], labels, shapes, cfg.get("model_type"), positions, what)
 
 
 def max_length(asked: int | str, infos: list[ModelInfo]) -> int:
-    """The tokens kept per example: `asked`, or for auto the paper's 512 unless the models have fewer positions."""
+    """The tokens kept per example: `asked`, or for auto the paper's 512 unless the models have fewer positions;
+    for causal LMs every position the models have (a text's perplexity is not cut short unasked)."""
     limit = min((m.positions for m in infos if m.positions), default=None)
     if asked == "auto":
+        if infos[0].kind == CAUSAL_LM and limit:
+            return limit
         return min(512, limit or 512)
     if limit is not None and asked > limit:
         short = next(m for m in infos if m.positions == limit)
@@ -99,6 +118,10 @@ def preflight(infos: list[ModelInfo]) -> list[str]:
     ref = infos[0]
     canon = [lab.lower() for lab in ref.labels]
     for m in infos[1:]:
+        if m.kind != ref.kind:
+            words = {CAUSAL_LM: "a causal LM", "classifier": "a classifier"}
+            raise ConfigError(f"model {m.name!r} is {words[m.kind]} ({m.architecture}), {ref.name!r} "
+                              f"{words[ref.kind]} ({ref.architecture}): a sweep's models are all of one kind")
         if m.architecture != ref.architecture:
             raise ConfigError(f"model {m.name!r}: architecture {m.architecture} differs from {ref.name!r} ({ref.architecture})")
         missing = sorted(set(ref.shapes) - set(m.shapes))
@@ -133,18 +156,22 @@ def head_linear(model: torch.nn.Module, num_labels: int) -> torch.nn.Linear:
 
 def load(name: str, path: Path, canonical_labels: list[str], dtype: torch.dtype = torch.float32,
          declared: list[str] | None = None):
-    """The model in eval mode with its output rows permuted into the canonical label order.
+    """The model in eval mode; a classifier with its output rows permuted into the canonical label order
+    (no labels: a causal LM).
 
     Interpolating two heads only makes sense row by row for the same class, so a checkpoint whose
     id2label lists the classes in another order is reordered here, by name, never by position.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     quiet()
+    auto = AutoModelForSequenceClassification if canonical_labels else AutoModelForCausalLM
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
+        model = auto.from_pretrained(str(path), dtype=dtype)
     except Exception as e:
         raise ConfigError(f"model {name!r}: cannot load ({cause(e)})") from None
+    if not canonical_labels:
+        return model.eval()
     own = [lab.lower() for lab in own_labels(name, model.config.id2label, declared)]
     perm = [own.index(lab.lower()) for lab in canonical_labels]
     if perm != list(range(len(perm))):

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import models as M
+from . import adapters, models as M
 from . import sources
 from ..config import SweepConfig, on_line
 from .core import Core
@@ -21,24 +21,48 @@ from .work import Endpoint, EndpointResult, Pair, PairResult, Plane, PlaneResult
 
 class Residents:
     def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], datas: list[EvalData],
-                 revisions: list[str]):
+                 revisions: list[str], base_revision: str | None = None):
+        """`cfg.base` set: the models are LoRA adapters of it, pinned at `base_revision`; the base is held once
+        and each adapter as its factors (adapters.py)."""
         self.weights: dict[int, Weights] = {}
         self.core = None
+        self.base: Weights | None = None
+        if cfg.base is not None:
+            path = sources.resolve(cfg.base, cfg.cache_dir, cfg.storage_options, base_revision)
+            base = M.load(f"base {cfg.base}", path, labels)
+            shapes = {k: tuple(v.shape) for k, v in base.state_dict().items()}
+            self._start(cfg, datas, f"base {cfg.base}", base)
+            del base
         for i in indices:
             spec = cfg.models[i]
             path = sources.resolve(spec.ref, cfg.cache_dir, cfg.storage_options, revisions[i])
+            if self.base is not None:
+                self.weights[i] = self.core.resident(adapters.factors(spec.name, path, shapes))
+                continue
             model = M.load(spec.name, path, labels, declared=spec.labels)  # fp32; the core casts
-            state = M.float_state(model)
-            M.check_finite(spec.name, state)
             if self.core is None:
-                self.core = Core(model, datas, cfg.device, cfg.dtype, cfg.batch_tokens, cfg.max_batch_size,
-                                 on_line(cfg.eval_sets), cfg.packing)
+                self._start(cfg, datas, spec.name, model, adapter_base=False)
+            else:
+                M.check_finite(spec.name, M.float_state(model))
             self.weights[i] = self.core.resident(model.state_dict())
-            del model, state
+            del model
         self._partner: tuple[int, Weights] | None = None
         self.alphas, self.refine, self.keep_examples = cfg.alphas, cfg.refine, cfg.per_example
         self.n_sets, self.on_line = len(cfg.eval_sets), tuple(on_line(cfg.eval_sets))
         self.planes = cfg.planes
+
+    def _start(self, cfg: SweepConfig, datas: list[EvalData], name: str, model, adapter_base: bool = True) -> None:
+        """The core, its working model a copy of the first model loaded (or of the adapters' base)."""
+        M.check_finite(name, M.float_state(model))
+        self.core = Core(model, datas, cfg.device, cfg.dtype, cfg.batch_tokens, cfg.max_batch_size,
+                         on_line(cfg.eval_sets), cfg.packing)
+        if adapter_base:
+            self.base = self.core.use_base(model.state_dict())
+
+    def resident_bytes(self) -> int:
+        """Bytes of the weights this process holds for its models: the base once (adapters), then each model's own."""
+        held = [*(self.base or {}).values(), *(t for w in self.weights.values() for t in w.values())]
+        return sum(t.numel() * t.element_size() for t in held)
 
     def endpoint(self, e: Endpoint) -> EndpointResult:
         """A resident model alone: metrics per eval set, and per-example values when the sweep keeps them."""

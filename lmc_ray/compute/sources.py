@@ -26,7 +26,7 @@ from ..config.refs import kind
 from ..errors import ConfigError, cause, first_line
 
 _STEP = re.compile(r"^step:(\d+)$")
-# Only what loading a classifier needs: skip optimizer states, other frameworks' weights, etc.
+# Only what loading a model (or a LoRA adapter) needs: skip optimizer states, other frameworks' weights, etc.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin", "flax_model.msgpack"]
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx")
 
@@ -216,11 +216,13 @@ def _inspect_hub(ref: str, cache: Path) -> Found:
         if not any(n.endswith(".safetensors") for n in names):  # no header to read: the driver needs the weights
             return Found(loadable(_from_hub(ref, cache, pin), ref, cache), pin, None)
         small = [n for n in names if n.endswith((".json", ".txt", ".model")) and "/" not in n]
-        if "config.json" not in small:
-            raise ConfigError(f"model {ref!r}: no config.json in the repository")
+        if "config.json" not in small and "adapter_config.json" not in small:
+            raise ConfigError(f"model {ref!r}: no config.json (nor a LoRA adapter's adapter_config.json) in the "
+                              "repository")
         for f in small:  # same commit, same cache as the actors' snapshot_download: fetched once per node
             hf_hub_download(repo, f, revision=info.sha, cache_dir=str(hub))
-        folder = Path(hf_hub_download(repo, "config.json", revision=info.sha, cache_dir=str(hub))).parent
+        first = "config.json" if "config.json" in small else "adapter_config.json"
+        folder = Path(hf_hub_download(repo, first, revision=info.sha, cache_dir=str(hub))).parent
         meta = get_safetensors_metadata(repo, revision=info.sha)  # HTTP range reads of the headers only
     except ConfigError:
         raise

@@ -133,6 +133,9 @@ def validate(cfg: SweepConfig) -> None:
             raise ConfigError(f"config: {where} appears twice")
         if not e.text or len(e.text) > 2:
             raise ConfigError(f"config: {where}: 'text' must name one or two fields")
+        if e.label is None and len(e.text) > 1:
+            raise ConfigError(f"config: {where}: a text set (no label, scored by next-token prediction) has one text "
+                              f"field, not {len(e.text)}")
         bad = [m for m in e.metrics if m not in METRICS]
         if bad or not e.metrics:
             raise ConfigError(f"config: {where}: metric {bad[0] if bad else None!r} is not one of {', '.join(METRICS)}")

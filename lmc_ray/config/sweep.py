@@ -48,9 +48,10 @@ class EvalSetSpec:
     path: str
     """Local file (jsonl/csv/tsv/parquet) or a hub dataset id."""
     text: list[str]
-    """The text field, or two for sentence pairs."""
-    label: str
-    """The field holding each example's label (a name, or a class id)."""
+    """The text field, or two for sentence pairs (a text set for causal LMs has one)."""
+    label: str | None = None
+    """The field holding each example's label (a name, or a class id), for classifiers. None: a text set, scored on
+    causal LMs by next-token prediction (loss: token-weighted mean cross-entropy; accuracy: top-1 next token)."""
     subsets: list[str | list[str]] = field(default_factory=list)
     """Each entry is a field or a list of fields; scores are also reported per value (combination)."""
     label_map: dict[Any, str | list[str]] | None = None
@@ -168,7 +169,11 @@ class SweepConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options for s3:// paths."""
     tokenizer: str | None = None
-    """Model reference to take the tokenizer from; default: the first model."""
+    """Model reference to take the tokenizer from; default: the first model (for LoRA adapters, the adapter's
+    folder if it has tokenizer files, else the base)."""
+    base: str | None = None
+    """For a population of LoRA adapters: the model reference of the base they were trained on; default: their
+    adapter_config.json's base_model_name_or_path (which must then be the same for all)."""
     ood: str | None = None
     """The per-model score the report's paper figures order the models by (the OOD heatmap, Figure 1, the
     spectral-score scatter), as SET/SUBSET/METRIC: e.g. hans_full/heuristic,label=lexical_overlap,non-entailment/
@@ -190,6 +195,7 @@ class SweepConfig:
             "dtype": self.dtype,
             "max_length": self.max_length,
             "tokenizer": self.tokenizer,
+            **({"base": self.base} if self.base else {}),
             "format": STORE_FORMAT,
         }
 

@@ -16,7 +16,8 @@ def run(plan: Plan, progress: bool = True) -> RunReport:
             return RunReport()
         report = RunReport(len(rec.endpoints), len(rec.pairs), len(rec.planes))
         start = time.perf_counter()
-        res = Residents(plan.cfg, list(range(len(plan.names))), plan.labels, plan.datas, plan.revisions)
+        res = Residents(plan.cfg, list(range(len(plan.names))), plan.labels, plan.datas, plan.revisions,
+                        plan.base_revision)
         for e in track(rec.endpoints, len(rec.endpoints), "endpoints", "model", not progress):
             rec.endpoint(res.endpoint(e))
         for p in track(rec.pairs, len(rec.pairs), "pairs", "pair", not progress):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..compute import models as M, packed, sources
+from ..compute import adapters, models as M, packed, sources
 from ..compute.core import concrete_dtype, pick_device
 from ..compute.data import EvalData, prepare as prepare_data
 from ..compute.packed import PACKABLE
@@ -30,6 +30,7 @@ class Plan:
     datas: list[EvalData]
     pairs: list[Pair]  # the pairs that get a line (config `pairs`)
     planes: list[Plane]  # the planes through three models (config `planes`)
+    base_revision: str | None = None  # LoRA adapters: their base's pinned weights (cfg.base is its reference)
 
     @property
     def names(self) -> list[str]:
@@ -77,20 +78,30 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
     `on_gpus` says where the sweep will run, which makes `dtype: auto` concrete; it is asked last, after every
     check, since asking a Ray cluster starts Ray."""
     found = _inspect_all(cfg)
-    infos = [M.read_info(m.name, f.folder, m.labels, f.shapes) for m, f in zip(cfg.models, found)]
+    base = None
+    if cfg.base is not None or any(adapters.is_adapter(f.folder) for f in found):
+        cfg, base = _adapters(cfg, found)
+        infos = [M.read_info(f"base {cfg.base}", base.folder, None, base.shapes)]
+        for m, f in zip(cfg.models, found):
+            adapters.inspect(m.name, f.folder, infos[0].shapes, f.shapes)
+    else:
+        infos = [M.read_info(m.name, f.folder, m.labels, f.shapes) for m, f in zip(cfg.models, found)]
     labels = M.preflight(infos)
+    causal = infos[0].kind == M.CAUSAL_LM
+    truncate = not (causal and cfg.max_length == "auto")  # an LM's text is cut only where the config says so
     cfg = dataclasses.replace(cfg, max_length=M.max_length(cfg.max_length, infos))  # concrete before the store opens
     if cfg.packing is True and infos[0].model_type not in PACKABLE:
         raise packed.refusal(infos[0].model_type)
+    if causal:
+        _check_text_sets(cfg)
     source = cfg.tokenizer or cfg.models[0].ref
     try:
-        tokenizer = load_tokenizer(sources.inspect(source, cfg.cache_dir, cfg.storage_options).folder if cfg.tokenizer
-                                   else found[0].folder)
+        tokenizer = load_tokenizer(_tokenizer_folder(cfg, found[0].folder, base))
     except ConfigError:
         raise
     except Exception as e:
         raise ConfigError(f"tokenizer {source!r}: cannot load ({type(e).__name__})") from None
-    datas = [prepare_data(e, tokenizer, labels, cfg.max_length, cfg.storage_options) for e in cfg.eval_sets]
+    datas = [prepare_data(e, tokenizer, labels, cfg.max_length, cfg.storage_options, truncate) for e in cfg.eval_sets]
     steps = [m.step for m in cfg.models]
     pairs = [Pair(a, b) for a, b in schedule.chosen_pairs([m.name for m in cfg.models], cfg.pairs)
              if cfg.across_steps or steps[a] == steps[b]]  # a population at several steps: lines within each
@@ -98,4 +109,59 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
         cfg = dataclasses.replace(cfg, dtype=concrete_dtype(cfg.dtype, on_gpus(cfg)))
     index = {m.name: i for i, m in enumerate(cfg.models)}
     planes = [Plane(*(index[n] for n in t)) for t in (cfg.planes.triples if cfg.planes else [])]
-    return Plan(cfg, [f.revision for f in found], labels, [i.labels for i in infos], datas, pairs, planes)
+    heads = [i.labels for i in infos] if base is None else [labels] * len(found)
+    return Plan(cfg, [f.revision for f in found], labels, heads, datas, pairs, planes,
+                base.revision if base else None)
+
+
+def _adapters(cfg: SweepConfig, found: list[sources.Found]) -> tuple[SweepConfig, sources.Found]:
+    """A population of LoRA adapters: all of them adapters, of one base, which can be had. Returns the config with
+    `base` made concrete, and the base inspected."""
+    kinds = [adapters.is_adapter(f.folder) for f in found]
+    names = [m.name for m in cfg.models]
+    if not any(kinds):
+        raise ConfigError(f"config: base {cfg.base!r} is for populations of LoRA adapters; model {names[0]!r} is a "
+                          "full checkpoint")
+    if not all(kinds):
+        full, lora = names[kinds.index(False)], names[kinds.index(True)]
+        raise ConfigError(f"model {full!r} is a full checkpoint and {lora!r} a LoRA adapter: a sweep's models are all "
+                          "full checkpoints or all adapters of one base")
+    named = [adapters.read_config(n, f.folder).get("base_model_name_or_path") for n, f in zip(names, found)]
+    if cfg.base is None:
+        if None in named:
+            raise ConfigError(f"model {names[named.index(None)]!r}: its {adapters.CONFIG} names no "
+                              "base_model_name_or_path; set base in the config")
+        other = next((k for k, b in enumerate(named) if b != named[0]), None)
+        if other is not None:
+            raise ConfigError(f"models {names[0]!r} and {names[other]!r} are adapters of different bases "
+                              f"({named[0]!r}, {named[other]!r}): a sweep's adapters share one base (set base to "
+                              "choose it)")
+        cfg = dataclasses.replace(cfg, base=named[0])
+    try:
+        base = sources.inspect(cfg.base, cfg.cache_dir, cfg.storage_options)
+    except ConfigError as e:
+        raise ConfigError(f"model {names[0]!r}: its base {cfg.base!r} cannot be had ({e})") from None
+    if adapters.is_adapter(base.folder):
+        raise ConfigError(f"config: base {cfg.base!r} is itself an adapter; name the full model it adapts")
+    return cfg, base
+
+
+def _check_text_sets(cfg: SweepConfig) -> None:
+    """What causal LMs cannot report on a text set, refused before anything is read."""
+    for e in cfg.eval_sets:
+        other = [m for m in e.metrics if m != "accuracy"]
+        if other and e.label is None:
+            raise ConfigError(f"eval set {e.name!r}: {other[0]} is a classification score; a text set reports loss "
+                              "and accuracy (next token)")
+    if cfg.per_example:
+        raise ConfigError("config: per_example: bootstrap intervals resample a classifier's examples; a causal LM's "
+                          "loss is token-weighted (set per_example false)")
+
+
+def _tokenizer_folder(cfg: SweepConfig, first: Path, base: sources.Found | None) -> Path:
+    """The config's tokenizer, else the first model's; an adapter without tokenizer files uses its base's."""
+    if cfg.tokenizer:
+        return sources.inspect(cfg.tokenizer, cfg.cache_dir, cfg.storage_options).folder
+    if base is not None and not (first / "tokenizer_config.json").is_file():
+        return base.folder
+    return first

@@ -72,11 +72,11 @@ class ModelActor:
     not find again (Ray logs an error for them, ray-project/ray#53727), while a call brings its own."""
 
     def __init__(self, cfg: SweepConfig, indices: list[int], labels: list[str], revisions: list[str],
-                 threads: int, number: int):
+                 base_revision: str | None, threads: int, number: int):
         from ray.util.metrics import Counter
 
         use_threads(threads)
-        self.args, self.res = (cfg, indices, labels, revisions), None
+        self.args, self.res = (cfg, indices, labels, revisions, base_revision), None
         self.busy = Counter("lmc_ray_actor_busy_seconds", "seconds an actor spent computing",
                             tag_keys=("run", "actor"))
         self.busy.set_default_tags({"run": run_id(cfg.store), "actor": str(number)})  # no model paths (run_id)
@@ -84,8 +84,8 @@ class ModelActor:
 
     def _residents(self, datas: list) -> Residents:
         if self.res is None:  # refs in a list arrive unresolved
-            cfg, indices, labels, revisions = self.args
-            self.res = Residents(cfg, indices, labels, ray.get(datas), revisions)
+            cfg, indices, labels, revisions, base_revision = self.args
+            self.res = Residents(cfg, indices, labels, ray.get(datas), revisions, base_revision)
         return self.res
 
     def pid(self, datas: list) -> int:
@@ -418,7 +418,7 @@ def _start(plan: Plan, to_compute: int) -> tuple[_Pool, list[list[int]]]:
     names = [_name(shown, ms) for ms in residents]
     actors = [
         ModelActor.options(name=name, num_cpus=cpu_share, num_gpus=gpu_share, max_restarts=cfg.max_retries)
-        .remote(cfg, ms, plan.labels, plan.revisions, max(1, int(cpu_share)), k)
+        .remote(cfg, ms, plan.labels, plan.revisions, plan.base_revision, max(1, int(cpu_share)), k)
         for k, (name, ms) in enumerate(zip(names, residents))
     ]
     log.info("Ray dashboard: %s", dashboard)

@@ -29,6 +29,8 @@ class Recorder:
         self.plan = plan
         self.store = Store(cfg.store, cfg.storage_options)
         fingerprint = cfg.fingerprint()
+        if plan.base_revision:  # adapters: every value depends on their base's weights too
+            fingerprint["base_weights"] = plan.base_revision
         models = [{"name": m.name, "ref": m.ref, "labels": m.labels, "weights": r, "head": h}
                   for m, r, h in zip(cfg.models, plan.revisions, plan.heads)]
         registry = self.store.open(fingerprint, models, fingerprint["eval_sets"], cfg.lease_timeout,

@@ -1,0 +1,226 @@
+"""Causal LMs and LoRA adapters: stored curves against an independent computation of token-weighted next-token
+loss along the merged lines, one base copy per process, and the refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lmc_ray import config
+from lmc_ray.compute import adapters
+from lmc_ray.compute.residents import Residents
+from lmc_ray.errors import ConfigError
+from lmc_ray.execution import local, plan
+from lmc_ray.storage.store import Store
+from lmc_ray.testing.lm_population import make_adapters, make_lm_population
+
+COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola" / "in_domain_dev.tsv"
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return list(pd.read_csv(COLA, sep="\t", header=None, quoting=3)[3])
+
+
+@pytest.fixture(scope="module")
+def text_set(tmp_path_factory, texts) -> Path:
+    """CoLA sentences as a text set, with a subset column (its acceptability mark) and varied lengths."""
+    path = tmp_path_factory.mktemp("text") / "cola.jsonl"
+    df = pd.read_csv(COLA, sep="\t", header=None, quoting=3, names=["source", "label", "mark", "sentence"])
+    df[["sentence", "label"]].head(48).astype({"label": str}).to_json(path, orient="records", lines=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory, texts) -> list[Path]:
+    return make_lm_population(tmp_path_factory.mktemp("lms"), 3, texts, noise=0.05)
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory, texts) -> tuple[Path, list[Path]]:
+    """A base and three adapters of it: ranks 2, 4 and 8, the last also on the MLP's c_fc and the embedding."""
+    root = tmp_path_factory.mktemp("lora")
+    (base,) = make_lm_population(root, 0, texts)
+    ads = make_adapters(base, root / "adapters", [2, 4, 8], [["c_attn"], ["c_attn", "c_proj"], ["c_attn", "c_fc", "wte"]])
+    return base, ads
+
+
+def lm_config(models, store, text_set, **over) -> config.SweepConfig:
+    raw = {"models": [str(m) for m in models], "store": str(store), "alphas": [0.0, 0.25, 0.5, 1.0],
+           "cache_dir": str(Path(store).parent / "cache"),
+           "eval_sets": [{"name": "cola", "path": str(text_set), "text": ["sentence"], "subsets": ["label"],
+                          "max_examples": 40}]}
+    raw.update(over)
+    return config.from_dict(raw)
+
+
+def reference(states: list[dict], template: Path, texts: list[str], tokenizer: Path) -> tuple[float, float]:
+    """Token-weighted next-token CE and top-1 accuracy of a model with weights `states[0]`, one text at a time,
+    no padding: Σ CE / Σ predicted tokens, as plain transformers computes it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(template)).eval()
+    model.load_state_dict(states[0])
+    tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    ce = right = n = 0.0
+    with torch.no_grad():
+        for t in texts:
+            ids = torch.tensor([tok(t)["input_ids"]])
+            logits = model(input_ids=ids).logits[0, :-1].double()
+            target = ids[0, 1:]
+            ce += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            right += float((logits.argmax(-1) == target).sum())
+            n += len(target)
+    return ce / n, right / n
+
+
+def merged(base: Path, adapter: Path) -> dict:
+    """The adapter merged into its base by PEFT itself (merge_and_unload)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(adapter))
+    return {k: v.clone() for k, v in model.merge_and_unload().state_dict().items()}
+
+
+def lerp(a: dict, b: dict, alpha: float) -> dict:
+    return {k: (1 - alpha) * a[k] + alpha * b[k] if a[k].is_floating_point() else a[k] for k in a}
+
+
+def stored(store: str) -> pd.DataFrame:
+    return Store(store).curves().to_table().to_pandas()
+
+
+def check_curves(rows: pd.DataFrame, states: list[dict], names: list[str], template: Path, texts: list[str],
+                 tokenizer: Path, alphas: list[float]) -> None:
+    rows = rows[rows.subset == "all"]
+    for (i, a), (j, b) in [((0, names[0]), (1, names[1])), ((1, names[1]), (2, names[2]))]:
+        line = rows[(rows.model_a == a) & (rows.model_b == b)].sort_values("alpha")
+        assert list(line.alpha) == alphas
+        want = np.array([reference([lerp(states[i], states[j], al)], template, texts, tokenizer) for al in alphas])
+        np.testing.assert_allclose(line[["loss", "accuracy"]].to_numpy(), want, atol=1e-5, rtol=0)
+        assert np.ptp(want[:, 0]) > 1e-3  # the models differ, so the comparison means something
+
+
+def test_full_causal_lms_store_token_weighted_next_token_loss(tmp_path, lms, text_set):
+    cfg = lm_config(lms, tmp_path / "store", text_set)
+    p = plan.prepare(cfg)
+    assert p.cfg.max_length == 128  # auto: every position the models have
+    local.run(p, progress=False)
+    texts = list(pd.read_json(text_set, lines=True).sentence[:40])
+    from safetensors.torch import load_file
+
+    states = [load_file(str(m / "model.safetensors")) for m in lms]
+    for s in states:  # GPT-2's output layer is its embedding table, saved once
+        s.setdefault("lm_head.weight", s["transformer.wte.weight"])
+    check_curves(stored(p.cfg.store), states, [m.name for m in p.cfg.models], lms[0], texts, lms[0], cfg.alphas)
+    rows = stored(p.cfg.store)
+    assert set(rows.subset) == {"all", "label=0", "label=1"}
+    assert rows.f1.isna().all() and rows.mcc.isna().all()
+
+
+def test_lora_adapters_equal_the_line_between_the_merged_models(tmp_path, lora, text_set):
+    base, ads = lora
+    cfg = lm_config(ads, tmp_path / "store", text_set)
+    p = plan.prepare(cfg)
+    assert p.cfg.base == str(base) and p.base_revision.startswith("content:")
+    local.run(p, progress=False)
+    texts = list(pd.read_json(text_set, lines=True).sentence[:40])
+    states = [merged(base, a) for a in ads]
+    check_curves(stored(p.cfg.store), states, [m.name for m in p.cfg.models], base, texts, base, cfg.alphas)
+    # The distance of a pair is that of the merged models.
+    rows = stored(p.cfg.store)
+    d = rows[(rows.model_a == p.cfg.models[0].name) & (rows.model_b == p.cfg.models[2].name)].distance.iloc[0]
+    want = np.sqrt(sum(float((states[2][k] - states[0][k]).double().pow(2).sum()) for k in states[0]
+                       if k != "lm_head.weight" and states[0][k].is_floating_point()))
+    assert d == pytest.approx(want, rel=1e-5)
+
+
+def test_adapters_are_held_as_factors_over_one_base(tmp_path, lora, text_set):
+    base, ads = lora
+    many = make_adapters(base, tmp_path / "many", [4] * 6)
+    p = plan.prepare(lm_config(many, tmp_path / "store", text_set))
+    res = Residents(p.cfg, list(range(len(many))), p.labels, p.datas, p.revisions, p.base_revision)
+    base_bytes = sum(t.numel() * t.element_size() for t in res.base.values())
+    factor_bytes = sum(adapters.inspect(m.name, Path(m.ref), {k: tuple(v.shape) for k, v in res.base.items()}).bytes
+                       for m in p.cfg.models)
+    assert res.resident_bytes() == base_bytes + factor_bytes
+    assert factor_bytes < 0.2 * base_bytes  # six adapters cost a fifth of one more base copy
+
+
+def test_lm_sweep_analyses_into_basins_and_a_report(tmp_path, lms, text_set):
+    from lmc_ray.analysis import findings, report
+
+    p = plan.prepare(lm_config(lms, tmp_path / "store", text_set, alphas=5))
+    local.run(p, progress=False)
+    store = Store(p.cfg.store)
+    a = findings.run(store, "cola")
+    assert a.matrix.shape == (3, 3) and np.all(np.diag(a.matrix) == 0) and np.allclose(a.matrix, a.matrix.T)
+    # The barrier of a pair is the paper's, on its whole curve: the stored interior with the two endpoints.
+    from lmc_ray.analysis.barriers import paper
+
+    rows = a.curves.query("subset == 'all'")
+    line = rows[(rows.model_a == a.names[0]) & (rows.model_b == a.names[1])].sort_values("alpha")
+    assert list(line.alpha) == [0, 0.25, 0.5, 0.75, 1]
+    assert a.matrix[0, 1] == pytest.approx(paper(line.loss.to_numpy(), line.alpha.to_numpy()), abs=1e-12)
+    assert a.matrix.max() > 1e-3
+    assert sorted(np.bincount(a.labels("paper")).tolist()) == [1, 2]
+    index = report.write(store, a)
+    assert Path(index).is_file() and "cola" in Path(index).read_text()
+
+
+# -- refusals, each one line before the store is written ------------------------------------------------------
+def refused(cfg, match: str, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=match):
+        plan.prepare(cfg)
+    assert not (tmp_path / "store").exists()
+
+
+def test_refusals(tmp_path, lms, lora, text_set, population):
+    base, ads = lora
+    ood = tmp_path / "other_base"
+    make_lm_population(ood, 0, ["other words entirely"] * 10, hidden=16)
+    other = make_adapters(ood / "base", tmp_path / "other_ads", [2])
+    refused(lm_config([ads[0], other[0]], tmp_path / "store", text_set), "adapters of different bases", tmp_path)
+    missing = tmp_path / "orphan"
+    shutil.copytree(ads[0], missing)
+    cfgfile = missing / "adapter_config.json"
+    cfgfile.write_text(json.dumps({**json.loads(cfgfile.read_text()), "base_model_name_or_path": str(tmp_path / "gone")}))
+    refused(lm_config([missing, ads[1]], tmp_path / "store", text_set, base=str(tmp_path / "gone")),
+            "its base .* cannot be had", tmp_path)
+    refused(lm_config([lms[0], population[0]], tmp_path / "store", text_set), "is a classifier .*all of one kind",
+            tmp_path)
+    refused(lm_config([lms[0], ads[0]], tmp_path / "store", text_set), "full checkpoint and .* a LoRA adapter", tmp_path)
+    labelled = [{"name": "cola", "path": str(text_set), "text": ["sentence"], "label": "label"}]
+    refused(lm_config(lms, tmp_path / "store", text_set, eval_sets=labelled), "causal LMs.*drop label", tmp_path)
+    refused(lm_config(population[:2], tmp_path / "store", text_set), "has no label; the models are classifiers",
+            tmp_path)
+    long = tmp_path / "long.jsonl"
+    pd.DataFrame({"sentence": [" ".join(["word"] * 400), "short text here"]}).to_json(long, orient="records", lines=True)
+    plain = [{"name": "long", "path": str(long), "text": ["sentence"]}]
+    refused(lm_config(lms, tmp_path / "store", long, eval_sets=plain), "longer than the models' 128 positions",
+            tmp_path)
+    cut = lm_config(lms, tmp_path / "cut" / "store", long, eval_sets=plain, max_length=64)
+    assert max(len(x) for x in plan.prepare(cut).datas[0].input_ids) == 64  # asked: cut
+    f1 = [{"name": "cola", "path": str(text_set), "text": ["sentence"], "metrics": ["accuracy", "f1"]}]
+    refused(lm_config(lms, tmp_path / "store", text_set, eval_sets=f1), "f1 is a classification score", tmp_path)
+
+
+def test_adapters_on_ray_actors_equal_the_in_process_sweep(tmp_path, lora, text_set, ray_local):
+    """Two actors: each holds the base once and its adapters, and fetches its partners' factors from the other."""
+    from lmc_ray.execution import ray_sweep
+
+    base, ads = lora
+    stores = {}
+    for how in ("local", "ray"):
+        p = plan.prepare(lm_config(ads, tmp_path / how / "store", text_set, actors=2, cpus_per_actor=1))
+        (local.run if how == "local" else ray_sweep.run)(p, progress=False)
+        stores[how] = stored(p.cfg.store).sort_values(["model_a", "model_b", "alpha", "subset"]).reset_index(drop=True)
+    assert len(stores["ray"]) == 3 * 4 * 3  # 3 pairs, 4 α, 3 subsets
+    np.testing.assert_allclose(stores["ray"][["loss", "accuracy", "distance"]].to_numpy(),
+                               stores["local"][["loss", "accuracy", "distance"]].to_numpy(), atol=1e-6, rtol=0)
