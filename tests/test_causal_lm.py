@@ -224,3 +224,19 @@ def test_adapters_on_ray_actors_equal_the_in_process_sweep(tmp_path, lora, text_
     assert len(stores["ray"]) == 3 * 4 * 3  # 3 pairs, 4 α, 3 subsets
     np.testing.assert_allclose(stores["ray"][["loss", "accuracy", "distance"]].to_numpy(),
                                stores["local"][["loss", "accuracy", "distance"]].to_numpy(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("edit, match", [({"use_dora": True}, "DoRA"), ({"modules_to_save": ["score"]}, "modules_to_save"),
+                                         ({"bias": "lora_only"}, "trained biases")])
+def test_adapters_this_cannot_mix_exactly_are_refused(tmp_path, lora, text_set, edit, match):
+    base, ads = lora
+    odd = tmp_path / "odd"
+    shutil.copytree(ads[0], odd)
+    cfgfile = odd / "adapter_config.json"
+    cfgfile.write_text(json.dumps({**json.loads(cfgfile.read_text()), **edit}))
+    refused(lm_config([ads[1], odd], tmp_path / "store", text_set), f"model '{odd}': a LoRA adapter with {match}",
+            tmp_path)
+
+
+def test_per_example_is_refused_on_causal_lms(tmp_path, lms, text_set):
+    refused(lm_config(lms, tmp_path / "store", text_set, per_example=True), "per_example: .* token-weighted", tmp_path)
