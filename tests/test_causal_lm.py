@@ -240,3 +240,23 @@ def test_adapters_this_cannot_mix_exactly_are_refused(tmp_path, lora, text_set, 
 
 def test_per_example_is_refused_on_causal_lms(tmp_path, lms, text_set):
     refused(lm_config(lms, tmp_path / "store", text_set, per_example=True), "per_example: .* token-weighted", tmp_path)
+
+
+def test_export_writes_the_merged_point_of_an_adapter_line_and_of_a_causal_lm_line(tmp_path, lms, lora, text_set):
+    """The exported checkpoint loads with plain transformers and scores what the sweep stored at that α."""
+    from lmc_ray.analysis.export import export
+
+    base, ads = lora
+    texts = list(pd.read_json(text_set, lines=True).sentence[:40])
+    for models, name in ((ads, "ads"), (lms, "lms")):
+        p = plan.prepare(lm_config(models, tmp_path / name / "store", text_set))
+        local.run(p, progress=False)
+        a, b = p.cfg.models[0].name, p.cfg.models[1].name
+        out = export(Store(p.cfg.store), a, b, 0.25, str(tmp_path / name / "point"))
+        from safetensors.torch import load_file
+
+        state = load_file(str(out / "model.safetensors"))
+        state.setdefault("lm_head.weight", state["transformer.wte.weight"])
+        rows = stored(p.cfg.store).query("subset == 'all' and alpha == 0.25")
+        want = rows[(rows.model_a == a) & (rows.model_b == b)][["loss", "accuracy"]].to_numpy()[0]
+        np.testing.assert_allclose(reference([state], out, texts, out), want, atol=1e-5, rtol=0)

@@ -1,5 +1,5 @@
 """A point of a stored line as a model: θ(α) = (1−α)·θ_A + α·θ_B written as an HF checkpoint with its tokenizer,
-for those who merge models. The two ends are the store's own: the weights it pinned, in its label order."""
+for those who merge models (of two LoRA adapters: their base with (1−α)·ΔW_A + α·ΔW_B merged in). The two ends are the store's own: the weights it pinned, in its label order."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..compute import models as M
+from ..compute import adapters, models as M
 from ..compute import sources
 from ..errors import ConfigError, cause
 from ..compute.interpolate import WorkingModel
@@ -28,20 +28,26 @@ def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str 
         raise ConfigError(f"alpha {alpha} is outside [0, 1]")
     folder = _target(store, out)
     paths = [sources.resolve(specs[n]["ref"], cache_dir, storage_options, pins.get(n)) for n in (a, b)]
-    infos = [M.read_info(n, p, specs[n].get("labels")) for n, p in zip((a, b), paths)]
-    labels = M.preflight(infos)
-    ends = [M.load(n, p, labels, declared=specs[n].get("labels")) for n, p in zip((a, b), paths)]
-    working = WorkingModel(ends[0])
-    wa, wb = (working.weights_of(m.state_dict()) for m in ends)
-    working.set(wa, wb, alpha)  # in place, into A's model: the same lerp as the sweep's
+    if fp.get("base"):
+        model, base_path = _merged_adapters(fp, (a, b), paths, alpha, cache_dir, storage_options)
+    else:
+        infos = [M.read_info(n, p, specs[n].get("labels")) for n, p in zip((a, b), paths)]
+        labels = M.preflight(infos)
+        ends = [M.load(n, p, labels, declared=specs[n].get("labels")) for n, p in zip((a, b), paths)]
+        working = WorkingModel(ends[0])
+        wa, wb = (working.weights_of(m.state_dict()) for m in ends)
+        working.set(wa, wb, alpha)  # in place, into A's model: the same lerp as the sweep's
+        model, base_path = ends[0], None
     tokenizer = fp.get("tokenizer")
     source = sources.resolve(tokenizer, cache_dir, storage_options) if tokenizer else paths[0]
+    if base_path is not None and not tokenizer and not (source / "tokenizer_config.json").is_file():
+        source = base_path
     from transformers import AutoTokenizer
 
     # Written beside `out` and renamed into place: a crash leaves no half checkpoint where a model is expected.
     part = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
     try:
-        ends[0].save_pretrained(part)
+        model.save_pretrained(part)
         AutoTokenizer.from_pretrained(str(source)).save_pretrained(part)
         (part / MARKER).write_text(json.dumps(
             {"store": store.url, "model_a": a, "model_b": b, "alpha": alpha, "weights": [pins.get(a), pins.get(b)]},
@@ -52,6 +58,20 @@ def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str 
     finally:
         shutil.rmtree(part, ignore_errors=True)
     return folder
+
+
+def _merged_adapters(fp: dict, names, paths, alpha: float, cache_dir: str, storage_options: dict | None):
+    """The base, pinned as the store pinned it, with the two adapters' line at α merged in, the sweep's own way
+    (interpolate.WorkingModel.mix): a full checkpoint of the base's architecture."""
+    base_path = sources.resolve(fp["base"], cache_dir, storage_options, fp.get("base_weights"))
+    info = M.read_info(f"base {fp['base']}", base_path)
+    model = M.load(f"base {fp['base']}", base_path, info.labels)
+    working = WorkingModel(model)
+    working.use_base(working.weights_of(model.state_dict()))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wa, wb = (working.weights_of(adapters.factors(n, p, shapes)) for n, p in zip(names, paths))
+    working.set(wa, wb, alpha)
+    return model, base_path
 
 
 MARKER = "lmc_ray_export.json"
