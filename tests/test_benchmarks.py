@@ -99,3 +99,23 @@ def test_store_scale_benchmark_reads_every_pair_at_toy_size():
     s3 = re.search(r"^N = 40 on S3 \(moto, loopback\): analysis read [\d.]+ s, (\d+) requests \(.*GET (\d+)",
                    out.stdout, re.M)
     assert s3 and 0 < int(s3[2]) <= int(s3[1]) < 100, out.stdout
+
+
+def test_adapter_benchmark_holds_less_and_computes_the_same_lines_at_toy_size():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adapters.py"), "--models", "4", "--pairs", "2",
+                          "--texts", "8"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    held = dict(re.findall(r"^(full checkpoints \(merged, baseline\)|LoRA adapters) +([\d.]+) MB", out.stdout, re.M))
+    assert float(held["LoRA adapters"]) < 0.5 * float(held["full checkpoints (merged, baseline)"]), out.stdout
+    diff = re.search(r"largest loss difference on the lines ([\d.e+-]+)$", out.stdout, re.M)
+    assert diff and float(diff[1]) < 1e-5, out.stdout
+
+
+def test_memory_plan_counts_the_published_7b_architectures():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_plan.py")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {m[0]: m[1:] for m in re.findall(r"^(Llama-2-7B|Qwen2.5-7B) +([\d.]+)B +([\d.]+) GiB", out.stdout, re.M)}
+    # Llama-2-7B has 6.74 B parameters, Qwen2.5-7B 7.62 B (their model cards); fp32 is 4 bytes each.
+    assert rows["Llama-2-7B"][0] == "6.74" and rows["Qwen2.5-7B"][0] == "7.62", out.stdout
+    assert float(rows["Llama-2-7B"][1]) == round(6.738e9 * 4 / 2**30, 1), out.stdout

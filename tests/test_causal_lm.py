@@ -150,6 +150,12 @@ def test_adapters_are_held_as_factors_over_one_base(tmp_path, lora, text_set):
     factor_bytes = sum(adapters.inspect(m.name, Path(m.ref), {k: tuple(v.shape) for k, v in res.base.items()}).bytes
                        for m in p.cfg.models)
     assert res.resident_bytes() == base_bytes + factor_bytes
+    # The memory plan (footprint.py) counts exactly what is held, and the working copy and logits beside it.
+    assert res.footprint.resident == res.resident_bytes()
+    unique = {t.data_ptr(): t.numel() * t.element_size() for t in res.core.working.model.state_dict().values()
+              if t.is_floating_point()}  # GPT-2's output layer is its embedding table: one tensor
+    assert res.footprint.working == sum(unique.values())
+    assert res.footprint.logits == 3 * 4 * 2048 * res.core.working.model.config.vocab_size
     assert factor_bytes < 0.2 * base_bytes  # six adapters cost a fifth of one more base copy
 
 

@@ -10,10 +10,10 @@ import warnings
 import numpy as np
 import torch
 
-from . import adapters, models as M
+from . import adapters, footprint, models as M
 from . import sources
 from ..config import SweepConfig, on_line
-from .core import Core
+from .core import BATCH_TOKENS, DTYPES, Core, pick_device
 from .data import EvalData
 from .interpolate import Weights
 from .work import Endpoint, EndpointResult, Pair, PairResult, Plane, PlaneResult
@@ -27,21 +27,23 @@ class Residents:
         self.weights: dict[int, Weights] = {}
         self.core = None
         self.base: Weights | None = None
+        paths = {i: sources.resolve(cfg.models[i].ref, cfg.cache_dir, cfg.storage_options, revisions[i])
+                 for i in indices}
         if cfg.base is not None:
             path = sources.resolve(cfg.base, cfg.cache_dir, cfg.storage_options, base_revision)
             base = M.load(f"base {cfg.base}", path, labels)
             shapes = {k: tuple(v.shape) for k, v in base.state_dict().items()}
-            self._start(cfg, datas, f"base {cfg.base}", base)
+            sizes = [adapters.inspect(cfg.models[i].name, paths[i], shapes).bytes for i in indices]
+            self._start(cfg, datas, f"base {cfg.base}", base, sizes)
             del base
         for i in indices:
-            spec = cfg.models[i]
-            path = sources.resolve(spec.ref, cfg.cache_dir, cfg.storage_options, revisions[i])
+            spec, path = cfg.models[i], paths[i]
             if self.base is not None:
                 self.weights[i] = self.core.resident(adapters.factors(spec.name, path, shapes))
                 continue
             model = M.load(spec.name, path, labels, declared=spec.labels)  # fp32; the core casts
             if self.core is None:
-                self._start(cfg, datas, spec.name, model, adapter_base=False)
+                self._start(cfg, datas, spec.name, model, [4 * footprint.params(model)] * len(indices), False)
             else:
                 M.check_finite(spec.name, M.float_state(model))
             self.weights[i] = self.core.resident(model.state_dict())
@@ -51,9 +53,17 @@ class Residents:
         self.n_sets, self.on_line = len(cfg.eval_sets), tuple(on_line(cfg.eval_sets))
         self.planes = cfg.planes
 
-    def _start(self, cfg: SweepConfig, datas: list[EvalData], name: str, model, adapter_base: bool = True) -> None:
-        """The core, its working model a copy of the first model loaded (or of the adapters' base)."""
+    def _start(self, cfg: SweepConfig, datas: list[EvalData], name: str, model, sizes: list[int],
+               adapter_base: bool = True) -> None:
+        """The core, its working model a copy of the first model loaded (or of the adapters' base), once the
+        models' footprint (`sizes`: each one's fp32 bytes) is known to fit the device."""
         M.check_finite(name, M.float_state(model))
+        device = pick_device(cfg.device)
+        tokens = cfg.batch_tokens if cfg.batch_tokens != "auto" else BATCH_TOKENS.get(device.type, 8192)
+        vocab = model.config.vocab_size if M.kind_of(type(model).__name__) == M.CAUSAL_LM else None
+        self.footprint = footprint.estimate(footprint.params(model), DTYPES[cfg.dtype].itemsize if cfg.dtype in DTYPES
+                                            else 4, sizes, adapter_base, tokens, vocab)
+        footprint.check(device, self.footprint, len(sizes), "adapters" if adapter_base else "models")
         self.core = Core(model, datas, cfg.device, cfg.dtype, cfg.batch_tokens, cfg.max_batch_size,
                          on_line(cfg.eval_sets), cfg.packing)
         if adapter_base:
