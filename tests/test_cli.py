@@ -125,7 +125,7 @@ BAD_INPUT = [
     ({}, ["--alphas", "100000000"], "config: alphas = 100000000: at most 1000 points on a line (the paper uses 10; "
                                     "refine adds points where the barrier is)"),
     ({"eval_sets": [{"name": "nli", "path": "x.tsv", "text": ["premise"]}]}, [],
-     "config: eval set 'nli': missing required key 'label'"),
+     "eval set 'nli': has no label; the models are classifiers (text sets without labels are for causal LMs)"),
     ({"eval_sets": [{"name": "nli", "path": "x.tsv", "text": ["premise"], "label": "y", "label_map": {"a": 3}}]}, [],
      "config: eval set 'nli': label_map['a'] is 3: label_map must be a mapping to (a string or a list of (a "
      "string)) or null"),

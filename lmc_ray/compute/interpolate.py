@@ -32,11 +32,14 @@ class WorkingModel:
         self._others = [k for k in unique if not self._targets[k].is_floating_point()]
         self.base: Weights | None = None  # set for a population of LoRA adapters (use_base)
         self._written: set[str] = set()  # targets that hold an adapter mix, not the base
-        self._on_base = False
 
+    @torch.no_grad()
     def use_base(self, base: Weights) -> None:
-        """From now on every model is an adapter of `base` (resident weights, weights_of)."""
-        self.base, self._on_base = base, False
+        """From now on every model is an adapter of `base` (resident weights, weights_of), which the working model
+        holds wherever no adapter writes."""
+        keys = self._floats + self._others
+        torch._foreach_copy_([self._targets[k] for k in keys], [base[k] for k in keys])
+        self.base, self._written = base, set()
 
     def weights_of(self, state: Weights) -> Weights:
         """A model's full state (an adapter's factors) on the working model's device, kept for the sweep (fp32 for
@@ -56,10 +59,6 @@ class WorkingModel:
     def mix(self, terms: list[tuple[float, Weights]]) -> None:
         """base + Σ c·ΔW over (c, adapter) terms, written into the working model (adapter populations)."""
         base = self.base
-        if not self._on_base:
-            torch._foreach_copy_([self._targets[k] for k in self._floats + self._others],
-                                 [base[k] for k in self._floats + self._others])
-            self._on_base, self._written = True, set()
         touched = {p for _, w in terms for p in adapter_targets(w)}
         for p in self._written - touched:
             self._targets[p].copy_(base[p])

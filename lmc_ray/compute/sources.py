@@ -27,7 +27,8 @@ from ..errors import ConfigError, cause, first_line
 
 _STEP = re.compile(r"^step:(\d+)$")
 # Only what loading a model (or a LoRA adapter) needs: skip optimizer states, other frameworks' weights, etc.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin", "flax_model.msgpack"]
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin", "adapter_model.bin",
+                 "flax_model.msgpack"]
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx")
 
 
@@ -41,7 +42,7 @@ class Found:
 
 def checkpoint_files(path: Path) -> list[Path]:
     files = sorted(path.glob("*.safetensors"))
-    return files or sorted(path.glob("pytorch_model*.bin"))
+    return files or sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("adapter_model.bin"))
 
 
 def inspect(ref: str, cache_dir: str = "~/.cache/lmc_ray", storage_options: dict | None = None) -> Found:
