@@ -3,6 +3,7 @@ loss along the merged lines, one base copy per process, and the refusals."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def lora(tmp_path_factory, texts) -> tuple[Path, list[Path]]:
 
 
 def lm_config(models, store, text_set, **over) -> config.SweepConfig:
-    raw = {"models": [str(m) for m in models], "store": str(store), "alphas": [0.0, 0.25, 0.5, 1.0],
+    raw = {"models": [m if isinstance(m, dict) else str(m) for m in models], "store": str(store), "alphas": [0.0, 0.25, 0.5, 1.0],
            "cache_dir": str(Path(store).parent / "cache"),
            "eval_sets": [{"name": "cola", "path": str(text_set), "text": ["sentence"], "subsets": ["label"],
                           "max_examples": 40}]}
@@ -266,3 +267,102 @@ def test_export_writes_the_merged_point_of_an_adapter_line_and_of_a_causal_lm_li
         rows = stored(p.cfg.store).query("subset == 'all' and alpha == 0.25")
         want = rows[(rows.model_a == a) & (rows.model_b == b)][["loss", "accuracy"]].to_numpy()[0]
         np.testing.assert_allclose(reference([state], out, texts, out), want, atol=1e-5, rtol=0)
+
+
+def _on_hub(hub, repo: str, folder: Path, card: str) -> str:
+    """`folder` committed as `repo` with a model card whose front matter names its base, as the hub reads it."""
+    return hub.commit(repo, folder, "Upload", extra={"README.md": f"---\n{card}\n---\n".encode()})
+
+
+def test_adapters_of_a_hub_base_are_listed_pinned_and_grown(tmp_path, lora, text_set, texts):
+    """`models: {adapters_of: BASE}` through the loopback hub: the hub's plain LoRA adapters of that base, pinned
+    to their commits; a DoRA one left out with a warning; a full finetune and another base's adapter not listed;
+    values equal the same adapters swept from folders; a new adapter on the hub adds only its pairs. Finetunes of
+    it are listed the same way, one of other shapes left out."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from lmc_ray.testing.hub import LocalHub
+
+    base, ads = lora
+    hub = LocalHub()
+    try:
+        _on_hub(hub, "lmcray/base", base, "library_name: transformers")
+        copies = {}
+        for k, src in enumerate([ads[0], ads[1], ads[0], ads[2]]):  # the third becomes DoRA, the fourth comes later
+            copies[k] = tmp_path / f"hub_a{k}"
+            shutil.copytree(src, copies[k])
+            cfgfile = copies[k] / "adapter_config.json"
+            cfgfile.write_text(json.dumps({**json.loads(cfgfile.read_text()), "base_model_name_or_path": "lmcray/base",
+                                           **({"use_dora": True} if k == 2 else {})}))
+            (copies[k] / "README.md").unlink(missing_ok=True)
+        pins = {f"lmcray/a{k}": _on_hub(hub, f"lmcray/a{k}", copies[k], "base_model: lmcray/base\nlibrary_name: peft")
+                for k in (0, 1, 2)}
+        (full,) = make_lm_population(tmp_path / "ft", 1, texts)
+        _on_hub(hub, "lmcray/finetune", full, "base_model: lmcray/base")
+        (odd,) = make_lm_population(tmp_path / "odd", 1, ["a finetune of the base"] * 10, hidden=16)
+        _on_hub(hub, "lmcray/smaller", odd, "base_model: lmcray/base\nbase_model_relation: finetune")
+        _on_hub(hub, "lmcray/elsewhere", copies[1], "base_model: lmcray/other\nlibrary_name: peft")
+        hub.downloads.update({"lmcray/a1": 30, "lmcray/a2": 20, "lmcray/a0": 10})
+
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hf"),
+               "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        raw = {"models": {"adapters_of": "lmcray/base"}, "store": str(tmp_path / "store"),
+               "alphas": [0.0, 0.5, 1.0], "cache_dir": str(tmp_path / "cache"),
+               "eval_sets": [{"name": "cola", "path": str(text_set), "text": ["sentence"], "max_examples": 40}]}
+
+        def sweep(cfg: dict, **over) -> subprocess.CompletedProcess:
+            (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+            return subprocess.run([sys.executable, "-c", "import lmc_ray, sys; lmc_ray.sweep(sys.argv[1], "
+                                   "executor='local', progress=False)", str(tmp_path / "cfg.yaml")],
+                                  env={**env, **over}, capture_output=True, text=True, timeout=300)
+
+        done = sweep(raw)
+        assert done.returncode == 0, done.stderr
+        assert "model 'lmcray/a2': a LoRA adapter with DoRA (use_dora); lmc-ray interpolates plain LoRA factors " \
+               "only; left out of the sweep" in done.stderr
+        run = json.loads((tmp_path / "store" / "run.json").read_text())
+        assert run["weights"] == {n: f"hub:{pins[n]}" for n in ("lmcray/a1", "lmcray/a0")}  # most downloaded first
+        assert run["fingerprint"]["base"] == "lmcray/base"
+        first = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "store" / "curves").iterdir()}
+
+        pins["lmcray/a3"] = _on_hub(hub, "lmcray/a3", copies[3], "base_model: lmcray/base")
+        grown = sweep(raw)
+        assert grown.returncode == 0, grown.stderr
+        assert set(json.loads((tmp_path / "store" / "run.json").read_text())["weights"]) == {
+            "lmcray/a0", "lmcray/a1", "lmcray/a3"}
+        after = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "store" / "curves").iterdir()}
+        assert {n: t for n, t in after.items() if n in first} == first  # the first pair's file untouched
+        rows = stored(str(tmp_path / "store"))
+        assert sorted(set(zip(rows.model_a, rows.model_b))) == [("lmcray/a0", "lmcray/a3"), ("lmcray/a1", "lmcray/a0"),
+                                                                ("lmcray/a1", "lmcray/a3")]
+
+        finetunes = sweep(raw | {"models": ["lmcray/base", {"finetunes_of": "lmcray/base"}],
+                                 "store": str(tmp_path / "ft_store")})
+        assert finetunes.returncode == 0, finetunes.stderr
+        assert "model 'lmcray/smaller'" in finetunes.stderr and "left out of the sweep" in finetunes.stderr
+        assert set(json.loads((tmp_path / "ft_store" / "run.json").read_text())["weights"]) == {
+            "lmcray/base", "lmcray/finetune"}
+
+        offline = sweep(raw | {"store": str(tmp_path / "off")}, HF_HUB_OFFLINE="1")
+        assert offline.stderr.strip().splitlines()[-1].endswith(
+            "models: adapters_of 'lmcray/base': listing the hub needs it online (HF_HUB_OFFLINE is set); list the "
+            "models instead")
+        empty = sweep(raw | {"models": [{"adapters_of": "lmcray/nobody"}], "store": str(tmp_path / "none")})
+        assert empty.stderr.strip().splitlines()[-1].endswith(
+            "config: models: adapters_of 'lmcray/nobody': the hub lists no adapters of it")
+        assert not (tmp_path / "off").exists() and not (tmp_path / "none").exists()
+    finally:
+        hub.close()
+
+    # The same adapters from folders, their base given: the same values.
+    ref = lm_config([{"ref": str(copies[k]), "name": f"lmcray/a{k}"} for k in (1, 0, 3)], tmp_path / "ref", text_set,
+                    alphas=[0.0, 0.5, 1.0], base=str(base))
+    local.run(plan.prepare(ref), progress=False)
+    key = ["model_a", "model_b", "alpha", "subset"]
+    want = stored(str(tmp_path / "ref")).query("subset == 'all'").sort_values(key).reset_index(drop=True)
+    got = rows.sort_values(key).reset_index(drop=True)
+    np.testing.assert_allclose(got[["loss", "accuracy", "distance"]].to_numpy(),
+                               want[["loss", "accuracy", "distance"]].to_numpy(), atol=1e-6, rtol=0)

@@ -69,6 +69,14 @@ def test_explicit_alphas_are_sorted():
     ({"eval_sets": [{"name": "s", "path": "x", "text": "a", "label": "l", "max_examples": "ten"}]},
      "max_examples must be a positive integer or null, got 'ten'"),
     ({"models": [{"ref": 5}, "a/m1"]}, "ref must be a string, got 5"),
+    # Hub listings: one base, a hub id, known keys; the YAML writes them among the models.
+    ({"models": {"adapters_of": "org/base", "finetunes_of": "org/base"}}, "give one of adapters_of or finetunes_of"),
+    ({"models": [{"adapters_of": "org/base@main"}]}, "adapters_of 'org/base@main' is not a hub repository id"),
+    ({"models": [{"adapters_of": "./base"}]}, "adapters_of './base' is not a hub repository id"),
+    ({"models": [{"adapters_of": "org/base", "limit": 0}]}, "limit must be a positive integer, got 0"),
+    ({"models": [{"adapters_of": "org/base", "sort": "stars"}]}, "sort must be 'downloads' or"),
+    ({"listings": []}, "unknown key 'listings' (hub listings are written under models: {adapters_of: BASE})"),
+    ({"models": [{"adapters_of": "org/base"}], "planes": {"triples": [["x", "x", "y"]]}}, "three different models"),
     # One model under two spellings is one model.
     ({"models": ["m0", "m0/"]}, "model name 'm0' appears twice"),
     ({"models": [{"ref": "m0", "name": "a"}, {"ref": "./m0/", "name": "b"}]}, "/m0' appears twice (as 'a' and 'b')"),
@@ -176,20 +184,24 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
 
     import yaml
 
+    from lmc_ray.config.sweep import DERIVED
+
     help_text = config.parser("t").format_help()
     for f in dataclasses.fields(config.SweepConfig):
-        if f.name not in ("models", "eval_sets", "storage_options", "planes"):
+        if f.name not in ("models", "eval_sets", "storage_options", "planes", *DERIVED):
             assert f"--{f.name.replace('_', '-')}" in help_text, f.name
     flat = "".join(help_text.split())  # argparse wraps lines, at hyphens too
     schema = config.schema()["properties"]
     for f in dataclasses.fields(config.SweepConfig):  # each described, in --help and in the JSON schema
+        if f.name in DERIVED:
+            continue
         text = "".join((config.SweepConfig.__pydantic_fields__[f.name].description or "").split())
         assert text and text in "".join(schema[f.name].get("description", "").split()), f.name
         if f.name not in ("models", "eval_sets", "storage_options", "planes"):
             assert text in flat, f.name
     from lmc_ray.training.finetune import FinetuneConfig
 
-    for cls in (config.ModelSpec, config.EvalSetSpec, config.PlanesSpec, FinetuneConfig):  # entries, finetuning
+    for cls in (config.ModelSpec, config.HubListSpec, config.EvalSetSpec, config.PlanesSpec, FinetuneConfig):  # entries, finetuning
         for name, info in cls.__pydantic_fields__.items():
             assert info.description, f"{cls.__name__}.{name}"
     assert "(anon-negativeinteger;default:3)" in flat and "(astring)" in flat  # max_retries; store: required
@@ -230,11 +242,15 @@ def test_the_configuration_reference_in_docs_is_current_and_describes_every_fiel
     assert (ROOT / "docs" / "configuration.md").read_text() == text, \
         "regenerate: lmc-ray configs --reference > docs/configuration.md"
     sections = text.split("\n## ")[1:]
-    classes = (config.SweepConfig, config.ModelSpec, config.EvalSetSpec, config.PlanesSpec, FinetuneConfig)
+    from lmc_ray.config.sweep import DERIVED
+
+    classes = (config.SweepConfig, config.ModelSpec, config.HubListSpec, config.EvalSetSpec, config.PlanesSpec,
+               FinetuneConfig)
     assert len(sections) == len(classes)
     for cls, section in zip(classes, sections):
         rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
-        assert [r[0][3:-1] for r in rows] == [f.name for f in dataclasses.fields(cls)], cls.__name__
+        assert [r[0][3:-1] for r in rows] == [f.name for f in dataclasses.fields(cls) if f.name not in DERIVED], \
+            cls.__name__
         assert all(r[3].strip(" |") for r in rows), cls.__name__
     assert "| `max_retries` | a non-negative integer | `3` | Actor restarts / task retries" in text
 

@@ -71,6 +71,11 @@ def test_a_store_refuses_another_configuration(tmp_path):
     Store(str(tmp_path / "r")).open({"alphas": [0, 1], "refine": 2})
     with pytest.raises(ConfigError, match=r"different configuration \(refine differ\)"):
         Store(str(tmp_path / "r")).open({"alphas": [0, 1]})
+    # Adapters on a base whose weights changed: every stored value is another line's.
+    Store(str(tmp_path / "a")).open({"alphas": [0, 1], "base": "org/base", "base_weights": "abc"})
+    Store(str(tmp_path / "a")).open({"alphas": [0, 1], "base": "moved/base", "base_weights": "abc"})
+    with pytest.raises(ConfigError, match=r"different configuration \(base_weights differ\)"):
+        Store(str(tmp_path / "a")).open({"alphas": [0, 1], "base": "org/base", "base_weights": "def"})
 
 
 def test_unwritable_store_is_one_line(tmp_path):

@@ -196,7 +196,7 @@ def hub_offline() -> bool:
 
 
 def _inspect_hub(ref: str, cache: Path) -> Found:
-    from huggingface_hub import HfApi, get_safetensors_metadata, hf_hub_download
+    from huggingface_hub import HfApi, get_safetensors_metadata, hf_hub_download, parse_safetensors_file_metadata
 
     hub = _hub_cache()
     repo, _, revision = ref.partition("@")
@@ -224,14 +224,34 @@ def _inspect_hub(ref: str, cache: Path) -> Found:
             hf_hub_download(repo, f, revision=info.sha, cache_dir=str(hub))
         first = "config.json" if "config.json" in small else "adapter_config.json"
         folder = Path(hf_hub_download(repo, first, revision=info.sha, cache_dir=str(hub))).parent
-        meta = get_safetensors_metadata(repo, revision=info.sha)  # HTTP range reads of the headers only
+        # HTTP range reads of the headers only; an adapter's one file is not where a model's index would say.
+        if first == "adapter_config.json" and "adapter_model.safetensors" in names:
+            files = [parse_safetensors_file_metadata(repo, "adapter_model.safetensors", revision=info.sha)]
+        else:
+            files = get_safetensors_metadata(repo, revision=info.sha).files_metadata.values()
     except ConfigError:
         raise
     except Exception as e:  # offline, missing repo, bad revision, a traversing file name: one line for the user
         raise _hub_failure(ref, e) from None
-    shapes = {k: tuple(t.shape) for fm in meta.files_metadata.values() for k, t in fm.tensors.items()}
+    shapes = {k: tuple(t.shape) for fm in files for k, t in fm.tensors.items()}
     _within_cache(folder, hub, ref)
     return Found(folder, pin, shapes)
+
+
+def hub_listing(base: str, relation: str, sort: str, limit: int) -> list[tuple[str, str | None]]:
+    """The hub's models whose cards name `base` as their base with this relation (adapter, finetune): (repo id,
+    commit) pairs in the hub's `sort` order, the commit as the listing gives it (None when it gives none)."""
+    from huggingface_hub import HfApi
+
+    what = f"models: {relation}s_of {base!r}"
+    if hub_offline():
+        raise ConfigError(f"{what}: listing the hub needs it online (HF_HUB_OFFLINE is set); list the models instead")
+    try:
+        found = HfApi().list_models(filter=f"base_model:{relation}:{base}", sort=sort, limit=limit,
+                                    expand=["sha"])
+        return [(m.id, m.sha) for m in found]
+    except Exception as e:
+        raise ConfigError(f"{what}: cannot list the hub ({first_line(e)})") from None
 
 
 def _step_commit(ref: str, step: int) -> str:

@@ -12,10 +12,10 @@ from .checks import build, validate
 from .flags import load, parser
 from .loading import CONFIGS, FILE_FORMATS, eval_set, find, from_dict, local_path, merge, shipped
 from .reference import markdown, schema
-from .sweep import (METRICS, READABLE_FORMATS, STORE_FORMAT, TYPED, EvalSetSpec, ModelSpec, NonNegative,
+from .sweep import (METRICS, READABLE_FORMATS, STORE_FORMAT, TYPED, EvalSetSpec, HubListSpec, ModelSpec, NonNegative,
                     NonNegativeNumber, PlanesSpec, Positive, PositiveNumber, SweepConfig, grid, on_line)
 
-__all__ = ["CONFIGS", "ConfigError", "EvalSetSpec", "FILE_FORMATS", "METRICS", "ModelSpec", "NonNegative",
+__all__ = ["CONFIGS", "ConfigError", "EvalSetSpec", "FILE_FORMATS", "HubListSpec", "METRICS", "ModelSpec", "NonNegative",
            "NonNegativeNumber", "PlanesSpec", "Positive", "PositiveNumber", "READABLE_FORMATS", "STORE_FORMAT",
            "SweepConfig", "TYPED", "build", "eval_set", "find", "from_dict", "grid", "load", "local_path",
            "markdown", "merge", "on_line", "parser", "schema", "shipped", "validate"]

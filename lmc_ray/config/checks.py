@@ -90,21 +90,24 @@ def validate(cfg: SweepConfig) -> None:
                 also = f" (as {seen[key].name!r} and {m.name!r})" if what == "ref" else ""
                 raise ConfigError(f"config: model {what} {key!r} appears twice{also}")
             seen[key] = m
-    if len(cfg.models) < 2:
+    # Names a listing will add are known once the plan lists the hub; it validates the expanded config again.
+    listed = bool(cfg.listings)
+    if len(cfg.models) < 2 and not listed:
         raise ConfigError("config: a sweep needs at least 2 models")
     if cfg.pairs != "all":
         if not isinstance(cfg.pairs, dict) or len(cfg.pairs) != 1 or not {"anchors", "file"} & set(cfg.pairs):
             raise ConfigError(f"config: pairs must be 'all', {{anchors: [names]}} or {{file: PATH}}, got {cfg.pairs!r}")
         anchors = cfg.pairs.get("anchors", [])
         unknown = [a for a in anchors if a not in [m.name for m in cfg.models]] if isinstance(anchors, list) else [anchors]
-        if unknown or ("anchors" in cfg.pairs and not anchors):
+        if (unknown and not listed) or ("anchors" in cfg.pairs and not anchors):
             raise ConfigError(f"config: pairs anchors: {unknown[0] if unknown else None!r} is not a model name")
     names = [m.name for m in cfg.models]
     for triple in cfg.planes.triples if cfg.planes else []:
         unknown = [n for n in triple if n not in names]
-        if unknown or len(set(triple)) < 3:
-            raise ConfigError(f"config: planes: {triple!r}: " + (f"{unknown[0]!r} is not a model name" if unknown
-                                                                  else "three different models make a plane"))
+        if (unknown and not listed) or len(set(triple)) < 3:
+            raise ConfigError(f"config: planes: {triple!r}: " + ("three different models make a plane"
+                                                                  if len(set(triple)) < 3
+                                                                  else f"{unknown[0]!r} is not a model name"))
     share = cfg.gpus_per_actor
     if share not in ("auto", 0) and (share > 1 or abs(share * round(1 / share) - 1) > 1e-3):
         raise ConfigError(f"config: gpus_per_actor {share:g}: an actor computes on one GPU, alone (1) or shared by k "

@@ -10,7 +10,7 @@ import yaml
 from ..errors import ConfigError
 from .checks import describe
 from .loading import from_dict, merge, read_yaml
-from .sweep import SweepConfig
+from .sweep import DERIVED, SweepConfig
 
 
 def _assign(raw: dict, key: str, value) -> None:
@@ -41,7 +41,7 @@ def _parse_value(text: str):
 
 
 # Structures stay in YAML (or reach through --set); every other field of SweepConfig is also a flag.
-_NOT_FLAGS = {"models", "eval_sets", "storage_options", "planes"}
+_NOT_FLAGS = {"models", "eval_sets", "storage_options", "planes", *DERIVED}
 
 
 def _flags() -> list[dataclasses.Field]:

@@ -12,15 +12,29 @@ import yaml
 from ..errors import ConfigError, first_line
 from .checks import build, validate
 from .refs import RANGE, at_step, expand, hub_id, kind, same_ref
-from .sweep import MAX_ALPHAS, EvalSetSpec, ModelSpec, PlanesSpec, SweepConfig, grid
+from .sweep import MAX_ALPHAS, EvalSetSpec, HubListSpec, ModelSpec, PlanesSpec, SweepConfig, grid
 
 
-def _models(raw) -> list[ModelSpec]:
+LISTING_KEYS = ("adapters_of", "finetunes_of")
+
+
+def _models(raw) -> tuple[list[ModelSpec], list[HubListSpec]]:
+    """The models a config names, and its hub listings ({adapters_of: BASE}), which the plan makes models."""
+    if isinstance(raw, dict) and set(raw) & set(LISTING_KEYS):  # `models: {adapters_of: BASE}`, the listing alone
+        raw = [raw]
     if not isinstance(raw, list) or not raw:
         raise ConfigError("config: 'models' must be a non-empty list")
-    out = []
+    out, listings = [], []
     for item in raw:
-        if isinstance(item, str):
+        if isinstance(item, dict) and set(item) & set(LISTING_KEYS):
+            where = f"config: models: {item!r}"
+            spec = build(HubListSpec, item, where)
+            if bool(spec.adapters_of) == bool(spec.finetunes_of):
+                raise ConfigError(f"{where}: give one of adapters_of or finetunes_of")
+            if not hub_id(spec.base) or "@" in spec.base:
+                raise ConfigError(f"{where}: {spec.key} {spec.base!r} is not a hub repository id (org/name)")
+            listings.append(spec)
+        elif isinstance(item, str):
             out += [ModelSpec(r) for r in expand(item)]
         elif isinstance(item, dict) and "ref" in item:
             where = f"config: model {item['ref']!r}"
@@ -43,8 +57,9 @@ def _models(raw) -> list[ModelSpec]:
                 out += [ModelSpec(r if s == "final" else at_step(r, s), f"{n}@{s}", spec.labels, str(s))
                         for s in steps] if steps else [ModelSpec(r, n if item.get("name") else "", spec.labels)]
         else:
-            raise ConfigError(f"config: model entry {item!r} must be a string or a mapping with 'ref'")
-    return out
+            raise ConfigError(f"config: model entry {item!r} must be a string, a mapping with 'ref', or a hub listing "
+                              "{adapters_of: BASE}")
+    return out, listings
 
 
 def eval_set(e, where) -> EvalSetSpec:
@@ -108,7 +123,9 @@ def from_dict(raw: dict) -> SweepConfig:
     for key in ("models", "eval_sets", "store"):
         if key not in raw:
             raise ConfigError(f"config: missing required key {key!r}")
-    raw["models"] = _models(raw["models"])
+    if "listings" in raw:
+        raise ConfigError("config: unknown key 'listings' (hub listings are written under models: {adapters_of: BASE})")
+    raw["models"], raw["listings"] = _models(raw["models"])
     if not isinstance(raw["eval_sets"], list) or not raw["eval_sets"]:
         raise ConfigError("config: 'eval_sets' must be a non-empty list")
     raw["eval_sets"] = [eval_set(e, i) for i, e in enumerate(raw["eval_sets"])]

@@ -6,7 +6,7 @@ import dataclasses
 import typing
 
 from .checks import describe
-from .sweep import EvalSetSpec, ModelSpec, PlanesSpec, SweepConfig
+from .sweep import DERIVED, EvalSetSpec, HubListSpec, ModelSpec, PlanesSpec, SweepConfig
 
 
 def schema() -> dict:
@@ -18,7 +18,12 @@ def schema() -> dict:
     # The YAML's shorthands, which from_dict expands: a model as its ref, an eval set's text as one field name,
     # alphas as a grid size.
     strings = {"type": "array", "items": {"type": "string"}}
-    s["properties"]["models"]["items"] = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/ModelSpec"}]}
+    listing = {"$ref": "#/$defs/HubListSpec"}
+    s["properties"]["models"] = {**s["properties"]["models"], "anyOf": [
+        {"type": "array", "items": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/ModelSpec"}, listing]}}, listing]}
+    del s["properties"]["models"]["type"], s["properties"]["models"]["items"]
+    for key in DERIVED:
+        del s["properties"][key]
     text = s["$defs"]["EvalSetSpec"]["properties"]["text"]
     text["anyOf"] = [{"type": "string"}, strings]
     del text["type"], text["items"]
@@ -39,6 +44,9 @@ def markdown(extra: tuple[tuple[str, type, str], ...] = ()) -> str:
                 ("A model (`models:` entries)", ModelSpec,
                  "A string is a model's ref. A mapping may also give `steps: [N, ..., final]`, which expands into "
                  "one model per step. A ref may hold ranges, `org/bert_{0..99}`, which expand into one model each."),
+                ("A hub listing (`models:` entries `{adapters_of: BASE}`)", HubListSpec,
+                 "Lists models from the hub by the base their model cards name; give adapters_of or finetunes_of. "
+                 "`models: {adapters_of: BASE}` alone is the same as a list of that one entry."),
                 ("An eval set (`eval_sets:` entries)", EvalSetSpec,
                  "The first set is on every line and decides the barriers. `text` may be one field name."),
                 ("Planes (`planes:`)", PlanesSpec, "Planes through three models, evaluated after the pairs."),
@@ -51,6 +59,8 @@ def markdown(extra: tuple[tuple[str, type, str], ...] = ()) -> str:
         out += [f"## {title}", "", intro, "", "| key | type | default | description |", "|---|---|---|---|"]
         hints = typing.get_type_hints(cls, include_extras=True)
         for f in dataclasses.fields(cls):
+            if f.name in DERIVED:
+                continue
             info = cls.__pydantic_fields__[f.name]
             default = "required" if info.is_required() else f"`{info.get_default(call_default_factory=True)!r}`"
             words = describe(hints[f.name])

@@ -18,6 +18,8 @@ METRICS = ("accuracy", "f1", "mcc")  # the scores an eval set may report per mod
 
 # strict: YAML's "10" stays a string and its `true` is no 1; forbid: a typo'd key is refused, not ignored.
 TYPED = ConfigDict(strict=True, extra="forbid", use_attribute_docstrings=True)
+# Fields the loader fills from other keys (hub listings are written among `models:`): no YAML key, no flag.
+DERIVED = ("listings",)
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 PositiveNumber = Annotated[float, Field(gt=0)]
@@ -39,6 +41,34 @@ class ModelSpec:
     def __post_init__(self):
         self.ref = same_ref(self.ref)
         self.name = self.name or self.ref
+
+
+@dataclass(config=TYPED)
+class HubListSpec:
+    adapters_of: str | None = None
+    """Hub id of a base model: the hub's LoRA adapters of it (the models tagged base_model:adapter:BASE, which the
+    hub derives from each model card's base_model). Their base is then this one unless `base` says otherwise."""
+    finetunes_of: str | None = None
+    """Hub id of a base model: the hub's full finetunes of it (tagged base_model:finetune:BASE)."""
+    limit: Positive = 50
+    """At most this many, the first in `sort` order."""
+    sort: Literal["downloads", "likes", "created_at", "last_modified", "trending_score"] = "downloads"
+    """The hub's order, most first."""
+    exclude: list[str] = field(default_factory=list)
+    """Hub ids left out of the listing."""
+
+    @property
+    def base(self) -> str:
+        return self.adapters_of or self.finetunes_of or ""
+
+    @property
+    def relation(self) -> str:
+        """The hub's word for how the listed models derive from the base (its tag base_model:RELATION:BASE)."""
+        return "adapter" if self.adapters_of else "finetune"
+
+    @property
+    def key(self) -> str:
+        return f"{self.relation}s_of"
 
 
 @dataclass(config=TYPED)
@@ -107,7 +137,8 @@ class PlanesSpec:
 @dataclass(config=TYPED)
 class SweepConfig:
     models: list[ModelSpec]
-    """The population: model references (strings) or mappings with ref, name, labels, steps; all one architecture."""
+    """The population: model references (strings) or mappings with ref, name, labels, steps; all one architecture.
+    A mapping {adapters_of: BASE} or {finetunes_of: BASE} lists models from the hub instead (see `listings`)."""
     eval_sets: list[EvalSetSpec]
     """The sets each model is scored on; the first is on every line and decides the barriers by default."""
     store: str
@@ -174,6 +205,11 @@ class SweepConfig:
     base: str | None = None
     """For a population of LoRA adapters: the model reference of the base they were trained on; default: their
     adapter_config.json's base_model_name_or_path (which must then be the same for all)."""
+    listings: list[HubListSpec] = field(default_factory=list)
+    """The `models:` entries that list the hub, {adapters_of: BASE} or {finetunes_of: BASE}: made into models when
+    the sweep is planned, each pinned to the commit the hub has then (a later run with more of them on the hub grows
+    the store by their pairs). Listed models that cannot be swept (other adapter kinds, other shapes, gated) are
+    left out with a warning naming each."""
     ood: str | None = None
     """The per-model score the report's paper figures order the models by (the OOD heatmap, Figure 1, the
     spectral-score scatter), as SET/SUBSET/METRIC: e.g. hans_full/heuristic,label=lexical_overlap,non-entailment/
@@ -196,6 +232,8 @@ class SweepConfig:
             "max_length": self.max_length,
             "tokenizer": self.tokenizer,
             **({"base": self.base} if self.base else {}),
+            # Before the plan lists the hub; its run records the listed models instead.
+            **({"listings": [dataclasses.asdict(x) for x in self.listings]} if self.listings else {}),
             "format": STORE_FORMAT,
         }
 

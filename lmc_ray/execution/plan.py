@@ -7,6 +7,7 @@ return typed results (compute/work.py).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,9 +17,12 @@ from ..compute.core import concrete_dtype, pick_device
 from ..compute.data import EvalData, prepare as prepare_data
 from ..compute.packed import PACKABLE
 from ..compute.work import Endpoint, Pair, Plane
-from ..config import SweepConfig, on_line
+from ..config import ModelSpec, SweepConfig, on_line, validate
+from ..config.refs import hub_id
 from ..errors import ConfigError
 from . import schedule
+
+log = logging.getLogger("lmc_ray")
 
 
 @dataclass
@@ -51,21 +55,76 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def _inspect_all(cfg: SweepConfig) -> list[sources.Found]:
+def _listed(cfg: SweepConfig) -> tuple[SweepConfig, set[str]]:
+    """The config with its hub listings made models, each pinned to the commit the listing names and named by its
+    repository id; and those names. A listing adds what the config does not already name."""
+    if not cfg.listings:
+        return cfg, set()
+    bases = {x.adapters_of for x in cfg.listings if x.adapters_of}
+    if len(bases) > 1:
+        raise ConfigError(f"config: models: adapters of {' and '.join(map(repr, sorted(bases)))}: a sweep's adapters "
+                          "share one base")
+    named = {m.name for m in cfg.models} | {m.ref.partition("@")[0] for m in cfg.models}
+    added: list[ModelSpec] = []
+    for x in cfg.listings:
+        rows = [r for r in sources.hub_listing(x.base, x.relation, x.sort, x.limit + len(x.exclude))
+                if r[0] not in x.exclude][:x.limit]
+        if not rows:
+            raise ConfigError(f"config: models: {x.key} {x.base!r}: the hub lists no {x.relation}s of it")
+        for repo, sha in rows:
+            if not hub_id(repo) or "@" in repo:  # a listing is the hub's word, not the user's: nothing else is fetched
+                log.warning("the hub listed %r as a %s of %s, which is no repository id; left out", repo, x.relation,
+                            x.base)
+            elif repo not in named:
+                named.add(repo)
+                added.append(ModelSpec(f"{repo}@{sha}" if sha else repo, repo))
+        log.info("%s %s: %d models listed on the hub", x.key, x.base, len(rows))
+    base = cfg.base or (bases.pop() if bases else None)
+    return dataclasses.replace(cfg, models=[*cfg.models, *added], listings=[], base=base), {m.name for m in added}
+
+
+def _sweepable(cfg: SweepConfig, found: list[sources.Found], listed: set[str],
+               check: Callable[[ModelSpec, sources.Found], None]) -> tuple[SweepConfig, list[sources.Found]]:
+    """The models `check` accepts. One it refuses is refused in one line when the config names it, and left out
+    with a warning when a hub listing brought it: what the hub holds is not the user's mistake."""
+    keep = []
+    for m, f in zip(cfg.models, found):
+        try:
+            check(m, f)
+            keep.append((m, f))
+        except ConfigError as e:
+            if m.name not in listed:
+                raise
+            log.warning("%s; left out of the sweep", e)
+    return _fewer(cfg, [m for m, _ in keep]), [f for _, f in keep]
+
+
+def _fewer(cfg: SweepConfig, kept: list[ModelSpec]) -> SweepConfig:
+    if len(kept) < 2 <= len(cfg.models):
+        raise ConfigError(f"config: {len(cfg.models) - len(kept)} of {len(cfg.models)} models left out (named above), "
+                          f"{len(kept)} left: a sweep needs at least 2")
+    return dataclasses.replace(cfg, models=kept)
+
+
+def _inspect_all(cfg: SweepConfig, listed: set[str]) -> tuple[SweepConfig, list[sources.Found]]:
     """Every model inspected; those that cannot be had are named together (a range such as cola_6ep_ft-{0..99}
-    where only some seeds were published), in one line."""
-    found, failed = [], []
+    where only some seeds were published), in one line. Listed ones that cannot be had are left out."""
+    found, failed, kept = [], [], []
     for m in cfg.models:
         try:
             found.append(sources.inspect(m.ref, cfg.cache_dir, cfg.storage_options))
+            kept.append(m)
         except ConfigError as e:
-            failed.append((m.name, str(e)))
+            if m.name in listed:
+                log.warning("%s; left out of the sweep", e)
+            else:
+                failed.append((m.name, str(e)))
     if len(failed) == 1:
         raise ConfigError(failed[0][1])
     if failed:
         shown = ", ".join(name for name, _ in failed[:20]) + (", ..." if len(failed) > 20 else "")
         raise ConfigError(f"{len(failed)} of {len(cfg.models)} models cannot be had: {shown} (the first: {failed[0][1]})")
-    return found
+    return _fewer(cfg, kept), found
 
 
 def here_on_gpus(cfg: SweepConfig) -> bool:
@@ -77,15 +136,24 @@ def prepare(cfg: SweepConfig, on_gpus: Callable[[SweepConfig], bool] = here_on_g
     """Everything checked, from headers only: no model's weights are downloaded here (the actors fetch their own).
     `on_gpus` says where the sweep will run, which makes `dtype: auto` concrete; it is asked last, after every
     check, since asking a Ray cluster starts Ray."""
-    found = _inspect_all(cfg)
+    cfg, listed = _listed(cfg)
+    cfg, found = _inspect_all(cfg, listed)
     base = None
     if cfg.base is not None or any(adapters.is_adapter(f.folder) for f in found):
+        if listed:
+            cfg, found = _sweepable(cfg, found, listed, _plain_lora)
         cfg, base = _adapters(cfg, found)
         infos = [M.read_info(f"base {cfg.base}", base.folder, None, base.shapes)]
-        for m, f in zip(cfg.models, found):
-            adapters.inspect(m.name, f.folder, infos[0].shapes, f.shapes)
+        cfg, found = _sweepable(cfg, found, listed,
+                                lambda m, f: adapters.inspect(m.name, f.folder, infos[0].shapes, f.shapes))
     else:
+        if listed:  # a listed finetune must read, and match the first model the config names (or the hub lists)
+            first = M.read_info(cfg.models[0].name, found[0].folder, cfg.models[0].labels, found[0].shapes)
+            cfg, found = _sweepable(cfg, found, listed, lambda m, f: M.preflight(
+                [first, M.read_info(m.name, f.folder, m.labels, f.shapes)]))
         infos = [M.read_info(m.name, f.folder, m.labels, f.shapes) for m, f in zip(cfg.models, found)]
+    if listed:
+        validate(cfg)  # the names the listing added: at least two models, anchors and planes that name them
     labels = M.preflight(infos)
     causal = infos[0].kind == M.CAUSAL_LM
     truncate = not (causal and cfg.max_length == "auto")  # an LM's text is cut only where the config says so
@@ -144,6 +212,12 @@ def _adapters(cfg: SweepConfig, found: list[sources.Found]) -> tuple[SweepConfig
     if adapters.is_adapter(base.folder):
         raise ConfigError(f"config: base {cfg.base!r} is itself an adapter; name the full model it adapts")
     return cfg, base
+
+
+def _plain_lora(m: ModelSpec, f: sources.Found) -> None:
+    if not adapters.is_adapter(f.folder):
+        raise ConfigError(f"model {m.name!r}: listed as an adapter but is a full checkpoint")
+    adapters.read_config(m.name, f.folder)
 
 
 def _check_text_sets(cfg: SweepConfig) -> None:

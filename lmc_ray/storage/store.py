@@ -80,7 +80,8 @@ FAN_IN = 16  # batch files of one size class merged into the next class
 MAX_LEVEL = 3  # no merges beyond 64·16² results per file (a merge holds its inputs in memory)
 log = logging.getLogger("lmc_ray")
 # Settings every stored value shares; the models and eval sets are identified one by one (Registry).
-SETTINGS_KEYS = ("alphas", "refine", "per_example", "dtype", "max_length", "tokenizer", "format")
+# base_weights: an adapter store's every value depends on its base's weights (its ref may move, its weights not).
+SETTINGS_KEYS = ("alphas", "refine", "per_example", "dtype", "max_length", "tokenizer", "base_weights", "format")
 
 # (eval set name, its subset names) in the order Metrics rows come in.
 SetSubsets = list[tuple[str, list[str]]]

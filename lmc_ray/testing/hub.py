@@ -1,6 +1,11 @@
-"""A model hub on loopback for tests: the few HTTP endpoints huggingface_hub calls to list a repository's commits,
-describe a revision, list its files and download them (whole, or by byte range for safetensors headers), served from folders
-committed to it. With HF_ENDPOINT pointing here the hub path of `compute/sources.py` runs for real, offline.
+"""A model hub on loopback for tests: the few HTTP endpoints huggingface_hub calls to list models by tag, list a
+repository's commits, describe a revision, list its files and download them (whole, or by byte range for safetensors
+headers), served from folders committed to it. With HF_ENDPOINT pointing here the hub path of `compute/sources.py`
+runs for real, offline.
+
+Tags are derived as the hub derives them: a model card (README.md) whose front matter names `base_model: BASE` tags
+the repository base_model:BASE and base_model:RELATION:BASE, the relation being the card's base_model_relation, else
+adapter when the repository holds an adapter_config.json, else finetune.
 """
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
 
 
 class LocalHub:
     def __init__(self):
         self.repos: dict[str, list[dict]] = {}  # repo id -> its commits on main, newest first
+        self.downloads: dict[str, int] = {}  # repo id -> the count the listing sorts by (set by a test)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -29,6 +37,25 @@ class LocalHub:
                            + b"".join(hashlib.sha1(b).digest() for b in files.values())).hexdigest()
         history.insert(0, {"id": sha, "title": title, "files": files})
         return sha
+
+    def tags(self, repo: str) -> list[str]:
+        files = self.repos[repo][0]["files"]
+        card = files.get("README.md", b"").decode()
+        front = yaml.safe_load(card.split("---")[1]) if card.startswith("---") and card.count("---") >= 2 else None
+        if not isinstance(front, dict) or not front.get("base_model"):
+            return []
+        bases = front["base_model"] if isinstance(front["base_model"], list) else [front["base_model"]]
+        relation = front.get("base_model_relation") or ("adapter" if "adapter_config.json" in files else "finetune")
+        return [t for b in bases for t in (f"base_model:{b}", f"base_model:{relation}:{b}")]
+
+    def listing(self, query: dict[str, list[str]]) -> list[dict]:
+        """GET /api/models: the repositories carrying every `filter` tag, most downloaded first, at most `limit`."""
+        wanted = set(query.get("filter", []))
+        rows = [{"id": r, "modelId": r, "sha": h[0]["id"], "tags": self.tags(r), "downloads": self.downloads.get(r, 0),
+                 "likes": 0, "private": False} for r, h in self.repos.items()]
+        rows = [row for row in rows if wanted <= set(row["tags"])]
+        rows.sort(key=lambda row: -row["downloads"])  # stable: equal counts keep the order repositories were made
+        return rows[:int(query["limit"][0])] if "limit" in query else rows
 
     def close(self) -> None:
         self.server.shutdown()
@@ -63,6 +90,8 @@ def _handler(hub: LocalHub):
 
         def _serve(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
+            if path.rstrip("/") == "/api/models":
+                return self._json(hub.listing(parse_qs(urlsplit(self.path).query)), body)
             for route, pattern in _ROUTES:
                 m = pattern.match(path)
                 if m:
