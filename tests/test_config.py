@@ -258,7 +258,7 @@ def test_the_configuration_reference_in_docs_is_current_and_describes_every_fiel
 @pytest.mark.parametrize("over, culprit", [
     ({"epochs": 0}, "finetune config: epochs must be a positive number, got 0"),
     ({"seeds": [1, 1]}, "finetune config: seeds must be distinct, got [1, 1]"),
-    ({"labels": "yes"}, "finetune config: labels must be a list of (a string) of at least 2, got 'yes'"),
+    ({"labels": "yes"}, "finetune config: labels must be a list of (a string) of at least 2 or null, got 'yes'"),
     ({"lr": "1e-4"}, "finetune config: lr must be a positive number, got '1e-4'"),  # YAML reads 1e-4 as a string
     ({"batchsize": 8}, "finetune config: unknown key 'batchsize'"),
 ])

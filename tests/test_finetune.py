@@ -211,3 +211,67 @@ def test_finetune_trials_get_gpus_an_autoscaler_starts(tmp_path):
         finetune.train(alone, seed, threads=1)
         got, want = (load_file(str(tmp_path / d / f"seed_{seed}" / "model.safetensors")) for d in ("models", "alone"))
         assert all(torch.equal(got[k], want[k]) for k in want), f"seed {seed} differs from the seed trained alone"
+
+
+def test_lora_adapters_of_a_causal_lm_train_and_sweep(tmp_path):
+    """No labels and `lora:`: each seed trains a PEFT adapter of a GPT-2 base on next-token prediction. The saved
+    folder is an adapter that names the base as configured; training lowers the text loss; seeds differ; and the
+    sweep's α = 0 and α = 1 points score what training last reported for those seeds."""
+    import json
+
+    import pandas as pd
+
+    from lmc_ray.execution import local, plan
+    from lmc_ray import config
+    from lmc_ray.storage.store import Store
+    from lmc_ray.testing.lm_population import make_lm_population
+
+    cola = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"
+    read = lambda f: pd.read_csv(cola / f, sep="\t", header=None, quoting=3, names=["src", "label", "mark", "sentence"])
+    read("in_domain_train.tsv")[["sentence"]].head(256).to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    read("in_domain_dev.tsv")[["sentence"]].head(64).to_json(tmp_path / "dev.jsonl", orient="records", lines=True)
+    (start,) = make_lm_population(tmp_path, 0, list(read("in_domain_train.tsv").sentence))
+    text = lambda name: {"name": name, "path": str(tmp_path / f"{name}.jsonl"), "text": ["sentence"]}
+    # The base: every weight of a random GPT-2 trained on the text (a causal LM finetuned whole).
+    whole = {"base": str(start), "train": text("train"), "eval_sets": [text("dev")], "output": str(tmp_path / "lm"),
+             "seeds": [0], "epochs": 2, "batch_size": 16, "lr": 5e-3, "reports": 2}
+    pretrained = finetune.train(finetune.from_dict(whole), 0)
+    assert pretrained["dev/loss"] < 5.5  # from ln(400) = 5.99, uniform over the vocabulary
+    base = tmp_path / "lm" / "seed_0"
+    cfg = finetune.from_dict(whole | {"base": str(base), "output": str(tmp_path / "ads"), "seeds": [0, 1],
+                                      "lora": {"r": 4, "targets": ["c_attn", "c_fc"]}})
+    reports = {}
+    for seed in cfg.seeds:
+        seen = []
+        finetune.train(cfg, seed, report=seen.append)
+        reports[seed] = seen
+    folder = tmp_path / "ads" / "seed_0"
+    assert {"adapter_config.json", "adapter_model.safetensors", "DONE"} <= {f.name for f in folder.iterdir()}
+    assert not (folder / "model.safetensors").exists()
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(base) and adapter["r"] == 4
+    assert reports[0][-1]["dev/loss"] < pretrained["dev/loss"] - 0.005  # it learned more of the text
+    assert reports[0][-1]["dev/loss"] != reports[1][-1]["dev/loss"]
+
+    sweep = config.from_dict({"models": [str(folder), str(tmp_path / "ads" / "seed_1")], "eval_sets": [text("dev")],
+                              "store": str(tmp_path / "store"), "alphas": [0.0, 0.5, 1.0],
+                              "cache_dir": str(tmp_path / "cache")})
+    p = plan.prepare(sweep)
+    local.run(p, progress=False)
+    rows = Store(p.cfg.store).curves().to_table().to_pandas().sort_values("alpha")
+    assert rows.loss.iloc[0] == pytest.approx(reports[0][-1]["dev/loss"], abs=1e-5)
+    assert rows.loss.iloc[-1] == pytest.approx(reports[1][-1]["dev/loss"], abs=1e-5)
+    assert rows.accuracy.iloc[0] == pytest.approx(reports[0][-1]["dev/accuracy"], abs=1e-6)
+
+
+def test_lora_needs_a_causal_lm_and_labels_need_a_classifier(tmp_path):
+    from lmc_ray.config import ConfigError
+    from lmc_ray.testing.lm_population import make_lm_population
+
+    raw = {"base": "x", "train": {"path": "t.jsonl", "text": ["s"]}, "output": str(tmp_path / "o")}
+    with pytest.raises(ConfigError, match="lora trains adapters of causal LMs"):
+        finetune.from_dict(raw | {"labels": ["a", "b"], "train": raw["train"] | {"label": "l"}, "lora": {}})
+    (lm,) = make_lm_population(tmp_path, 0, ["some words to learn a tokenizer from"] * 20)
+    with pytest.raises(ConfigError, match=f"base '{lm}' is a causal LM: drop labels"):
+        finetune.train(finetune.from_dict(raw | {"base": str(lm), "labels": ["a", "b"],
+                                                  "train": raw["train"] | {"label": "l"}}), 0)

@@ -1,4 +1,8 @@
-"""Finetune one copy of a base model; copies differ only in data order and classifier-head initialisation.
+"""Finetune one copy of a base model; copies differ only in data order and in what is newly initialised (a
+classifier's head, a LoRA adapter's factors).
+
+A classifier learns its labels; a causal LM (no `labels`) learns next-token prediction of the train set's text.
+Either may train a LoRA adapter instead of every weight (`lora:`), saved as PEFT writes one.
 
 No Ray here: `jobs/finetune.py` runs one Tune trial per seed around `train`.
 """
@@ -21,11 +25,22 @@ from pydantic.dataclasses import dataclass
 from ..compute import sources
 from ..compute.core import BATCH_TOKENS, DTYPES, concrete_dtype, pick_device
 from ..compute.data import EvalData, prepare
-from ..compute.evaluate import Evaluator
+from ..compute import models as M
+from ..compute.evaluate import Evaluator, TokenEvaluator
 from ..compute.metrics import COLUMNS, LOSS
 from ..compute.models import quiet
 from ..config import refs
 from ..config import TYPED, ConfigError, EvalSetSpec, NonNegativeNumber, Positive, PositiveNumber, build, eval_set
+
+
+@dataclass(config=TYPED)
+class LoraSpec:
+    r: Positive = 8
+    """Rank of the adapter's factors."""
+    alpha: PositiveNumber = 16.0
+    """PEFT's lora_alpha: the adapter's ΔW is (alpha / r)·B·A."""
+    targets: list[str] | None = None
+    """Names of the modules the adapter wraps; default: PEFT's choice for the architecture (GPT-2: c_attn)."""
 
 
 @dataclass(config=TYPED)
@@ -36,10 +51,14 @@ class FinetuneConfig:
     """The training set, described like an evaluation set (max_examples: null = all)."""
     eval_sets: list[EvalSetSpec]
     """Reported while training (in-domain and diagnostic)."""
-    labels: Annotated[list[str], Field(min_length=2)]
-    """The classifier's label names, in order."""
     output: str
     """Local directory or s3://bucket/prefix; model k goes to OUTPUT/seed_k."""
+    labels: Annotated[list[str], Field(min_length=2)] | None = None
+    """The classifier's label names, in order. None: the base is a causal LM, trained to predict the next token
+    of the train set's text (the train and eval sets are then text sets, without a label)."""
+    lora: LoraSpec | None = None
+    """Train a LoRA adapter of the base instead of every weight; OUTPUT/seed_k is then a PEFT adapter folder whose
+    base_model_name_or_path is `base` as written here. The seed draws the adapter's initial factors."""
     seeds: Annotated[list[int], Field(min_length=1)] = field(default_factory=lambda: list(range(12)))
     """One model per seed: the seed draws its classifier head and the order of its training examples."""
     epochs: PositiveNumber = 2.0
@@ -103,26 +122,31 @@ def exists(cfg: FinetuneConfig, seed: int) -> bool:
 
 def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = None) -> dict:
     """Train copy `seed`, calling report(metrics) as it goes; save it to OUTPUT/seed_k; return final metrics."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     if threads:
         torch.set_num_threads(threads)
     quiet()
     base = sources.resolve(cfg.base, cfg.cache_dir, cfg.storage_options)
+    causal = M.read_info(cfg.base, base).kind == M.CAUSAL_LM
+    if causal != (cfg.labels is None):
+        raise ConfigError(f"finetune config: base {cfg.base!r} is " + (
+            "a causal LM: drop labels (it learns next-token prediction of the train text)" if causal else
+            "not a causal LM: give its labels"))
     tok = AutoTokenizer.from_pretrained(str(base))
     train_data, evals = load_data(cfg, tok)
     device = pick_device(cfg.device)
     precision = DTYPES[concrete_dtype(cfg.dtype, device.type == "cuda")]
-    torch.manual_seed(seed)  # the new classifier head (and dropout) draw from this seed; created on the CPU
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base), num_labels=len(cfg.labels), id2label=dict(enumerate(cfg.labels)),
-        label2id={lab: i for i, lab in enumerate(cfg.labels)}).to(device)
-    evaluators = [Evaluator(d, model, device, BATCH_TOKENS.get(device.type, 8192), 256) for d in evals]
+    torch.manual_seed(seed)  # the new classifier head or adapter (and dropout) draw from this seed, on the CPU
+    model = _model(cfg, base, causal).to(device)
+    evaluators = [(TokenEvaluator if d.labels is None else Evaluator)(
+        d, model, device, BATCH_TOKENS.get(device.type, 8192), 256) for d in evals]
     n = len(train_data)
     steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * steps), steps)
-    labels = torch.tensor(train_data.labels, device=device)
+    labels = None if causal else torch.tensor(train_data.labels, device=device)
     report_at = {max(1, round(steps * k / cfg.reports)) for k in range(1, cfg.reports + 1)}
     metrics = {}
     for step, idx in enumerate(batches(n, cfg.batch_size, steps, seed), start=1):
@@ -130,8 +154,12 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
         batch = train_data.pad(idx, device)
         batch.pop("index")
         with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
-            logits = model(**batch).logits
-        loss = F.cross_entropy(logits.float(), labels[idx])
+            logits = model(**batch).logits.float()
+        if causal:  # token-weighted over the batch, as the sweep scores a text set; padding predicts nothing
+            target = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
+            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100)
+        else:
+            loss = F.cross_entropy(logits, labels[idx])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -156,9 +184,33 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
     return metrics
 
 
+def _model(cfg: FinetuneConfig, base: Path, causal: bool):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if causal:
+        model = AutoModelForCausalLM.from_pretrained(str(base))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(base), num_labels=len(cfg.labels), id2label=dict(enumerate(cfg.labels)),
+            label2id={lab: i for i, lab in enumerate(cfg.labels)})
+    if cfg.lora is None:
+        return model
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    # No dropout: a seed's adapter is then a function of its initial factors and data order alone.
+    spec = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules=cfg.lora.targets, lora_dropout=0.0)
+    with warnings.catch_warnings():  # GPT-2's Conv1D layers: PEFT sets fan_in_fan_out itself, and says so
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        model = get_peft_model(model, spec)
+    model.peft_config["default"].base_model_name_or_path = cfg.base  # the reference a sweep resolves, not a cache
+    return model
+
+
 def save(model, tok, cfg: FinetuneConfig, seed: int, step: int | None = None) -> None:
-    """HF checkpoint (model + tokenizer) at OUTPUT/seed_k (or the step's OUTPUT/seed_k-stepN), with a DONE marker
-    written last."""
+    """HF checkpoint (model + tokenizer; an adapter alone for LoRA) at OUTPUT/seed_k (or the step's
+    OUTPUT/seed_k-stepN), with a DONE marker written last."""
     import fsspec
 
     url = model_url(cfg, seed, step)
@@ -184,17 +236,22 @@ def check(cfg: FinetuneConfig) -> None:
     """What the field types do not say."""
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"finetune config: seeds must be distinct, got {cfg.seeds!r}")
+    if cfg.lora is not None and cfg.labels is not None:  # the new head would have to be saved whole beside it
+        raise ConfigError("finetune config: lora trains adapters of causal LMs; a classifier (labels) is finetuned "
+                          "whole")
 
 
 def from_dict(raw: dict) -> FinetuneConfig:
     """A finetune configuration from YAML: `train` and `eval_sets` are written like the sweep's eval sets."""
 
     raw = dict(raw)
-    for key in ("base", "train", "labels", "output"):
+    for key in ("base", "train", "output"):
         if key not in raw:
             raise ConfigError(f"finetune config: missing required key {key!r}")
     raw["train"] = eval_set({"name": "train", "max_examples": None, **raw["train"]}, "train")
     raw["eval_sets"] = [eval_set(e, i) for i, e in enumerate(raw.get("eval_sets") or [])]
+    if isinstance(raw.get("lora"), dict):
+        raw["lora"] = build(LoraSpec, raw["lora"], "finetune config: lora")
     if isinstance(raw.get("seeds"), int):
         raw["seeds"] = list(range(raw["seeds"]))
     cfg = build(FinetuneConfig, raw, "finetune config")
