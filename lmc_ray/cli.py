@@ -199,11 +199,14 @@ def configs(argv=None) -> None:
 def reference() -> str:
     """docs/configuration.md: the sweep's settings and the finetuning job's, from their classes."""
     from .config import markdown
-    from .training.finetune import FinetuneConfig
+    from .training.finetune import FinetuneConfig, LoraSpec
 
     return markdown(((f"Finetuning (`{FinetuneConfig.__name__}`)", FinetuneConfig,
                       "The YAML of `lmc-ray finetune --config FILE`: one model per seed from one pretrained start. "
-                      "`train` and `eval_sets` are eval-set entries as above."),))
+                      "`train` and `eval_sets` are eval-set entries as above."),
+                     (f"A LoRA adapter (`lora:`, `{LoraSpec.__name__}`)", LoraSpec,
+                      "With `lora:`, each seed trains a PEFT adapter of a causal-LM base instead of every weight "
+                      "(docs/lm-example.md).")))
 
 
 def _summary(text: str) -> str:

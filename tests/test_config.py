@@ -199,9 +199,9 @@ def test_every_setting_is_a_flag_described_by_its_field(tmp_path):
         assert text and text in "".join(schema[f.name].get("description", "").split()), f.name
         if f.name not in ("models", "eval_sets", "storage_options", "planes"):
             assert text in flat, f.name
-    from lmc_ray.training.finetune import FinetuneConfig
+    from lmc_ray.training.finetune import FinetuneConfig, LoraSpec
 
-    for cls in (config.ModelSpec, config.HubListSpec, config.EvalSetSpec, config.PlanesSpec, FinetuneConfig):  # entries, finetuning
+    for cls in (config.ModelSpec, config.HubListSpec, config.EvalSetSpec, config.PlanesSpec, FinetuneConfig, LoraSpec):  # entries, finetuning
         for name, info in cls.__pydantic_fields__.items():
             assert info.description, f"{cls.__name__}.{name}"
     assert "(anon-negativeinteger;default:3)" in flat and "(astring)" in flat  # max_retries; store: required
@@ -236,7 +236,7 @@ def test_the_configuration_reference_in_docs_is_current_and_describes_every_fiel
     import dataclasses
 
     from lmc_ray.cli import reference
-    from lmc_ray.training.finetune import FinetuneConfig
+    from lmc_ray.training.finetune import FinetuneConfig, LoraSpec
 
     text = reference()
     assert (ROOT / "docs" / "configuration.md").read_text() == text, \
@@ -245,7 +245,7 @@ def test_the_configuration_reference_in_docs_is_current_and_describes_every_fiel
     from lmc_ray.config.sweep import DERIVED
 
     classes = (config.SweepConfig, config.ModelSpec, config.HubListSpec, config.EvalSetSpec, config.PlanesSpec,
-               FinetuneConfig)
+               FinetuneConfig, LoraSpec)
     assert len(sections) == len(classes)
     for cls, section in zip(classes, sections):
         rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]

@@ -10,23 +10,7 @@ from pathlib import Path
 
 import torch
 
-
-def build_tokenizer(texts: list[str], vocab_size: int = 400):
-    """A byte-level BPE tokenizer learned from `texts` (GPT-2's kind: no special tokens added to a text)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>", unk_token="<|endoftext|>")
-
-
-def gpt2_config(vocab_size: int, layers: int = 2, hidden: int = 32, heads: int = 2, positions: int = 128):
-    from transformers import GPT2Config
-
-    return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions,
-                      bos_token_id=0, eos_token_id=0)
+from ..training.lm_start import build_tokenizer, gpt2_config
 
 
 def make_lm_population(out_dir: str | Path, n: int, texts: list[str], layers: int = 2, hidden: int = 32,

@@ -56,6 +56,9 @@ class FinetuneConfig:
     labels: Annotated[list[str], Field(min_length=2)] | None = None
     """The classifier's label names, in order. None: the base is a causal LM, trained to predict the next token
     of the train set's text (the train and eval sets are then text sets, without a label)."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """random: take only the base's architecture (config.json) and tokenizer, and draw every weight from the seed, a
+    model trained from scratch (the base may then be a folder without weights, as lm_start.py writes one)."""
     lora: LoraSpec | None = None
     """Train a LoRA adapter of the base instead of every weight; OUTPUT/seed_k is then a PEFT adapter folder whose
     base_model_name_or_path is `base` as written here. The seed draws the adapter's initial factors."""
@@ -120,15 +123,18 @@ def exists(cfg: FinetuneConfig, seed: int) -> bool:
     return fs.exists(f"{root}/DONE")
 
 
-def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = None) -> dict:
-    """Train copy `seed`, calling report(metrics) as it goes; save it to OUTPUT/seed_k; return final metrics."""
+def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = None, base_name: str | None = None) -> dict:
+    """Train copy `seed`, calling report(metrics) as it goes; save it to OUTPUT/seed_k; return final metrics.
+
+    base_name: the base an adapter records (default cfg.base), for callers that rewrote cfg.base to an
+    absolute path but want the saved adapter to name the base as the user wrote it."""
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     if threads:
         torch.set_num_threads(threads)
     quiet()
     base = sources.resolve(cfg.base, cfg.cache_dir, cfg.storage_options)
-    causal = M.read_info(cfg.base, base).kind == M.CAUSAL_LM
+    causal = M.read_info(cfg.base, base, shapes={} if cfg.init == "random" else None).kind == M.CAUSAL_LM
     if causal != (cfg.labels is None):
         raise ConfigError(f"finetune config: base {cfg.base!r} is " + (
             "a causal LM: drop labels (it learns next-token prediction of the train text)" if causal else
@@ -138,7 +144,7 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
     device = pick_device(cfg.device)
     precision = DTYPES[concrete_dtype(cfg.dtype, device.type == "cuda")]
     torch.manual_seed(seed)  # the new classifier head or adapter (and dropout) draw from this seed, on the CPU
-    model = _model(cfg, base, causal).to(device)
+    model = _model(cfg, base, causal, base_name or cfg.base).to(device)
     evaluators = [(TokenEvaluator if d.labels is None else Evaluator)(
         d, model, device, BATCH_TOKENS.get(device.type, 8192), 256) for d in evals]
     n = len(train_data)
@@ -184,15 +190,16 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
     return metrics
 
 
-def _model(cfg: FinetuneConfig, base: Path, causal: bool):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def _model(cfg: FinetuneConfig, base: Path, causal: bool, base_name: str):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    if causal:
-        model = AutoModelForCausalLM.from_pretrained(str(base))
+    cls = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    head = {} if causal else {"num_labels": len(cfg.labels), "id2label": dict(enumerate(cfg.labels)),
+                              "label2id": {lab: i for i, lab in enumerate(cfg.labels)}}
+    if cfg.init == "random":
+        model = cls.from_config(AutoConfig.from_pretrained(str(base), **head))
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(base), num_labels=len(cfg.labels), id2label=dict(enumerate(cfg.labels)),
-            label2id={lab: i for i, lab in enumerate(cfg.labels)})
+        model = cls.from_pretrained(str(base), **head)
     if cfg.lora is None:
         return model
     import warnings
@@ -204,7 +211,7 @@ def _model(cfg: FinetuneConfig, base: Path, causal: bool):
     with warnings.catch_warnings():  # GPT-2's Conv1D layers: PEFT sets fan_in_fan_out itself, and says so
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
         model = get_peft_model(model, spec)
-    model.peft_config["default"].base_model_name_or_path = cfg.base  # the reference a sweep resolves, not a cache
+    model.peft_config["default"].base_model_name_or_path = base_name  # the reference a sweep resolves, not a cache
     return model
 
 
@@ -215,8 +222,11 @@ def save(model, tok, cfg: FinetuneConfig, seed: int, step: int | None = None) ->
 
     url = model_url(cfg, seed, step)
     fs, root = fsspec.core.url_to_fs(url, **cfg.storage_options)
+    # An adapter never resizes the vocabulary, so it saves no embedding copy; PEFT's "auto" would look the base's
+    # recorded name up on disk and on the hub to decide that.
+    kw = {"save_embedding_layers": False} if cfg.lora is not None else {}
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **kw)
         tok.save_pretrained(tmp)
         Path(tmp, "DONE").write_text("complete\n")
         if fs.exists(root):
@@ -239,6 +249,8 @@ def check(cfg: FinetuneConfig) -> None:
     if cfg.lora is not None and cfg.labels is not None:  # the new head would have to be saved whole beside it
         raise ConfigError("finetune config: lora trains adapters of causal LMs; a classifier (labels) is finetuned "
                           "whole")
+    if cfg.lora is not None and cfg.init == "random":
+        raise ConfigError("finetune config: lora adapts a trained base; init: random trains every weight from scratch")
 
 
 def from_dict(raw: dict) -> FinetuneConfig:

@@ -24,6 +24,7 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
     from ..execution.ray_sweep import init, reachable
 
     finetune.check(cfg)
+    written = cfg.base
     cfg = _absolute(cfg)
     urls = [finetune.model_url(cfg, s) for s in cfg.seeds]
     todo = [s for s in cfg.seeds if not finetune.exists(cfg, s)]
@@ -39,7 +40,8 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
         # A run killed after a model was saved but before Tune recorded its trial as done restores that
         # trial; the saved model stands.
         if not finetune.exists(cfg, config["seed"]):
-            finetune.train(cfg, config["seed"], report=tune.report, threads=max(1, int(cpus_per_trial)))
+            finetune.train(cfg, config["seed"], report=tune.report, threads=max(1, int(cpus_per_trial)),
+                           base_name=written)
 
     trainable = tune.with_resources(trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     path = os.path.join(os.path.abspath(os.path.expanduser(experiment_dir)), name)
