@@ -143,10 +143,14 @@ def export(argv=None) -> None:
     p.add_argument("--store", required=True, help="the sweep's store (local path or s3://)")
     p.add_argument("--pair", nargs=2, required=True, metavar=("A", "B"), help="the two models, by their store names")
     p.add_argument("--alpha", type=float, required=True, help="the weight of B (0 = A, 1 = B)")
-    p.add_argument("--out", required=True, help="folder for the checkpoint (model + tokenizer)")
+    p.add_argument("--out", required=True, help="folder for the checkpoint (model + tokenizer; with --adapter, adapter + tokenizer)")
     p.add_argument("--cache-dir", default="~/.cache/lmc_ray", help="where remote models are cached")
+    p.add_argument("--adapter", action="store_true",
+                   help="of LoRA adapters: write the point as one adapter of their base (rank up to r_A + r_B, exact) "
+                        "instead of the merged checkpoint")
     args = p.parse_args(argv)
-    print(f"exported: {write(Store(args.store), *args.pair, args.alpha, args.out, args.cache_dir)}")
+    folder = write(Store(args.store), *args.pair, args.alpha, args.out, args.cache_dir, as_adapter=args.adapter)
+    print(f"exported: {folder}")
 
 
 def demo(argv=None) -> None:

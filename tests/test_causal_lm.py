@@ -269,6 +269,138 @@ def test_export_writes_the_merged_point_of_an_adapter_line_and_of_a_causal_lm_li
         np.testing.assert_allclose(reference([state], out, texts, out), want, atol=1e-5, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def choice_set(tmp_path_factory, texts) -> Path:
+    """A multiple-choice set from CoLA's sentences: the first half of a sentence, and as choices its own second
+    half and other sentences' (three choices, or two in every fifth item). The answer is named by its index in
+    some items and by its text in the others; a subset column splits them."""
+    rows = []
+    for i, t in enumerate(texts[:30]):
+        words = t.split()
+        cut = max(1, len(words) // 2)
+        ends = [" ".join(texts[j].split()[cut:]) or "again" for j in (i, i + 7, i + 13)][: 2 if i % 5 == 0 else 3]
+        ends[0] = " ".join(words[cut:]) or "again"
+        order = np.random.default_rng(i).permutation(len(ends))
+        choices = [ends[k] for k in order]
+        right = int(np.flatnonzero(order == 0)[0])
+        rows.append({"context": " ".join(words[:cut]), "choices": choices, "named": "index" if i % 2 else "text",
+                     "answer": str(right) if i % 2 else choices[right]})
+    path = tmp_path_factory.mktemp("mc") / "mc.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return path
+
+
+def choice_reference(state: dict, template: Path, path: Path) -> dict[str, tuple[float, float]]:
+    """Per subset: mean over items of -log softmax(choices' log-likelihoods)[answer] and the share of items whose
+    most likely choice is the answer, each choice scored alone by plain transformers: the log-probabilities of
+    the tokens of `context + " " + choice` past those of `context`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(template)).eval()
+    model.load_state_dict(state)
+    tok = AutoTokenizer.from_pretrained(str(template))
+    items = pd.read_json(path, lines=True, dtype=False)
+    loss, right = [], []
+    with torch.no_grad():
+        for row in items.itertuples():
+            start = len(tok(row.context)["input_ids"])
+            ll = []
+            for choice in row.choices:
+                ids = torch.tensor([tok(f"{row.context} {choice}")["input_ids"]])
+                logp = model(input_ids=ids).logits[0].double().log_softmax(-1)
+                ll.append(sum(float(logp[p - 1, ids[0, p]]) for p in range(start, ids.shape[1])))
+            answer = int(row.answer) if row.named == "index" else list(row.choices).index(row.answer)
+            loss.append(-float(torch.tensor(ll).log_softmax(0)[answer]))
+            right.append(float(int(np.argmax(ll)) == answer))
+    loss, right, named = np.array(loss), np.array(right), items.named.to_numpy()
+    out = {"all": (loss.mean(), right.mean())}
+    for value in ("index", "text"):
+        out[f"named={value}"] = (loss[named == value].mean(), right[named == value].mean())
+    return out
+
+
+def test_a_multiple_choice_set_scores_each_item_by_its_choices_likelihoods(tmp_path, lms, choice_set, text_set):
+    """`choices:` on causal LMs: along a line, each subset's loss and accuracy equal an independent computation,
+    one choice at a time without padding, on the merged weights; the sequences are batched by length as any set.
+    Malformed items and configs are refused in one line before the store is written."""
+    from safetensors.torch import load_file
+
+    mc = {"name": "mc", "path": str(choice_set), "text": ["context"], "choices": "choices", "label": "answer",
+          "subsets": ["named"]}
+    raw = {"models": [str(m) for m in lms[:2]], "store": str(tmp_path / "store"), "alphas": [0.0, 0.5, 1.0],
+           "cache_dir": str(tmp_path / "cache"), "eval_sets": [mc]}
+    cfg = config.from_dict(raw)
+    p = plan.prepare(cfg)
+    local.run(p, progress=False)
+    states = [load_file(str(m / "model.safetensors")) for m in lms[:2]]
+    for s in states:
+        s.setdefault("lm_head.weight", s["transformer.wte.weight"])
+    rows = stored(p.cfg.store)
+    for alpha in cfg.alphas:
+        want = choice_reference(lerp(states[0], states[1], alpha), lms[0], choice_set)
+        at = rows[rows.alpha == alpha]
+        for subset, (loss, acc) in want.items():
+            row = at[at.subset == subset]
+            assert int(row.n_examples.iloc[0]) == (30 if subset == "all" else 15)
+            assert row.loss.iloc[0] == pytest.approx(loss, abs=1e-5) and row.accuracy.iloc[0] == pytest.approx(acc)
+    assert 0.0 < rows.accuracy.min() and rows.loss.max() > 0.1  # neither trivial nor constant
+
+    bad = tmp_path / "bad.jsonl"
+    rows_in = pd.read_json(choice_set, lines=True, dtype=False)
+    for edit, match in (({"choices": ["only one"]}, "not a list of two or more non-empty choices"),
+                        ({"answer": "a choice it lacks"}, "is neither an index of its")):
+        broken = rows_in.copy()
+        for key, value in edit.items():
+            broken.at[3, key] = value
+        broken.to_json(bad, orient="records", lines=True)
+        with pytest.raises(ConfigError, match=match):
+            plan.prepare(config.from_dict({**raw, "eval_sets": [{**mc, "path": str(bad)}], "store": str(tmp_path / "s2")}))
+    for e, match in (({**mc, "metrics": ["mcc"]}, "mcc is a classification score; a multiple-choice set"),
+                     ({k: v for k, v in mc.items() if k != "label"}, "a multiple-choice set has one text field")):
+        with pytest.raises(ConfigError, match=match):
+            plan.prepare(config.from_dict({**raw, "eval_sets": [e], "store": str(tmp_path / "s2")}))
+    assert not (tmp_path / "s2").exists()
+
+
+def test_export_as_an_adapter_is_the_merged_point_when_peft_merges_it(tmp_path, lms, lora, text_set):
+    """`lmc-ray export --adapter`: the point as one PEFT adapter of the base, which PEFT itself loads and merges into
+    the merged export's weights (ranks 4 and 8, targets that differ, an embedding among them); of a store of whole
+    models it is refused in one line."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from lmc_ray import cli
+    from lmc_ray.analysis.export import export
+
+    base, ads = lora
+    p = plan.prepare(lm_config(ads[1:], tmp_path / "ads" / "store", text_set, alphas=[0.0, 0.5, 1.0]))
+    local.run(p, progress=False)
+    a, b = (m.name for m in p.cfg.models)
+    merged = export(Store(p.cfg.store), a, b, 0.3, str(tmp_path / "merged"))
+    cli.export(["--store", p.cfg.store, "--pair", a, b, "--alpha", "0.3", "--out", str(tmp_path / "point"),
+                "--adapter", "--cache-dir", str(tmp_path / "cache")])
+    point = tmp_path / "point"
+    written = json.loads((point / "adapter_config.json").read_text())
+    assert written["r"] == written["lora_alpha"] == 4 + 8 and not (point / "model.safetensors").exists()
+    assert {t.split(".")[-1] for t in written["target_modules"]} == {"c_attn", "c_proj", "c_fc", "wte"}
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    got = PeftModel.from_pretrained(model, str(point)).merge_and_unload().state_dict()
+    want = load_file(str(merged / "model.safetensors"))
+    moved = 0
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, atol=2e-6, rtol=0)
+        moved += not torch.equal(value, start[key])
+    assert moved >= 4 * 2 + 1  # every targeted weight of both layers, and the embedding
+
+    q = plan.prepare(lm_config(lms[:2], tmp_path / "lms" / "store", text_set, alphas=[0.0, 0.5, 1.0]))
+    local.run(q, progress=False)
+    with pytest.raises(ConfigError, match="export --adapter: the store's models are whole checkpoints"):
+        export(Store(q.cfg.store), *(m.name for m in q.cfg.models), 0.3, str(tmp_path / "no"), as_adapter=True)
+    assert not (tmp_path / "no").exists()
+
+
 def _on_hub(hub, repo: str, folder: Path, card: str) -> str:
     """`folder` committed as `repo` with a model card whose front matter names its base, as the hub reads it."""
     return hub.commit(repo, folder, "Upload", extra={"README.md": f"---\n{card}\n---\n".encode()})

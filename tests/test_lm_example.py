@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 
 from lmc_ray import config
 from lmc_ray.execution import local, plan
@@ -65,6 +66,16 @@ def test_the_shipped_adapters_sweep_as_docs_lm_example_md_states(tmp_path, monke
     assert len(stated) == 30
     for e, a, b, v in zip(rows.eval_set, rows.model_a, rows.model_b, rows.barrier):
         assert v == pytest.approx(stated[(e, f"{a}|{b}")], abs=6e-5), (e, a, b)
+
+
+def test_the_shipped_adapters_name_their_base_as_the_configs_that_trained_them():
+    """Each adapter records the base as lm/cola.yaml and lm/paws.yaml write it (a path relative to the repository),
+    not the absolute path Tune's trials were given, and the rank those configs set."""
+    for task in ("cola", "paws"):
+        trained = finetune.from_dict(yaml.safe_load((ROOT / "lmc_ray" / "configs" / "lm" / f"{task}.yaml").read_text()))
+        for k in trained.seeds:
+            adapter = json.loads((ROOT / "lmc_ray" / "lm_population" / f"{task}_{k}" / "adapter_config.json").read_text())
+            assert (adapter["base_model_name_or_path"], adapter["r"]) == (trained.base, trained.lora.r)
 
 
 def test_the_real_base_config_lists_the_hubs_adapters(monkeypatch):

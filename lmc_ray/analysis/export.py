@@ -1,11 +1,13 @@
 """A point of a stored line as a model: θ(α) = (1−α)·θ_A + α·θ_B written as an HF checkpoint with its tokenizer,
-for those who merge models (of two LoRA adapters: their base with (1−α)·ΔW_A + α·ΔW_B merged in). The two ends are the store's own: the weights it pinned, in its label order."""
+for those who merge models (of two LoRA adapters: their base with (1−α)·ΔW_A + α·ΔW_B merged in, or that point as
+one LoRA adapter of the base). The two ends are the store's own: the weights it pinned, in its label order."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from ..compute import adapters, models as M
@@ -16,10 +18,16 @@ from ..storage.store import Store
 
 
 def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str = "~/.cache/lmc_ray",
-           storage_options: dict | None = None) -> Path:
-    """Write θ(α) between models `a` and `b` (names in the store) to `out`; returns the folder."""
+           storage_options: dict | None = None, as_adapter: bool = False) -> Path:
+    """Write θ(α) between models `a` and `b` (names in the store) to `out`; returns the folder.
+
+    as_adapter: of a store of adapters, write the point as one PEFT adapter of the store's base (adapters.line_point:
+    exact, of rank up to r_A + r_B) instead of a merged checkpoint."""
     run = store.meta()
     fp, pins = run["fingerprint"], run.get("weights", {})
+    if as_adapter and not fp.get("base"):
+        raise ConfigError("export --adapter: the store's models are whole checkpoints, not LoRA adapters of one base; "
+                          "export the point as a checkpoint (without --adapter)")
     specs = {m["name"]: m for m in run.get("registry", fp)["models"]}  # every model the store ever held
     for name in (a, b):
         if name not in specs:
@@ -28,8 +36,14 @@ def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str 
         raise ConfigError(f"alpha {alpha} is outside [0, 1]")
     folder = _target(store, out)
     paths = [sources.resolve(specs[n]["ref"], cache_dir, storage_options, pins.get(n)) for n in (a, b)]
-    if fp.get("base"):
+    if as_adapter:
+        base_path = sources.resolve(fp["base"], cache_dir, storage_options, fp.get("base_weights"))
+        shapes = M.read_info(f"base {fp['base']}", base_path).shapes
+        adapter, tensors = adapters.line_point((a, b), paths, shapes, alpha)
+        save = partial(_save_adapter, config={**adapter, "base_model_name_or_path": fp["base"]}, tensors=tensors)
+    elif fp.get("base"):
         model, base_path = _merged_adapters(fp, (a, b), paths, alpha, cache_dir, storage_options)
+        save = model.save_pretrained
     else:
         infos = [M.read_info(n, p, specs[n].get("labels")) for n, p in zip((a, b), paths)]
         labels = M.preflight(infos)
@@ -37,7 +51,7 @@ def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str 
         working = WorkingModel(ends[0])
         wa, wb = (working.weights_of(m.state_dict()) for m in ends)
         working.set(wa, wb, alpha)  # in place, into A's model: the same lerp as the sweep's
-        model, base_path = ends[0], None
+        save, base_path = ends[0].save_pretrained, None
     tokenizer = fp.get("tokenizer")
     source = sources.resolve(tokenizer, cache_dir, storage_options) if tokenizer else paths[0]
     if base_path is not None and not tokenizer and not (source / "tokenizer_config.json").is_file():
@@ -47,11 +61,11 @@ def export(store: Store, a: str, b: str, alpha: float, out: str, cache_dir: str 
     # Written beside `out` and renamed into place: a crash leaves no half checkpoint where a model is expected.
     part = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
     try:
-        model.save_pretrained(part)
+        save(part)
         AutoTokenizer.from_pretrained(str(source)).save_pretrained(part)
         (part / MARKER).write_text(json.dumps(
-            {"store": store.url, "model_a": a, "model_b": b, "alpha": alpha, "weights": [pins.get(a), pins.get(b)]},
-            indent=2))
+            {"store": store.url, "model_a": a, "model_b": b, "alpha": alpha, "weights": [pins.get(a), pins.get(b)]}
+            | ({"base": fp["base"], "base_weights": fp.get("base_weights")} if fp.get("base") else {}), indent=2))
         if folder.exists():  # empty, or an earlier export (_target checked)
             shutil.rmtree(folder)
         os.replace(part, folder)
@@ -72,6 +86,13 @@ def _merged_adapters(fp: dict, names, paths, alpha: float, cache_dir: str, stora
     wa, wb = (working.weights_of(adapters.factors(n, p, shapes)) for n, p in zip(names, paths))
     working.set(wa, wb, alpha)
     return model, base_path
+
+
+def _save_adapter(folder: Path, config: dict, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    (folder / adapters.CONFIG).write_text(json.dumps(config, indent=2))
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
 
 
 MARKER = "lmc_ray_export.json"

@@ -133,8 +133,8 @@ def inspect(name: str, folder: Path, base_shapes: dict[str, tuple[int, ...]],
                    size)
 
 
-def factors(name: str, folder: Path, base_shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """The adapter as {param::U, param::V} in fp32, ΔW(param) = U @ V in the base weight's own layout."""
+def _factors(name: str, folder: Path, base_shapes: dict[str, tuple[int, ...]]):
+    """Per target: (base parameter, (A's key, B's key), A, B, scale, transposed), PEFT's factors in fp32 as saved."""
     cfg = read_config(name, folder)
     f = weights_file(name, folder)
     try:
@@ -146,15 +146,49 @@ def factors(name: str, folder: Path, base_shapes: dict[str, tuple[int, ...]]) ->
             tensors = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ConfigError(f"model {name!r}: cannot read {f.name} ({cause(e)})") from None
-    out = {}
     for param, (a, b, scale, transposed) in layout(name, cfg, {k: tuple(t.shape) for k, t in tensors.items()},
                                                      base_shapes).items():
         A, B = tensors[a].float(), tensors[b].float()
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise ConfigError(f"model {name!r}: LoRA factors of {param!r} contain NaN or inf")
+        yield param, (a, b), A, B, scale, transposed
+
+
+def factors(name: str, folder: Path, base_shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The adapter as {param::U, param::V} in fp32, ΔW(param) = U @ V in the base weight's own layout."""
+    out = {}
+    for param, _, A, B, scale, transposed in _factors(name, folder, base_shapes):
         u, v = (A.T, scale * B.T) if transposed else (scale * B, A)
         out[param + U], out[param + V] = u.contiguous(), v.contiguous()
     return out
+
+
+def line_point(names, folders, base_shapes: dict[str, tuple[int, ...]], alpha: float) -> tuple[dict, dict]:
+    """base + (1−α)·ΔW_A + α·ΔW_B as one plain LoRA adapter: (adapter_config.json's dict, tensors by PEFT's names).
+
+    Exact, not a fit: per target the factors are stacked along the rank, A = [A_A; A_B] and
+    B = [(1−α)·s_A·B_A, α·s_B·B_B], so B·A is the mix of the two deltas in whatever layout the module keeps it
+    (Conv1D and embeddings transpose the product, the same for both). A target of one adapter only keeps its own
+    factors. Every target is zero-padded to the largest stacked rank R, with lora_alpha = R: one r and a scale of 1
+    for all, which any PEFT version reads without rank or alpha patterns."""
+    cfgs = [read_config(n, f) for n, f in zip(names, folders)]
+    stacked: dict[str, tuple[tuple[str, str], list, list]] = {}
+    for name, folder, weight in zip(names, folders, (1.0 - alpha, alpha)):
+        for param, keys, A, B, scale, _ in _factors(name, folder, base_shapes):
+            entry = stacked.setdefault(param, (keys, [], []))
+            entry[1].append(A)
+            entry[2].append(weight * scale * B)
+    rank = max(sum(len(a) for a in As) for _, As, _ in stacked.values())
+    tensors = {}
+    for keys, As, Bs in stacked.values():
+        A, B = torch.cat(As), torch.cat(Bs, dim=1)
+        pad = rank - len(A)
+        ka, kb = (re.sub(r"\.default(?=\.weight$|$)", "", k) for k in keys)  # PEFT saves without its adapter name
+        tensors[ka] = torch.nn.functional.pad(A, (0, 0, 0, pad)).contiguous()
+        tensors[kb] = torch.nn.functional.pad(B, (0, pad)).contiguous()
+    config = {**cfgs[0], "r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {},
+              "target_modules": sorted(p[: -len(".weight")] for p in stacked), "inference_mode": True}
+    return config, tensors
 
 
 def delta(w: dict[str, torch.Tensor], param: str) -> torch.Tensor | None:

@@ -11,7 +11,7 @@ from . import packed
 from ..errors import ConfigError
 from .chord import refine_points
 from .data import EvalData
-from .evaluate import Evaluator, Examples, Metrics, TokenEvaluator
+from .evaluate import Evaluator, Examples, Metrics, for_set
 from .interpolate import Weights, WorkingModel
 from .metrics import LOSS
 from .plane import Point, layout
@@ -93,7 +93,7 @@ class Core:
                 compiler = "inductor" if self.device.type == "cuda" else None
             forward = packed.PackedForward(model, compiler, compile_whole, fused_qkv)
         self.working = WorkingModel(model)  # after fusing: it writes into the parameters the forward reads
-        self.evaluators = [(TokenEvaluator if d.labels is None else Evaluator)(
+        self.evaluators = [for_set(d)(
             d, model, self.device, batch_tokens, max_batch_size, forward, graphs) for d in datas]
         # The sets evaluated along the lines (config.on_line); None: every one.
         self.on_line = list(range(len(datas))) if on_line is None else on_line

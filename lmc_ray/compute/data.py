@@ -6,6 +6,7 @@ multiplied padding. Here examples are sorted by length and cut into batches unde
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 
@@ -67,7 +68,8 @@ def read_table(spec: EvalSetSpec, storage_options: dict | None = None):
         df = df.iloc[: spec.max_examples]
     if len(df) == 0:
         raise ConfigError(f"{where}: no examples in {spec.path!r}")
-    needed = list(spec.text) + [spec.label] * (spec.label is not None) + [f for fields in spec.subset_fields() for f in fields]
+    needed = list(spec.text) + [c for c in (spec.label, spec.choices) if c is not None] + [
+        f for fields in spec.subset_fields() for f in fields]
     for col in needed:
         if col not in df.columns:
             raise ConfigError(f"{where}: no column {col!r} in {spec.path!r} (columns: {', '.join(map(str, df.columns))})")
@@ -111,6 +113,10 @@ class EvalData:
     subsets: list[str]  # "all" first
     membership: np.ndarray  # [n_subsets, n_examples] float32 0/1
     pad_id: int
+    # Multiple choice: input_ids holds one sequence per (item, choice), context + " " + choice; labels, membership
+    # and the examples counted are the items.
+    choice: np.ndarray | None = None  # [n_sequences, 2]: each sequence's item and its choice's place in the item
+    context: np.ndarray | None = None  # [n_sequences]: its leading tokens that are context, not scored
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -192,13 +198,18 @@ def prepare(spec: EvalSetSpec, tokenizer, canonical_labels: list[str], max_lengt
     Texts are cut at max_length; with `truncate` false a longer one is refused instead (max_length is then the
     models' positions, and a perplexity is not computed on a cut text unasked)."""
     where = f"eval set {spec.name!r}"
-    if not canonical_labels and spec.label is not None:
+    if canonical_labels and spec.choices is not None:
+        raise ConfigError(f"{where}: multiple choice (choices: {spec.choices!r}) is scored by a causal LM's "
+                          "likelihoods; the models are classifiers")
+    if not canonical_labels and spec.label is not None and spec.choices is None:
         raise ConfigError(f"{where}: has a label ({spec.label!r}) but the models are causal LMs, which score a text "
-                          "set by next-token prediction; drop label")
+                          "set by next-token prediction; drop label (or name the choices, for multiple choice)")
     if canonical_labels and spec.label is None:
         raise ConfigError(f"{where}: has no label; the models are classifiers (text sets without labels are for "
                           "causal LMs)")
     df = read_table(spec, storage_options)
+    if spec.choices is not None:
+        return _multiple_choice(spec, df, tokenizer, max_length, truncate)
     if spec.label is None:
         labels, classes = None, []
     else:
@@ -222,6 +233,11 @@ def prepare(spec: EvalSetSpec, tokenizer, canonical_labels: list[str], max_lengt
     if labels is None and longest < 2:
         raise ConfigError(f"{where}: no text has two tokens, so there is no next token to predict")
     types = [np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
+    return EvalData(spec.name, ids, types, labels, classes, *_subsets(spec, df), _pad_id(tokenizer))
+
+
+def _subsets(spec: EvalSetSpec, df) -> tuple[list[str], np.ndarray]:
+    """The subsets' names ("all" first) and which rows each holds."""
     subsets, rows = ["all"], [np.ones(len(df), dtype=np.float32)]
     for fields in spec.subset_fields():
         keys = df[fields].astype(str).agg(",".join, axis=1) if len(fields) > 1 else df[fields[0]].astype(str)
@@ -229,5 +245,62 @@ def prepare(spec: EvalSetSpec, tokenizer, canonical_labels: list[str], max_lengt
         for value in sorted(set(keys)):
             subsets.append(f"{prefix}={value}")
             rows.append((keys == value).to_numpy(dtype=np.float32))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return EvalData(spec.name, ids, types, labels, classes, subsets, np.stack(rows), pad)
+    return subsets, np.stack(rows)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _choice_list(where: str, column: str, value, row: int) -> list[str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) < 2 or any(
+            not isinstance(c, str) or not c.strip() for c in value):
+        raise ConfigError(f"{where}: column {column!r}, row {row} of the selection: not a list of two or more "
+                          "non-empty choices")
+    return [str(c) for c in value]
+
+
+def _answer(where: str, column: str, value, choices: list[str], row: int) -> int:
+    """The right choice's place: an index into the choices, or a choice's own text."""
+    text = str(value).strip()
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(choices):
+        return int(text)
+    if text in choices:
+        return choices.index(text)
+    raise ConfigError(f"{where}: column {column!r}, row {row} of the selection: {text!r} is neither an index of its "
+                      f"{len(choices)} choices nor one of them")
+
+
+def _multiple_choice(spec: EvalSetSpec, df, tokenizer, max_length: int, truncate: bool) -> EvalData:
+    """One sequence per (item, choice): the context, a space and the choice, tokenized whole; the choice's tokens
+    are those past the context's own tokenization (lm-evaluation-harness's split). A sequence longer than
+    max_length loses context from the left, as the harness cuts it (refused with `truncate` false)."""
+    where = f"eval set {spec.name!r}"
+    contexts = [str(t) for t in df[spec.text[0]]]
+    items = [_choice_list(where, spec.choices, v, r) for r, v in enumerate(df[spec.choices])]
+    answers = np.array([_answer(where, spec.label, v, c, r) for r, (v, c) in enumerate(zip(df[spec.label], items))],
+                       dtype=np.int64)
+    own = [len(x) for x in tokenizer(contexts)["input_ids"]]
+    whole = tokenizer([f"{c} {ch}" for c, chs in zip(contexts, items) for ch in chs])["input_ids"]
+    choice = np.array([(i, k) for i, chs in enumerate(items) for k in range(len(chs))], dtype=np.int64)
+    ids, context = [], []
+    for (i, k), seq in zip(choice, whole):
+        cut = max(0, len(seq) - max_length)
+        if cut and not truncate:
+            raise ConfigError(f"{where}: item {i}, choice {k}: {len(seq)} tokens, more than the models' {max_length} "
+                              f"positions; set max_length {max_length} or less to cut its context")
+        n = own[i] - cut
+        if len(seq) <= own[i]:
+            raise ConfigError(f"{where}: item {i}, choice {k}: {items[i][k]!r} adds no token to its context")
+        if n < 1:
+            raise ConfigError(f"{where}: item {i}, choice {k}: no context token precedes the choice (an empty "
+                              "context, or a choice longer than max_length); its first token cannot be scored")
+        ids.append(np.asarray(seq[cut:], dtype=np.int32))
+        context.append(n)
+    return EvalData(spec.name, ids, None, answers, [], *_subsets(spec, df), _pad_id(tokenizer), choice,
+                    np.array(context, dtype=np.int64))

@@ -1,5 +1,6 @@
 """Mean cross-entropy, accuracy, F1 and MCC of a classifier on an evaluation set, overall and per subset; for a
-causal LM on a text set, token-weighted next-token cross-entropy and accuracy.
+causal LM on a text set, token-weighted next-token cross-entropy and accuracy, and on a multiple-choice set, the
+choices' log-likelihoods.
 
 The device does the counting: each evaluation leaves one small tensor per set (per subset, the loss sum and the
 confusion matrix) on the device, and the caller copies many of them to the host at once (core.py: one copy per
@@ -130,6 +131,57 @@ class TokenEvaluator(Evaluator):
     def metrics(self, summary: np.ndarray) -> Metrics:
         nan = np.full(len(summary), np.nan)
         return np.stack([self.counts, summary[:, 0] / summary[:, 1], summary[:, 2] / summary[:, 1], nan, nan], 1)
+
+
+class ChoiceEvaluator(TokenEvaluator):
+    """A multiple-choice set on a causal LM, scored as lm-evaluation-harness scores `acc`: each choice's summed
+    log-likelihood of its tokens after the context; per item, `loss` is the cross-entropy of the answer under the
+    softmax of its choices' log-likelihoods and `accuracy` whether the most likely choice is the answer, averaged
+    over items. The sequences (one per item and choice) are batched as text sets are."""
+
+    def __init__(self, data: EvalData, model: torch.nn.Module, device, batch_tokens: int, max_batch_size: int,
+                 packed_forward: packed.PackedForward | None = None, graphs: bool = False):
+        super().__init__(data, model, device, batch_tokens, max_batch_size, packed_forward, graphs)
+        device = torch.device(device)
+        items, slot = data.choice.T
+        n, k = len(data.labels), int(slot.max()) + 1
+        self.cells = torch.tensor(items * k + slot, device=device)  # each sequence's place in the (item, choice) table
+        self.unused = torch.ones(n * k, dtype=torch.bool, device=device)
+        self.unused[self.cells] = False  # items with fewer choices than the most: never chosen
+        self.context = torch.tensor(data.context, device=device)
+        self.labels = torch.tensor(data.labels, device=device)
+        self.shape = (n, k)
+        self.ll = torch.zeros(len(data), dtype=torch.float64, device=device)
+        self.tokens = torch.ones(n, dtype=torch.float64, device=device)  # each item weighs one
+        self.losses = torch.zeros(n, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(n, dtype=torch.float64, device=device)
+
+    @torch.inference_mode()
+    def _summary(self) -> torch.Tensor:
+        """(subsets, 3) on the device: Σ item loss, items, Σ items right. No host sync."""
+        for batch in self.batches:
+            ids, mask, idx = batch["input_ids"], batch["attention_mask"], batch["index"]
+            logits = self.forward(batch)[:, :-1].float()
+            ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            position = torch.arange(1, ids.shape[1], device=ids.device)  # of the token each logit predicts
+            scored = mask[:, 1:].bool() & (position >= self.context[idx][:, None])
+            self.ll[idx] = -torch.where(scored, ce, 0.0).sum(1).double()
+        table = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.float64, device=self.ll.device)
+        table = table.index_copy(0, self.cells, self.ll).masked_fill(self.unused, -torch.inf).view(self.shape)
+        self.losses.copy_(F.cross_entropy(table, self.labels, reduction="none"))
+        self.correct.copy_((table.argmax(-1) == self.labels).double())
+        return self.membership @ torch.stack([self.losses, self.tokens, self.correct], 1)
+
+    def per_example(self) -> torch.Tensor:
+        """(2, items): each item's loss and whether its most likely choice is the answer."""
+        return torch.stack([self.losses, self.correct]).float()
+
+
+def for_set(data: EvalData) -> type[Evaluator]:
+    """The evaluator a set is scored by: a classifier's, a text set's, or a multiple-choice set's."""
+    if data.choice is not None:
+        return ChoiceEvaluator
+    return TokenEvaluator if data.labels is None else Evaluator
 
 
 class Replay:

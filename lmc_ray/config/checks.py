@@ -136,6 +136,9 @@ def validate(cfg: SweepConfig) -> None:
             raise ConfigError(f"config: {where} appears twice")
         if not e.text or len(e.text) > 2:
             raise ConfigError(f"config: {where}: 'text' must name one or two fields")
+        if e.choices is not None and (e.label is None or len(e.text) != 1):
+            raise ConfigError(f"config: {where}: a multiple-choice set has one text field (the context) and a label "
+                              "(the field naming the right choice)")
         if e.label is None and len(e.text) > 1:
             raise ConfigError(f"config: {where}: a text set (no label, scored by next-token prediction) has one text "
                               f"field, not {len(e.text)}")

@@ -80,8 +80,15 @@ class EvalSetSpec:
     text: list[str]
     """The text field, or two for sentence pairs (a text set for causal LMs has one)."""
     label: str | None = None
-    """The field holding each example's label (a name, or a class id), for classifiers. None: a text set, scored on
-    causal LMs by next-token prediction (loss: token-weighted mean cross-entropy; accuracy: top-1 next token)."""
+    """The field holding each example's label (a name, or a class id), for classifiers; of a multiple-choice set,
+    the right choice (its index, or its text). None: a text set, scored on causal LMs by next-token prediction
+    (loss: token-weighted mean cross-entropy; accuracy: top-1 next token)."""
+    choices: str | None = None
+    """Multiple choice, for causal LMs: the field holding each item's candidate continuations (a list, or a JSON
+    list in text). `text` is the context and `label` the answer. Each choice is scored by the summed log-likelihood
+    of its tokens after the context and a space, as lm-evaluation-harness scores `acc`. loss: the cross-entropy of
+    the answer under the softmax of the choices' log-likelihoods, averaged over items; accuracy: the share of items
+    whose most likely choice is the answer."""
     subsets: list[str | list[str]] = field(default_factory=list)
     """Each entry is a field or a list of fields; scores are also reported per value (combination)."""
     label_map: dict[Any, str | list[str]] | None = None

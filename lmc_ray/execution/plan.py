@@ -224,9 +224,10 @@ def _check_text_sets(cfg: SweepConfig) -> None:
     """What causal LMs cannot report on a text set, refused before anything is read."""
     for e in cfg.eval_sets:
         other = [m for m in e.metrics if m != "accuracy"]
-        if other and e.label is None:
-            raise ConfigError(f"eval set {e.name!r}: {other[0]} is a classification score; a text set reports loss "
-                              "and accuracy (next token)")
+        if other and (e.label is None or e.choices is not None):
+            kind = "a text set reports loss and accuracy (next token)" if e.choices is None else \
+                "a multiple-choice set reports loss and accuracy (of its items)"
+            raise ConfigError(f"eval set {e.name!r}: {other[0]} is a classification score; {kind}")
     if cfg.per_example:
         raise ConfigError("config: per_example: bootstrap intervals resample a classifier's examples; a causal LM's "
                           "loss is token-weighted (set per_example false)")

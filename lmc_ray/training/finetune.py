@@ -26,7 +26,7 @@ from ..compute import sources
 from ..compute.core import BATCH_TOKENS, DTYPES, concrete_dtype, pick_device
 from ..compute.data import EvalData, prepare
 from ..compute import models as M
-from ..compute.evaluate import Evaluator, TokenEvaluator
+from ..compute.evaluate import for_set
 from ..compute.metrics import COLUMNS, LOSS
 from ..compute.models import quiet
 from ..config import refs
@@ -123,7 +123,8 @@ def exists(cfg: FinetuneConfig, seed: int) -> bool:
     return fs.exists(f"{root}/DONE")
 
 
-def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = None, base_name: str | None = None) -> dict:
+def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = None,
+          base_name: str | None = None) -> dict:
     """Train copy `seed`, calling report(metrics) as it goes; save it to OUTPUT/seed_k; return final metrics.
 
     base_name: the base an adapter records (default cfg.base), for callers that rewrote cfg.base to an
@@ -145,7 +146,7 @@ def train(cfg: FinetuneConfig, seed: int, report=None, threads: int | None = Non
     precision = DTYPES[concrete_dtype(cfg.dtype, device.type == "cuda")]
     torch.manual_seed(seed)  # the new classifier head or adapter (and dropout) draw from this seed, on the CPU
     model = _model(cfg, base, causal, base_name or cfg.base).to(device)
-    evaluators = [(TokenEvaluator if d.labels is None else Evaluator)(
+    evaluators = [for_set(d)(
         d, model, device, BATCH_TOKENS.get(device.type, 8192), 256) for d in evals]
     n = len(train_data)
     steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
@@ -251,6 +252,9 @@ def check(cfg: FinetuneConfig) -> None:
                           "whole")
     if cfg.lora is not None and cfg.init == "random":
         raise ConfigError("finetune config: lora adapts a trained base; init: random trains every weight from scratch")
+    if cfg.train.choices is not None:
+        raise ConfigError("finetune config: train: choices make a multiple-choice eval set; the train set is text "
+                          "(causal LMs) or labelled examples (classifiers)")
 
 
 def from_dict(raw: dict) -> FinetuneConfig:
