@@ -3,7 +3,7 @@
     make demo   # once: writes the built-in task's data into results/demo/data
     .venv/bin/python benchmarks/barrier_ci.py [--models lmc_ray/demo_population] [--bootstrap 1000]
 
-The demo's 12 models on the first K of its 1,000 validation examples, for several K, each swept by the
+The demo's 16 shipped models on the first K of its 1,000 validation examples, for several K, each swept by the
 compute core in one process with per-example values kept (per_example: true), then analysed as the cluster
 job does (paired bootstrap, 95 % intervals). The reference is the same sweep on all 1,000 examples. For
 each K: the sweep's wall time, how far the barriers land from the reference, how often the reference

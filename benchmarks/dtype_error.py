@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/dtype_error.py --config cola --overlay offline/cola --overlay offline/cola_minilm \
         --set 'models=[...]'   # any sweep config: its models and eval sets (a pretrained start: docs/performance.md)
 
-By default the demo's 12 models, every pair on the paper's 10-point grid, on 512 validation and 512 diagnostic
+By default the demo's 16 shipped models, every pair on the paper's 10-point grid, on 512 validation and 512 diagnostic
 examples; with --config, that sweep's models and eval sets (overlays, --set and flags as `lmc-ray sweep` takes
 them). Swept by the compute core in one process once per dtype (the working copy in that dtype, the mix in fp32
 and rounded once, logits and losses accumulated in fp32). Against the fp32 sweep: the largest and mean |Δ| of

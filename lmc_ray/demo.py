@@ -1,7 +1,7 @@
 """The whole pipeline offline on the built-in task: sweep (Ray) → clusters → report, on a population shipped with
 the package, so every machine sweeps the same models; with `retrain`, base → finetune (Ray Tune) first.
 
-The shipped population (lmc_ray/demo_population/) is the 12 seeds this module's own finetuning made with the
+The shipped population (lmc_ray/demo_population/) is the 16 seeds this module's own finetuning made with the
 default DemoConfig, every seed kept: `lmc-ray demo --retrain --workdir W` on the 2-core CPU machine, then
 W/models/seed_k's config.json, model.safetensors and tokenizer files copied in. Finetuning is chaotic in
 floating-point detail, so another machine's retrained seeds differ; the shipped ones do not.
@@ -25,12 +25,12 @@ from .training.finetune import FinetuneConfig
 class DemoConfig:
     workdir: str = "results/demo"
     retrain: bool = False  # finetune the population here instead of sweeping the shipped one
-    n_models: int = 12
+    n_models: int = 16
     epochs: float = 7.0
     lr: float = 6e-4
     batch_size: int = 64
-    swap_rate: float = 0.02
-    pretrain_steps: int = 1000  # word-matching pretraining of the shared start (pretrain.py; docs/demo.md)
+    swap_rate: float = 0.01  # of training's fully-overlapping hypotheses (toynli.py); docs/demo.md has others
+    pretrain_steps: int = 3000  # word-matching pretraining of the shared start (pretrain.py; docs/demo.md)
     max_examples: int = 512
     cache_dir: str = "~/.cache/lmc_ray"
     # Basins during training: keep the models at these steps too and sweep each step (analysis/dynamics.py).
@@ -40,7 +40,7 @@ class DemoConfig:
 
 
 POPULATION = Path(__file__).parent / "demo_population"
-SHIPPED = 12  # seeds in POPULATION
+SHIPPED = 16  # seeds in POPULATION
 
 
 # What the paper's figures order the models by: the diagnostic's subject/object swaps, the word-order
@@ -53,7 +53,7 @@ def _spec(name: str, path: Path, **kw) -> EvalSetSpec:
 
 
 def trains(d: DemoConfig) -> bool:
-    """Whether `d` needs its own finetuning: the shipped population is the default settings' 12 seeds, at their
+    """Whether `d` needs its own finetuning: the shipped population is the default settings' 16 seeds, at their
     final step only."""
     default = DemoConfig()
     same = all(getattr(d, k) == getattr(default, k) for k in ("epochs", "lr", "batch_size", "swap_rate",

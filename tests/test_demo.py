@@ -26,7 +26,7 @@ def test_the_shipped_population_shows_what_docs_demo_md_states(ray_local, tmp_pa
     demo.run(demo.DemoConfig(workdir="demo", cache_dir=str(tmp_path / "cache")))
     assert [f.stat().st_mtime_ns for f in stored] == before  # no pair computed again
     doc = (ROOT / "docs" / "demo.md").read_text().split("## What the demo population looks like")[1].split("\n## ")[0]
-    quoted = re.findall(r"^    ((?:12 models, barriers|highest barriers|validation/all|diagnostic/subcase=ln_subject|"
+    quoted = re.findall(r"^    ((?:16 models, barriers|highest barriers|validation/all|diagnostic/subcase=ln_subject|"
                         r"basins on).*)$", doc, re.M)
     assert len(quoted) == 5
     printed = out.splitlines()
