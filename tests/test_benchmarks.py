@@ -72,13 +72,14 @@ def test_dtype_error_benchmark_brackets_tf32_on_a_cpu_by_emulation(tmp_path, pop
                      out.stdout, re.M), out.stdout
 
 
-def test_the_gpu_check_is_one_call_under_4_minutes_without_pip():
-    """benchmarks/device.sh run: its time limit leaves room for the machine's start and a second try within 15
-    minutes of a GPU, and it installs nothing with pip (the GPU image may have none): wheels are unpacked."""
+def test_the_gpu_check_is_one_call_under_6_minutes_without_pip():
+    """benchmarks/device.sh run: its time limits (gpu.py's, then adapters.py's) leave room for the machine's start
+    and a second try within 15 minutes of a GPU, and it installs nothing with pip (the GPU image may have none):
+    wheels are unpacked."""
     text = (ROOT / "benchmarks" / "device.sh").read_text()
     body = text[text.index("\nsite() {"):text.index("\nfinetune() {")]
     limits = [int(x) for x in re.findall(r"timeout (\d+) ", body)]
-    assert limits and sum(limits) <= 240, limits
+    assert len(limits) == 2 and sum(limits) <= 340, limits
     budget = re.search(r"gpu\.py .*--budget (\d+)", body)
     assert budget and int(budget[1]) + 30 <= limits[0]  # gpu.py stops its optional rows well before the limit
     assert "pip" not in body and "zipfile -e" in body
@@ -102,8 +103,8 @@ def test_store_scale_benchmark_reads_every_pair_at_toy_size():
 
 
 def test_adapter_benchmark_holds_less_and_computes_the_same_lines_at_toy_size():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adapters.py"), "--models", "4", "--pairs", "2",
-                          "--texts", "8"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([*AS_THERE, str(ROOT / "benchmarks" / "adapters.py"),
+                          "--models", "4", "--pairs", "2", "--texts", "8"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     held = dict(re.findall(r"^(full checkpoints \(merged, baseline\)|LoRA adapters) +([\d.]+) MB", out.stdout, re.M))
     assert float(held["LoRA adapters"]) < 0.5 * float(held["full checkpoints (merged, baseline)"]), out.stdout
