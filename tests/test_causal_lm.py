@@ -142,6 +142,59 @@ def test_lora_adapters_equal_the_line_between_the_merged_models(tmp_path, lora, 
     assert d == pytest.approx(want, rel=1e-5)
 
 
+
+def test_planes_and_anchor_pairs_of_adapters_are_the_merged_models_mixes(tmp_path, lora, text_set):
+    """A plane through three adapters is base + Σ c·ΔW (the three merged models' mix at each grid point), and
+    `pairs: {anchors: …}` computes only the anchors' lines, the same values as a full sweep's."""
+    base, ads = lora
+    names = [str(a) for a in ads]
+    p = plan.prepare(lm_config(ads, tmp_path / "store", text_set, pairs={"anchors": [names[1]]},
+                               planes={"triples": [names], "grid": 3, "margin": 0.1}))
+    local.run(p, progress=False)
+    rows = stored(p.cfg.store)
+    assert sorted({tuple(sorted(x)) for x in rows[["model_a", "model_b"]].to_numpy()}) == sorted(
+        [tuple(sorted((names[0], names[1]))), tuple(sorted((names[1], names[2])))])
+    full = plan.prepare(lm_config(ads, tmp_path / "all", text_set))
+    local.run(full, progress=False)
+    keys = ["model_a", "model_b", "alpha", "subset"]
+    both = rows.merge(stored(full.cfg.store), on=keys, suffixes=("", "_all"))
+    assert len(both) == len(rows)
+    np.testing.assert_allclose(both.loss, both.loss_all, atol=1e-6, rtol=0)
+
+    whole = Store(p.cfg.store).planes().to_table().to_pandas().query("subset == 'all'")
+    point = whole[whole.vertex == ""].iloc[4]  # the centre of the 3 × 3 grid
+    a, b, c = (merged(base, x) for x in ads)
+    mix = {k: a[k] + point.s * (b[k] - a[k]) + point.t * (c[k] - a[k]) if a[k].is_floating_point() else a[k]
+           for k in a}
+    texts = list(pd.read_json(text_set, lines=True).sentence[:40])
+    np.testing.assert_allclose([point.loss, point.accuracy], reference([mix], base, texts, base), atol=1e-5)
+    assert whole.loss.max() - whole.loss.min() > 1e-3  # the plane is not flat: the comparison means something
+
+
+def test_adapters_and_their_base_on_s3_sweep_as_from_folders(tmp_path, lora, text_set, s3_endpoint):
+    """S3 is only transport for adapters too: adapters and a base on a real S3 server on loopback (`base:` naming
+    the S3 copy) give the values of the same folders on disk, and each is pinned by its content."""
+    import s3fs
+
+    base, ads = lora
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("lora")
+    for name, folder in [("base", base), *((f"ad{k}", a) for k, a in enumerate(ads))]:
+        for f in Path(folder).iterdir():
+            fs.put_file(str(f), f"lora/{name}/{f.name}")
+    remote = [f"s3://lora/ad{k}" for k in range(len(ads))]
+    p = plan.prepare(lm_config(remote, tmp_path / "s3", text_set, base="s3://lora/base"))
+    assert p.cfg.base == "s3://lora/base" and all(r.startswith("s3:") for r in [*p.revisions, p.base_revision])
+    local.run(p, progress=False)
+    want = plan.prepare(lm_config(ads, tmp_path / "disk", text_set))
+    local.run(want, progress=False)
+    names = {m.name: k for k, m in enumerate(p.cfg.models)}
+    names.update({m.name: k for k, m in enumerate(want.cfg.models)})
+    got, ref = (stored(s).assign(a=lambda d: d.model_a.map(names), b=lambda d: d.model_b.map(names))
+                .sort_values(["a", "b", "alpha", "subset"]) for s in (p.cfg.store, want.cfg.store))
+    assert len(got) == len(ref) > 0
+    np.testing.assert_allclose(got.loss.to_numpy(), ref.loss.to_numpy(), atol=1e-6, rtol=0)
+
 def test_adapters_are_held_as_factors_over_one_base(tmp_path, lora, text_set):
     base, ads = lora
     many = make_adapters(base, tmp_path / "many", [4] * 6)

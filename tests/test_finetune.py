@@ -1,4 +1,5 @@
 """Finetuning on Ray Tune writes loadable HF checkpoints, one per seed, and skips finished ones."""
+import json
 import os
 import re
 import signal
@@ -53,6 +54,28 @@ def test_two_seed_tune_run_writes_loadable_checkpoints(ray_local, tmp_path):
     after = [(tmp_path / "models" / f"seed_{s}" / "model.safetensors").stat().st_mtime_ns for s in (0, 1)]
     assert before == after
 
+
+
+def test_seeds_trained_one_after_another_in_one_process_are_those_trained_alone(ray_local, tmp_path):
+    """Tune reuses a trial's process for the next seed (no re-import per seed); each seed's model is still
+    bit-equal to that seed trained alone in a fresh call, so no state leaks from one seed into the next."""
+    from safetensors.torch import load_file
+
+    data = toynli.write(tmp_path / "data", n_train=300, n_val=64, per_subcase=10)
+    raw = {"base": str(_base(tmp_path, toynli.generate(n_train=300)["train"])),
+           "train": {"path": str(data["train"]), "text": ["premise", "hypothesis"], "label": "label"},
+           "eval_sets": [{"name": "validation", "path": str(data["validation"]), "text": ["premise", "hypothesis"],
+                          "label": "label"}],
+           "labels": toynli.LABELS, "output": str(tmp_path / "tune_models"), "seeds": 3, "epochs": 1}
+    # 2 CPUs a trial on a 2-CPU instance: the three seeds run in turn, in one reused process.
+    ray_finetune.run(finetune.from_dict(raw), str(tmp_path / "tune"), cpus_per_trial=2)
+    pids = {json.loads(f.read_text().splitlines()[-1])["pid"] for f in (tmp_path / "tune").rglob("result.json")}
+    assert len(pids) == 1, pids
+    alone = finetune.from_dict({**raw, "output": str(tmp_path / "alone")})
+    for seed in (2, 0):
+        finetune.train(alone, seed, threads=2)
+        got, want = (load_file(tmp_path / d / f"seed_{seed}" / "model.safetensors") for d in ("tune_models", "alone"))
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), seed
 
 def test_train_reports_metrics_as_it_goes(tmp_path):
     data = toynli.write(tmp_path / "data", n_train=200, n_val=32, per_subcase=5)

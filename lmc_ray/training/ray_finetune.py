@@ -52,6 +52,9 @@ def run(cfg: FinetuneConfig, experiment_dir: str, name: str = "finetune", cpus_p
         tuner = tune.Tuner(
             trainable,
             param_space={"seed": tune.grid_search(todo)},
+            # One process trains seed after seed: a fresh one per trial re-imports torch and transformers, seconds
+            # per seed. A trial's state is its own (train() seeds torch and builds its model and data anew).
+            tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=os.path.dirname(path), verbose=1),
         )
     results = tuner.fit()
