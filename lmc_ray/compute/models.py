@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,8 @@ def quiet() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # PEFT (0.21) reads transformers' deprecated model.is_gradient_checkpointing on every adapter it wraps.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def head_linear(model: torch.nn.Module, num_labels: int) -> torch.nn.Linear:
