@@ -195,6 +195,28 @@ def test_adapters_and_their_base_on_s3_sweep_as_from_folders(tmp_path, lora, tex
     assert len(got) == len(ref) > 0
     np.testing.assert_allclose(got.loss.to_numpy(), ref.loss.to_numpy(), atol=1e-6, rtol=0)
 
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llama_style_models_and_their_adapters_equal_the_merged_lines(tmp_path, text_set, texts, arch):
+    """Beyond GPT-2: nn.Linear layers (no Conv1D transpose), grouped-query attention, an untied output layer,
+    Qwen2's q/k/v biases; adapters of different ranks and targets, one with rsLoRA's scale."""
+    lms = make_lm_population(tmp_path / "full", 3, texts, arch=arch, noise=0.1)
+    (base,) = make_lm_population(tmp_path / "lora", 0, texts, arch=arch)
+    ads = make_adapters(base, tmp_path / "lora" / "adapters", [2, 8],
+                        [["q_proj", "k_proj", "o_proj", "down_proj"], ["v_proj", "gate_proj", "up_proj"]], scale=0.3)
+    ads += make_adapters(base, tmp_path / "lora" / "rs", [4], [["q_proj", "up_proj"]], scale=0.3, seed=1, rslora=True)
+    used = list(pd.read_json(text_set, lines=True).sentence[:40])
+    from transformers import AutoModelForCausalLM
+
+    for models, states, template in [
+            (lms, [AutoModelForCausalLM.from_pretrained(m).state_dict() for m in lms], lms[0]),
+            (ads, [merged(base, a) for a in ads], base)]:
+        cfg = lm_config(models, tmp_path / f"store-{template.name}", text_set)
+        p = plan.prepare(cfg)
+        local.run(p, progress=False)
+        check_curves(stored(p.cfg.store), states, [m.name for m in p.cfg.models], template, used, template,
+                     cfg.alphas)
+
 def test_adapters_are_held_as_factors_over_one_base(tmp_path, lora, text_set):
     base, ads = lora
     many = make_adapters(base, tmp_path / "many", [4] * 6)
