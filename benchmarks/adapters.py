@@ -103,14 +103,16 @@ def main():
     from lmc_ray.testing.machine import machine
 
     work = Path(tempfile.mkdtemp(prefix="lmc-adapters-"))
-    df = pd.read_csv(Path(args.data_dir) / "cola" / "in_domain_dev.tsv", sep="\t", header=None, quoting=3, names=["source", "label", "mark", "sentence"])
+    df = pd.read_csv(Path(args.data_dir) / "cola" / "in_domain_dev.tsv", sep="\t", header=None, quoting=3,
+                     names=["source", "label", "mark", "sentence"])
     data = work / "cola.jsonl"
     df[["sentence"]].to_json(data, orient="records", lines=True)
     start = time.perf_counter()
     ads, full = build(work, args.models, list(df.sentence), args.layers, args.hidden, args.heads)
     print(machine())
-    print(f"{args.models} models: GPT-2 ({args.layers} layers, hidden {args.hidden}) + LoRA rank 8 on c_attn, c_proj, c_fc; "
-          f"{args.pairs} lines of 10 α on the first {args.texts} CoLA sentences; built in {time.perf_counter() - start:.0f} s")
+    print(f"{args.models} models: GPT-2 ({args.layers} layers, hidden {args.hidden}) + LoRA rank 8 on c_attn, c_proj, "
+          f"c_fc; {args.pairs} lines of 10 α on the first {args.texts} CoLA sentences; "
+          f"built in {time.perf_counter() - start:.0f} s")
     out = {}
     for name, models in (("full checkpoints (merged, baseline)", full), ("LoRA adapters", ads)):
         listing = work / f"{len(out)}.json"

@@ -30,16 +30,20 @@ def _base(tmp_path, train):
     return path
 
 
+def _toy_finetune(tmp_path, **over) -> dict:
+    """A finetuning config on the built-in task: a tiny base, 300 training pairs, one epoch."""
+    data = toynli.write(tmp_path / "data", n_train=300, n_val=64, per_subcase=10)
+    return {"base": str(_base(tmp_path, toynli.generate(n_train=300)["train"])),
+            "train": {"path": str(data["train"]), "text": ["premise", "hypothesis"], "label": "label"},
+            "eval_sets": [{"name": "validation", "path": str(data["validation"]), "text": ["premise", "hypothesis"],
+                           "label": "label"}],
+            "labels": toynli.LABELS, "output": str(tmp_path / "models"), "epochs": 1, **over}
+
+
 def test_two_seed_tune_run_writes_loadable_checkpoints(ray_local, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    data = toynli.write(tmp_path / "data", n_train=300, n_val=64, per_subcase=10)
-    cfg = finetune.from_dict({
-        "base": str(_base(tmp_path, toynli.generate(n_train=300)["train"])),
-        "train": {"path": str(data["train"]), "text": ["premise", "hypothesis"], "label": "label"},
-        "eval_sets": [{"name": "validation", "path": str(data["validation"]), "text": ["premise", "hypothesis"],
-                       "label": "label"}],
-        "labels": toynli.LABELS, "output": str(tmp_path / "models"), "seeds": 2, "epochs": 1, "reports": 2})
+    cfg = finetune.from_dict(_toy_finetune(tmp_path, seeds=2, reports=2))
     assert cfg.train.max_examples is None and cfg.seeds == [0, 1]
     urls = ray_finetune.run(cfg, str(tmp_path / "tune"))
     assert urls == [str(tmp_path / "models" / "seed_0"), str(tmp_path / "models" / "seed_1")]
@@ -55,18 +59,12 @@ def test_two_seed_tune_run_writes_loadable_checkpoints(ray_local, tmp_path):
     assert before == after
 
 
-
 def test_seeds_trained_one_after_another_in_one_process_are_those_trained_alone(ray_local, tmp_path):
     """Tune reuses a trial's process for the next seed (no re-import per seed); each seed's model is still
     bit-equal to that seed trained alone in a fresh call, so no state leaks from one seed into the next."""
     from safetensors.torch import load_file
 
-    data = toynli.write(tmp_path / "data", n_train=300, n_val=64, per_subcase=10)
-    raw = {"base": str(_base(tmp_path, toynli.generate(n_train=300)["train"])),
-           "train": {"path": str(data["train"]), "text": ["premise", "hypothesis"], "label": "label"},
-           "eval_sets": [{"name": "validation", "path": str(data["validation"]), "text": ["premise", "hypothesis"],
-                          "label": "label"}],
-           "labels": toynli.LABELS, "output": str(tmp_path / "tune_models"), "seeds": 3, "epochs": 1}
+    raw = _toy_finetune(tmp_path, seeds=3)
     # 2 CPUs a trial on a 2-CPU instance: the three seeds run in turn, in one reused process.
     ray_finetune.run(finetune.from_dict(raw), str(tmp_path / "tune"), cpus_per_trial=2)
     pids = {json.loads(f.read_text().splitlines()[-1])["pid"] for f in (tmp_path / "tune").rglob("result.json")}
@@ -74,8 +72,9 @@ def test_seeds_trained_one_after_another_in_one_process_are_those_trained_alone(
     alone = finetune.from_dict({**raw, "output": str(tmp_path / "alone")})
     for seed in (2, 0):
         finetune.train(alone, seed, threads=2)
-        got, want = (load_file(tmp_path / d / f"seed_{seed}" / "model.safetensors") for d in ("tune_models", "alone"))
+        got, want = (load_file(tmp_path / d / f"seed_{seed}" / "model.safetensors") for d in ("models", "alone"))
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got), seed
+
 
 def test_train_reports_metrics_as_it_goes(tmp_path):
     data = toynli.write(tmp_path / "data", n_train=200, n_val=32, per_subcase=5)

@@ -1,5 +1,6 @@
 """Tiny causal-LM populations built from a config, for tests and benchmarks (no hub needed): GPT-2 or
-Llama-style models saved with save_pretrained, and LoRA adapters of one of them made with PEFT (the files PEFT itself writes).
+Llama-style models saved with save_pretrained, and LoRA adapters of one of them made with PEFT (the files PEFT
+itself writes).
 
 As in population.py, a shared random start plus a seeded perturbation per model stands in for finetunes of one
 pretrained model; an adapter's factors are seeded noise, scaled so that its ΔW is a small change of the base.
